@@ -1,0 +1,95 @@
+from django import forms
+from django.contrib.auth import password_validation
+from django.contrib.auth.forms import AuthenticationForm
+from django.utils.text import slugify
+
+from apps.accounts.models import (
+    Organization,
+    Role,
+    User,
+    slug_validator,
+    validate_slug_not_reserved,
+)
+
+
+class EmailAuthenticationForm(AuthenticationForm):
+    username = forms.EmailField(
+        label="E-mail", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"})
+    )
+
+    def clean_username(self):
+        return User.objects.normalize_email(self.cleaned_data["username"])
+
+
+class OrganizationFieldsMixin:
+    def clean_organization_slug(self):
+        slug = (self.cleaned_data.get("organization_slug") or "").strip().lower()
+        if not slug:
+            slug = slugify(self.data.get("organization_name", ""))[:50].strip("-")
+            if len(slug) < 3:
+                raise forms.ValidationError(
+                    "Choose a URL for your organization (at least 3 letters or digits)."
+                )
+        slug_validator(slug)
+        validate_slug_not_reserved(slug)
+        if Organization.objects.filter(slug=slug).exists():
+            raise forms.ValidationError("This organization URL is already taken.")
+        return slug
+
+
+class OrganizationForm(OrganizationFieldsMixin, forms.Form):
+    organization_name = forms.CharField(label="Organization name", max_length=100)
+    organization_slug = forms.CharField(
+        label="Organization URL",
+        max_length=50,
+        required=False,
+        help_text="Lowercase letters, digits and hyphens. Left empty, it is made from the name.",
+    )
+
+
+class SignupForm(OrganizationFieldsMixin, forms.Form):
+    email = forms.EmailField(
+        label="Work e-mail", widget=forms.EmailInput(attrs={"autocomplete": "email"})
+    )
+    name = forms.CharField(label="Your name", max_length=150, required=False)
+    password = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+    organization_name = forms.CharField(label="Organization name", max_length=100)
+    organization_slug = forms.CharField(
+        label="Organization URL",
+        max_length=50,
+        required=False,
+        help_text="Lowercase letters, digits and hyphens. Left empty, it is made from the name.",
+    )
+
+    def clean_email(self):
+        email = User.objects.normalize_email(self.cleaned_data["email"])
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError(
+                "An account with this e-mail address already exists. Log in instead."
+            )
+        return email
+
+    def clean(self):
+        cleaned = super().clean()
+        password = cleaned.get("password")
+        if password:
+            candidate = User(email=cleaned.get("email", ""), name=cleaned.get("name", ""))
+            try:
+                password_validation.validate_password(password, candidate)
+            except forms.ValidationError as error:
+                self.add_error("password", error)
+        return cleaned
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField(label="E-mail")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)

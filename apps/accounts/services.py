@@ -1,0 +1,282 @@
+"""Writes for accounts: every change a person makes goes through here and leaves an AuditEvent."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.core import signing
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.accounts.models import (
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organization,
+    Role,
+    User,
+)
+
+INVITATION_SALT = "costr.accounts.invitation"
+
+
+class AccountsError(Exception):
+    """A request that the rules refuse; the message is meant for the person who asked."""
+
+
+def client_ip(request) -> str | None:
+    if request is None:
+        return None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def audit_event_record(
+    *,
+    organization: Organization,
+    actor: User | None,
+    action: str,
+    target: str = "",
+    ip: str | None = None,
+    details: dict | None = None,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        organization=organization,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor_label=actor.email if actor is not None and actor.is_authenticated else "system",
+        action=action,
+        target=target,
+        ip=ip,
+        details=details or {},
+    )
+
+
+def organization_create(
+    *, name: str, slug: str, owner: User, ip: str | None = None
+) -> Organization:
+    with transaction.atomic():
+        organization = Organization.objects.create(name=name, slug=slug)
+        Membership.objects.create(organization=organization, user=owner, role=Role.OWNER)
+        audit_event_record(
+            organization=organization,
+            actor=owner,
+            action="organization.created",
+            target=slug,
+            ip=ip,
+        )
+    return organization
+
+
+def user_signup(
+    *,
+    email: str,
+    password: str | None,
+    name: str = "",
+    organization_name: str,
+    organization_slug: str,
+    ip: str | None = None,
+) -> tuple[User, Organization]:
+    """Create a person, their organization and their owner membership, all or nothing."""
+    email = User.objects.normalize_email(email)
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(email=email, password=password, name=name)
+            organization = organization_create(
+                name=organization_name, slug=organization_slug, owner=user, ip=ip
+            )
+    except IntegrityError as error:
+        # Two sign-ups racing for the same address or slug: the form checked, the database
+        # decided. Nothing was written.
+        if User.objects.filter(email__iexact=email).exists():
+            raise AccountsError("An account with this e-mail address already exists.") from error
+        raise AccountsError("This organization URL is already taken.") from error
+    return user, organization
+
+
+def invitation_create(
+    *, organization: Organization, email: str, role: str, invited_by: User, ip: str | None = None
+) -> Invitation:
+    email = User.objects.normalize_email(email)
+    if Membership.objects.for_org(organization).filter(user__email__iexact=email).exists():
+        raise AccountsError(f"{email} is already a member of {organization.name}.")
+    if role == Role.OWNER and not _is_owner(organization, invited_by):
+        raise AccountsError("Only an owner can invite another owner.")
+    with transaction.atomic():
+        invitation = Invitation.objects.create(
+            organization=organization,
+            email=email,
+            role=role,
+            invited_by=invited_by,
+            expires_at=timezone.now() + timedelta(days=settings.COSTR_INVITATION_MAX_AGE_DAYS),
+        )
+        audit_event_record(
+            organization=organization,
+            actor=invited_by,
+            action="invitation.created",
+            target=email,
+            ip=ip,
+            details={"role": role},
+        )
+    return invitation
+
+
+def invitation_token(invitation: Invitation) -> str:
+    return signing.dumps(invitation.pk, salt=INVITATION_SALT)
+
+
+def invitation_from_token(token: str) -> Invitation:
+    """The pending invitation a link names, or AccountsError saying why it cannot be used."""
+    max_age = timedelta(days=settings.COSTR_INVITATION_MAX_AGE_DAYS)
+    try:
+        invitation_id = signing.loads(token, salt=INVITATION_SALT, max_age=max_age)
+    except signing.SignatureExpired as error:
+        raise AccountsError("This invitation has expired. Ask for a new one.") from error
+    except signing.BadSignature as error:
+        raise AccountsError("This invitation link is not valid.") from error
+    invitation = (
+        Invitation.objects.unscoped(reason="an invitation link names its own organization")
+        .select_related("organization")
+        .filter(pk=invitation_id)
+        .first()
+    )
+    if invitation is None:
+        raise AccountsError("This invitation was withdrawn.")
+    if invitation.accepted_at is not None:
+        raise AccountsError("This invitation has already been used.")
+    if invitation.expires_at <= timezone.now():
+        raise AccountsError("This invitation has expired. Ask for a new one.")
+    return invitation
+
+
+def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membership:
+    with transaction.atomic():
+        invitation = invitation_from_token(token)
+        # Lock the row so two clicks on the same link cannot both succeed.
+        invitation = (
+            Invitation.objects.for_org(invitation.organization)
+            .select_for_update()
+            .select_related("organization")
+            .get(pk=invitation.pk)
+        )
+        if invitation.accepted_at is not None:
+            raise AccountsError("This invitation has already been used.")
+        if invitation.email != User.objects.normalize_email(user.email):
+            raise AccountsError(
+                f"This invitation is for {invitation.email}. Log in with that address to accept."
+            )
+        organization = invitation.organization
+        membership, created = Membership.objects.get_or_create(
+            organization=organization, user=user, defaults={"role": invitation.role}
+        )
+        if not created:
+            raise AccountsError(f"You are already a member of {organization.name}.")
+        invitation.accepted_at = timezone.now()
+        invitation.accepted_by = user
+        invitation.save(update_fields=["accepted_at", "accepted_by"])
+        audit_event_record(
+            organization=organization,
+            actor=user,
+            action="invitation.accepted",
+            target=user.email,
+            ip=ip,
+            details={"role": invitation.role},
+        )
+    return membership
+
+
+def invitation_revoke(*, invitation: Invitation, actor: User, ip: str | None = None) -> None:
+    with transaction.atomic():
+        organization = invitation.organization
+        email = invitation.email
+        invitation.delete()
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="invitation.revoked",
+            target=email,
+            ip=ip,
+        )
+
+
+def _is_owner(organization: Organization, user: User) -> bool:
+    return Membership.objects.for_org(organization).filter(user=user, role=Role.OWNER).exists()
+
+
+def _other_owner_count(organization: Organization, membership: Membership) -> int:
+    """Owners besides this one, locked so two owners cannot both step down at once."""
+    # PostgreSQL refuses FOR UPDATE with COUNT(*), so the locked rows are counted here.
+    return len(
+        Membership.objects.for_org(organization)
+        .select_for_update()
+        .filter(role=Role.OWNER)
+        .exclude(pk=membership.pk)
+        .values_list("pk", flat=True)
+    )
+
+
+def membership_change_role(
+    *, membership: Membership, role: str, actor: User, ip: str | None = None
+) -> Membership:
+    organization = membership.organization
+    if role not in Role.values:
+        raise AccountsError("Unknown role.")
+    with transaction.atomic():
+        actor_is_owner = _is_owner(organization, actor)
+        if (role == Role.OWNER or membership.role == Role.OWNER) and not actor_is_owner:
+            raise AccountsError("Only an owner can make or unmake owners.")
+        if membership.role == Role.OWNER and role != Role.OWNER:
+            if _other_owner_count(organization, membership) == 0:
+                raise AccountsError(
+                    "An organization needs at least one owner. Make someone else owner first."
+                )
+        previous = membership.role
+        membership.role = role
+        membership.save(update_fields=["role"])
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="membership.role_changed",
+            target=membership.user.email,
+            ip=ip,
+            details={"from": previous, "to": role},
+        )
+    return membership
+
+
+def membership_remove(*, membership: Membership, actor: User, ip: str | None = None) -> None:
+    """Remove someone from an organization (or leave it, when actor is that someone)."""
+    organization = membership.organization
+    with transaction.atomic():
+        leaving = membership.user_id == actor.pk
+        if membership.role == Role.OWNER:
+            if not leaving and not _is_owner(organization, actor):
+                raise AccountsError("Only an owner can remove an owner.")
+            if _other_owner_count(organization, membership) == 0:
+                raise AccountsError(
+                    "The last owner cannot leave. Make someone else owner first, or delete the "
+                    "organization."
+                )
+        email = membership.user.email
+        membership.delete()
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="membership.left" if leaving else "membership.removed",
+            target=email,
+            ip=ip,
+        )
+
+
+def invitation_email_send(*, invitation: Invitation, link: str) -> None:
+    inviter = invitation.invited_by.get_full_name() if invitation.invited_by else "A teammate"
+    days = settings.COSTR_INVITATION_MAX_AGE_DAYS
+    send_mail(
+        subject=f"Join {invitation.organization.name} on Costr",
+        message=(
+            f"{inviter} invited you to join {invitation.organization.name} on Costr as "
+            f"{invitation.get_role_display().lower()}.\n\n"
+            f"Accept the invitation: {link}\n\n"
+            f"The link works once and expires in {days} days."
+        ),
+        from_email=None,
+        recipient_list=[invitation.email],
+    )

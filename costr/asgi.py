@@ -1,0 +1,37 @@
+"""The ASGI entry point: a health check that answers before Django, then Django itself."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costr.settings.local")
+
+django_application = get_asgi_application()
+
+_HEALTH_BODY = b'{"status":"ok"}'
+_HEALTH_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_HEALTH_BODY)).encode()),
+    (b"cache-control", b"no-store"),
+]
+
+
+async def _lifespan(receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if scope["type"] == "http" and scope["path"] == "/healthz":
+        await send({"type": "http.response.start", "status": 200, "headers": _HEALTH_HEADERS})
+        await send({"type": "http.response.body", "body": _HEALTH_BODY})
+        return
+    await django_application(scope, receive, send)

@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from apps.accounts import urls as accounts_urls
+from apps.accounts import views as accounts_views
+
+# Every organization page lives under /app/<org_slug>/; the isolation suite walks this prefix.
+org_patterns = [
+    *accounts_urls.org_urlpatterns,
+]
+
+urlpatterns = [
+    path("", accounts_views.landing, name="landing"),
+    path("", include(accounts_urls.urlpatterns)),
+    path("app/<slug:org_slug>/", include(org_patterns)),
+    path("admin/", admin.site.urls),
+]

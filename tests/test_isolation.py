@@ -1,0 +1,114 @@
+"""Every organization page, walked as a stranger and as nobody.
+
+The URL list comes from the URLconf itself, so pages added later are covered without editing
+this file.
+"""
+
+import re
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from apps.accounts.models import Invitation, Membership, Role
+from apps.accounts.services import invitation_create
+from apps.accounts.tests.factories import MembershipFactory
+
+pytestmark = pytest.mark.django_db
+
+ORG_PREFIX = "app/<slug:org_slug>/"
+PLACEHOLDER = re.compile(r"<(?:(?P<converter>\w+):)?(?P<name>\w+)>")
+
+
+def _routes(patterns, prefix=""):
+    for pattern in patterns:
+        route = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            yield from _routes(pattern.url_patterns, route)
+        elif isinstance(pattern, URLPattern):
+            yield route
+
+
+def org_routes():
+    routes = [r for r in _routes(get_resolver().url_patterns) if r.startswith(ORG_PREFIX)]
+    assert routes, "no organization pages found: the URLconf walk is broken"
+    return routes
+
+
+@pytest.fixture
+def victim(org, owner, admin, member):
+    """An organization with a row of every kind its pages can name by id."""
+    invitation = invitation_create(
+        organization=org, email="new@example.com", role=Role.MEMBER, invited_by=owner
+    )
+    ids = [m.pk for m in Membership.objects.for_org(org)] + [invitation.pk]
+    return org, ids
+
+
+def _snapshot(org):
+    return (
+        sorted(Membership.objects.for_org(org).values_list("pk", "user_id", "role")),
+        sorted(Invitation.objects.for_org(org).values_list("pk", "email", "accepted_at")),
+    )
+
+
+def _urls(route, slug, ids):
+    """One URL per id the route could take, so a page that forgot its scope shows a real row."""
+    names = [m.group("name") for m in PLACEHOLDER.finditer(route)]
+    other = [n for n in names if n != "org_slug"]
+    candidates = ids if other else [None]
+    for value in candidates:
+
+        def fill(match, value=value):
+            if match.group("name") == "org_slug":
+                return slug
+            return str(value) if match.group("converter") == "int" else f"x{value}"
+
+        yield "/" + PLACEHOLDER.sub(fill, route)
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_a_member_of_another_org_gets_404_on_every_org_page(client, victim, outsider, method):
+    org, ids = victim
+    client.force_login(outsider)
+    before = _snapshot(org)
+
+    for route in org_routes():
+        for url in _urls(route, org.slug, ids):
+            response = getattr(client, method)(url, {"role": "owner", "email": "x@example.com"})
+            assert response.status_code == 404, (method, url, response.status_code)
+
+    assert _snapshot(org) == before
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_anonymous_is_sent_to_log_in_on_every_org_page(client, victim, method):
+    org, ids = victim
+    before = _snapshot(org)
+
+    for route in org_routes():
+        for url in _urls(route, org.slug, ids):
+            response = getattr(client, method)(url, {"role": "owner"})
+            assert response.status_code == 302, (method, url, response.status_code)
+            assert response["Location"].startswith("/login/"), url
+
+    assert _snapshot(org) == before
+
+
+def test_an_unknown_org_is_404_too(client, outsider):
+    client.force_login(outsider)
+
+    assert client.get("/app/no-such-org/").status_code == 404
+
+
+def test_an_id_of_another_org_is_404_inside_ones_own_org(client, org, owner, other_org):
+    stranger = MembershipFactory(organization=other_org)
+    client.force_login(owner)
+
+    for name in ("member_role", "member_remove"):
+        from django.urls import reverse
+
+        url = reverse(name, args=[org.slug, stranger.pk])
+        assert client.post(url, {"role": "admin"}).status_code == 404
+    stranger.refresh_from_db()
+    assert stranger.role == Role.MEMBER
+    assert Membership.objects.for_org(other_org).filter(pk=stranger.pk).exists()
