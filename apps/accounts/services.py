@@ -223,11 +223,11 @@ def membership_change_role(
         actor_is_owner = _is_owner(organization, actor)
         if (role == Role.OWNER or membership.role == Role.OWNER) and not actor_is_owner:
             raise AccountsError("Only an owner can make or unmake owners.")
-        if membership.role == Role.OWNER and role != Role.OWNER:
-            if _other_owner_count(organization, membership) == 0:
-                raise AccountsError(
-                    "An organization needs at least one owner. Make someone else owner first."
-                )
+        stepping_down = membership.role == Role.OWNER and role != Role.OWNER
+        if stepping_down and _other_owner_count(organization, membership) == 0:
+            raise AccountsError(
+                "An organization needs at least one owner. Make someone else owner first."
+            )
         previous = membership.role
         membership.role = role
         membership.save(update_fields=["role"])
