@@ -1,5 +1,6 @@
 """The one place that reads the environment, so every variable has one name and one default."""
 
+import base64
 import os
 import secrets
 from pathlib import Path
@@ -33,3 +34,8 @@ def read_or_create_secret_file(name: str, generate) -> str:
 
 def generate_secret_key() -> str:
     return secrets.token_urlsafe(50)
+
+
+def generate_local_encryption_key() -> str:
+    """One keyring entry (``id:base64 of 32 bytes``) for the embedded mode's key file."""
+    return "local:" + base64.b64encode(secrets.token_bytes(32)).decode()

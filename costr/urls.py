@@ -3,10 +3,12 @@ from django.urls import include, path
 
 from apps.accounts import urls as accounts_urls
 from apps.accounts import views as accounts_views
+from apps.keys import urls as keys_urls
 
 # Every organization page lives under /app/<org_slug>/; the isolation suite walks this prefix.
 org_patterns = [
     *accounts_urls.org_urlpatterns,
+    *keys_urls.org_urlpatterns,
 ]
 
 urlpatterns = [

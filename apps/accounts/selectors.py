@@ -35,3 +35,13 @@ def organization_pending_invitations(*, organization: Organization) -> QuerySet[
 
 def organization_audit_events(*, organization: Organization) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.for_org(organization).select_related("actor")
+
+
+def organization_for_command(slug: str) -> Organization:
+    """The organization a management command names, or a CommandError that says so."""
+    from django.core.management import CommandError
+
+    organization = Organization.objects.filter(slug=slug).first()
+    if organization is None:
+        raise CommandError(f"No organization with the slug {slug!r}.")
+    return organization

@@ -1,6 +1,13 @@
 """Settings shared by every mode. Each variable's default is what the embedded mode needs."""
 
-from costr.env import BASE_DIR, VAR_DIR, env, generate_secret_key, read_or_create_secret_file
+from costr.env import (
+    BASE_DIR,
+    VAR_DIR,
+    env,
+    generate_local_encryption_key,
+    generate_secret_key,
+    read_or_create_secret_file,
+)
 from costr.settings.celery import *  # noqa: F403
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or read_or_create_secret_file(
@@ -9,6 +16,16 @@ SECRET_KEY = env.str("SECRET_KEY", default="") or read_or_create_secret_file(
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# The keyring that wraps every stored secret: "id:base64,…", the first entry is primary. Without
+# it, a key is generated once into var/ and every page that handles keys says so.
+COSTR_ENCRYPTION_KEYS_GENERATED = not env.str("COSTR_ENCRYPTION_KEYS", default="")
+COSTR_ENCRYPTION_KEYS = env.str("COSTR_ENCRYPTION_KEYS", default="") or read_or_create_secret_file(
+    "encryption_keys", generate_local_encryption_key
+)
+# How long a worker trusts what it knows of a token before asking the database again; it bounds
+# how long a revoked token keeps working on a worker that missed the invalidation message.
+COSTR_KEYCACHE_TTL_SECONDS = env.float("COSTR_KEYCACHE_TTL_SECONDS", default=3.0)
 
 # Absolute origin used where no request is at hand (links printed by commands, e-mails).
 COSTR_BASE_URL = env.str("COSTR_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
@@ -25,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "apps.accounts",
+    "apps.keys",
 ]
 
 MIDDLEWARE = [

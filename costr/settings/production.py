@@ -7,6 +7,11 @@ from costr.settings.base import *  # noqa: F403
 
 if not env.str("SECRET_KEY", default=""):
     raise ImproperlyConfigured("SECRET_KEY must be set in production (a long random string).")
+if not env.str("COSTR_ENCRYPTION_KEYS", default=""):
+    raise ImproperlyConfigured(
+        "COSTR_ENCRYPTION_KEYS must be set in production: 'id:<base64 of 32 random bytes>', e.g. "
+        "python -c \"import base64,os;print('k1:'+base64.b64encode(os.urandom(32)).decode())\""
+    )
 if not env.str("DATABASE_URL", default=""):
     raise ImproperlyConfigured("DATABASE_URL must be set in production (postgres://…).")
 

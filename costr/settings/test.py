@@ -14,3 +14,6 @@ STORAGES = {
 }
 if CACHES["default"]["BACKEND"].endswith("RedisCache"):  # noqa: F405
     CACHES["default"]["KEY_PREFIX"] = "costr-test"  # noqa: F405
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
+    # A file, not memory, so a second process (the cross-process cache test) sees the same data.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-costr.sqlite3")}  # noqa: F405

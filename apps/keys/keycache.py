@@ -1,0 +1,215 @@
+"""Token → organization and key ciphertexts, for the proxy, with no database query in steady state.
+
+Each process keeps what it learned of a token for ``COSTR_KEYCACHE_TTL_SECONDS``. Changes
+(revoke, key added or deleted, rotation, organization deleted) invalidate entries at once in the
+process that made them (through ``transaction.on_commit``) and, with Redis configured, in every
+other process through a pub/sub message. A process that misses the message still drops the entry
+when its TTL runs out, which bounds how long a revoked token can work anywhere.
+
+Entries hold ciphertexts, never plaintext: a provider key is decrypted per request, in memory,
+by ``provider_key_plaintext``.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
+
+logger = logging.getLogger("costr.keys.keycache")
+
+INVALIDATION_CHANNEL = "costr:keycache:invalidate"
+# An unknown token is remembered briefly too, so a client retrying a bad token in a loop does
+# not turn every request into a query; short, so a fresh token works almost at once elsewhere.
+NEGATIVE_TTL_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKeyRef:
+    secret_id: str
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedToken:
+    token_id: int
+    organization_id: int
+    organization_slug: str
+    scopes: frozenset[str]
+    expires_at: datetime | None
+    provider_keys: dict  # provider → ProviderKeyRef of its default key
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+_entries: dict[str, tuple[float, ResolvedToken | None]] = {}
+_lock = threading.Lock()
+_subscriber_started = False
+
+
+def _ttl() -> float:
+    return settings.COSTR_KEYCACHE_TTL_SECONDS
+
+
+def _load(token_hash: str) -> ResolvedToken | None:
+    from apps.keys.models import ProviderKey, ProxyToken
+
+    token = (
+        ProxyToken.objects.unscoped(reason="a token names its own organization")
+        .select_related("organization")
+        .filter(token_hash=token_hash, revoked_at__isnull=True)
+        .first()
+    )
+    if token is None:
+        return None
+    keys = ProviderKey.objects.for_org(token.organization_id).filter(is_default=True)
+    return ResolvedToken(
+        token_id=token.pk,
+        organization_id=token.organization_id,
+        organization_slug=token.organization.slug,
+        scopes=frozenset(token.scopes),
+        expires_at=token.expires_at,
+        provider_keys={
+            key.provider: ProviderKeyRef(str(key.secret_id), bytes(key.ciphertext)) for key in keys
+        },
+    )
+
+
+def _cached(token_hash: str):
+    """(hit, value): a hit with value None is a remembered unknown token."""
+    entry = _entries.get(token_hash)
+    if entry is None:
+        return False, None
+    expires, value = entry
+    if expires <= time.monotonic():
+        return False, None
+    return True, value
+
+
+def _store(token_hash: str, value: ResolvedToken | None) -> None:
+    ttl = _ttl() if value is not None else min(_ttl(), NEGATIVE_TTL_SECONDS)
+    with _lock:
+        _entries[token_hash] = (time.monotonic() + ttl, value)
+
+
+def _usable(value: ResolvedToken | None) -> ResolvedToken | None:
+    if value is None or value.is_expired(timezone.now()):
+        return None
+    return value
+
+
+def resolve(token_hash: str) -> ResolvedToken | None:
+    """The live token behind a hash, or None when it is unknown, revoked or expired."""
+    _ensure_subscriber()
+    hit, value = _cached(token_hash)
+    if not hit:
+        value = _load(token_hash)
+        _store(token_hash, value)
+    return _usable(value)
+
+
+async def aresolve(token_hash: str) -> ResolvedToken | None:
+    """``resolve`` for async code: the database is touched only on a cache miss."""
+    hit, value = _cached(token_hash)
+    if not hit:
+        _ensure_subscriber()
+        value = await sync_to_async(_load)(token_hash)
+        _store(token_hash, value)
+    return _usable(value)
+
+
+@sensitive_variables("plaintext")
+def provider_key_plaintext(resolved: ResolvedToken, provider: str) -> str | None:
+    """Decrypt the organization's default key for ``provider``, in memory, for one request."""
+    from apps.keys.keyring import open_secret
+    from apps.keys.models import ProviderKey
+    from apps.keys.vault import Context
+
+    ref = resolved.provider_keys.get(provider)
+    if ref is None:
+        return None
+    context = Context(
+        org_id=resolved.organization_id,
+        record_id=ref.secret_id,
+        purpose=ProviderKey.VAULT_PURPOSE,
+    )
+    plaintext = open_secret(ciphertext=ref.ciphertext, context=context)
+    return plaintext
+
+
+def _drop_local(organization_id: int | None) -> None:
+    with _lock:
+        if organization_id is None:
+            _entries.clear()
+            return
+        for token_hash, (_, value) in list(_entries.items()):
+            if value is None or value.organization_id == organization_id:
+                _entries.pop(token_hash, None)
+
+
+def invalidate_organization(organization_id: int) -> None:
+    """Forget every token of one organization, here and (with Redis) in every process."""
+    _drop_local(organization_id)
+    _publish(str(organization_id))
+
+
+def invalidate_all() -> None:
+    _drop_local(None)
+    _publish("*")
+
+
+def _redis(*, socket_timeout: float | None = 2):
+    import redis
+
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=socket_timeout, socket_connect_timeout=2
+    )
+
+
+def _publish(message: str) -> None:
+    if not settings.REDIS_URL:
+        return
+    try:
+        _redis().publish(INVALIDATION_CHANNEL, message)
+    except Exception:
+        # The TTL still bounds staleness; a cache message must never fail the change itself.
+        logger.warning("keycache invalidation could not be published", exc_info=True)
+
+
+def _on_message(message) -> None:
+    data = message.get("data")
+    if isinstance(data, bytes):
+        data = data.decode()
+    _drop_local(None if data == "*" else int(data))
+
+
+def _listen_forever() -> None:
+    while True:
+        try:
+            # No read timeout: the subscription waits for messages indefinitely.
+            pubsub = _redis(socket_timeout=None).pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(**{INVALIDATION_CHANNEL: _on_message})
+            # Anything published while disconnected was missed: start clean.
+            _drop_local(None)
+            for _ in pubsub.listen():
+                pass
+        except Exception:
+            logger.warning("keycache subscriber lost Redis; retrying", exc_info=True)
+            time.sleep(1)
+
+
+def _ensure_subscriber() -> None:
+    global _subscriber_started
+    if _subscriber_started or not settings.REDIS_URL:
+        return
+    with _lock:
+        if _subscriber_started:
+            return
+        _subscriber_started = True
+    threading.Thread(target=_listen_forever, name="keycache-invalidation", daemon=True).start()

@@ -1,0 +1,189 @@
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.keys import keycache, services
+from apps.keys.models import ProxyToken
+from apps.keys.tests.factories import google_key, openai_key
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    keycache._drop_local(None)
+    yield
+    keycache._drop_local(None)
+
+
+def _token(org, **kwargs):
+    created = services.proxy_token_create(
+        organization=org, name="t", scopes=kwargs.pop("scopes", ["proxy"]), actor=None, **kwargs
+    )
+    return created.token, services.token_hash(created.plaintext)
+
+
+def _no_sql(execute, sql, params, many, context):
+    raise AssertionError(f"SQL on the hot path: {sql}")
+
+
+@pytest.mark.django_db
+def test_a_warm_cache_resolves_and_decrypts_without_any_sql(org):
+    key = openai_key()
+    services.provider_key_create(organization=org, provider="openai", key=key, actor=None)
+    _, token_hash = _token(org)
+    keycache.resolve(token_hash)
+
+    with connection.execute_wrapper(_no_sql):
+        resolved = keycache.resolve(token_hash)
+        plaintext = keycache.provider_key_plaintext(resolved, "openai")
+
+    assert (resolved.organization_id, resolved.organization_slug) == (org.pk, org.slug)
+    assert resolved.scopes == {"proxy"}
+    assert plaintext == key
+
+
+@pytest.mark.django_db
+def test_unknown_revoked_and_expired_tokens_never_resolve(org):
+    assert keycache.resolve(services.token_hash("costr_not-a-real-token")) is None
+
+    revoked, revoked_hash = _token(org)
+    ProxyToken.objects.for_org(org).filter(pk=revoked.pk).update(revoked_at=timezone.now())
+    assert keycache.resolve(revoked_hash) is None
+
+    _, expired_hash = _token(org, expires_at=timezone.now() + timedelta(seconds=30))
+    assert keycache.resolve(expired_hash) is not None
+    ProxyToken.objects.for_org(org).filter(token_hash=expired_hash).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    keycache._drop_local(None)
+    assert keycache.resolve(expired_hash) is None
+
+
+@pytest.mark.django_db
+def test_a_cached_token_stops_working_the_moment_it_expires(org, settings):
+    settings.COSTR_KEYCACHE_TTL_SECONDS = 3600
+    _, token_hash = _token(org, expires_at=timezone.now() + timedelta(seconds=30))
+    resolved = keycache.resolve(token_hash)
+
+    assert resolved.is_expired(timezone.now() + timedelta(seconds=31))
+    assert not resolved.is_expired(timezone.now())
+
+
+@pytest.mark.django_db
+def test_a_key_added_later_is_seen_after_invalidation(org, django_capture_on_commit_callbacks):
+    _, token_hash = _token(org)
+    assert keycache.resolve(token_hash).provider_keys == {}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.provider_key_create(
+            organization=org, provider="google", key=google_key(), actor=None
+        )
+
+    assert set(keycache.resolve(token_hash).provider_keys) == {"google"}
+
+
+@pytest.mark.django_db
+def test_invalidating_one_org_keeps_the_others_cached(org, other_org):
+    _, mine = _token(org)
+    _, theirs = _token(other_org)
+    keycache.resolve(mine)
+    keycache.resolve(theirs)
+
+    keycache._drop_local(org.pk)
+
+    assert mine not in keycache._entries
+    assert theirs in keycache._entries
+
+
+WATCHER = textwrap.dedent(
+    """
+    import sys, time
+    import django
+    django.setup()
+    from apps.keys import keycache
+    token_hash = sys.argv[1]
+    assert keycache.resolve(token_hash) is not None
+    print("resolved", flush=True)
+    deadline = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < deadline:
+        if keycache.resolve(token_hash) is None:
+            print("refused", flush=True)
+            sys.exit(0)
+        time.sleep(0.05)
+    print("still-resolving", flush=True)
+    """
+)
+
+
+def _watch_revocation(org, settings, child_env):
+    """Revoke a token while a second process holds it in its cache; what does that process see?"""
+    token, token_hash = _token(org)
+    db = connection.settings_dict
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SETTINGS_MODULE": "costr.settings.test",
+        "SECRET_KEY": settings.SECRET_KEY,
+        "COSTR_ENCRYPTION_KEYS": settings.COSTR_ENCRYPTION_KEYS,
+        "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite:///{db['NAME']}"),
+        **child_env,
+    }
+    if db["ENGINE"].endswith("postgresql"):
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        )
+    child = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, token_hash, "5"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "resolved", child.stderr.read()
+        time.sleep(0.3)  # let the child's subscriber connect
+        services.proxy_token_revoke(token=token, actor=None)
+        return child.stdout.readline().strip()
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_process_hears_a_revocation_through_redis(org, settings, monkeypatch):
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
+    import redis
+
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        if os.environ.get("REDIS_URL"):
+            raise
+        pytest.skip("no Redis on 127.0.0.1:6379 and REDIS_URL unset")
+    settings.REDIS_URL = redis_url
+    monkeypatch.setattr(keycache, "_subscriber_started", True)  # this process only publishes
+
+    # The child trusts its cache for an hour: only the message can make it refuse in time.
+    outcome = _watch_revocation(
+        org, settings, {"REDIS_URL": redis_url, "COSTR_KEYCACHE_TTL_SECONDS": "3600"}
+    )
+
+    assert outcome == "refused"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_redis_the_ttl_bounds_a_revocation_in_another_process(org, settings):
+    settings.REDIS_URL = ""
+
+    outcome = _watch_revocation(org, settings, {"COSTR_KEYCACHE_TTL_SECONDS": "2"})
+
+    assert outcome == "refused"

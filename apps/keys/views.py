@@ -1,0 +1,167 @@
+from django.conf import settings
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.generic import TemplateView
+
+from apps.accounts.services import client_ip
+from apps.accounts.tenancy import OrganizationViewMixin
+from apps.keys import services
+from apps.keys.forms import ProviderKeyForm, ProxyTokenForm
+from apps.keys.models import Provider, ProviderKey, ProxyToken
+
+
+def proxy_base_urls(request, organization) -> dict[str, str]:
+    """What each SDK takes as its base URL, on the host the person is looking at."""
+    root = request.build_absolute_uri(f"/p/{organization.slug}")
+    return {
+        "openai": f"{root}/openai/v1",
+        "anthropic": f"{root}/anthropic",
+        "google": f"{root}/google",
+    }
+
+
+class VaultPageMixin(OrganizationViewMixin):
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["can_manage"] = self.membership.has_role("admin")
+        context["generated_keyring"] = settings.COSTR_ENCRYPTION_KEYS_GENERATED
+        return context
+
+
+@method_decorator(sensitive_post_parameters("key"), name="dispatch")
+class ProviderKeysView(VaultPageMixin, TemplateView):
+    template_name = "keys/provider_keys.html"
+    model = ProviderKey
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        keys = list(self.get_queryset().select_related("created_by"))
+        context["keys"] = keys
+        context["missing"] = [
+            label for value, label in Provider.choices if not any(k.provider == value for k in keys)
+        ]
+        context["form"] = kwargs.get("form") or ProviderKeyForm()
+        return context
+
+    @sensitive_variables("form")
+    def post(self, request, *args, **kwargs):
+        form = ProviderKeyForm(request.POST)
+        if form.is_valid():
+            try:
+                provider_key = services.provider_key_create(
+                    organization=self.organization,
+                    provider=form.cleaned_data["provider"],
+                    key=form.cleaned_data["key"],
+                    label=form.cleaned_data["label"],
+                    actor=request.user,
+                    ip=client_ip(request),
+                )
+            except services.KeysError as error:
+                form.add_error("key", str(error))
+            else:
+                messages.success(request, f"Saved {provider_key}. It is stored encrypted.")
+                return redirect("provider_keys", org_slug=self.organization.slug)
+        # Never send the typed key back to the browser.
+        form.data = form.data.copy()
+        form.data["key"] = ""
+        return self.render_to_response(self.get_context_data(form=form), status=400)
+
+
+class ProviderKeyDefaultView(OrganizationViewMixin, View):
+    def post(self, request, org_slug, pk):
+        provider_key = get_object_or_404(ProviderKey.objects.for_org(self.organization), pk=pk)
+        services.provider_key_set_default(
+            provider_key=provider_key, actor=request.user, ip=client_ip(request)
+        )
+        messages.success(request, f"{provider_key} is now the default.")
+        return redirect("provider_keys", org_slug=org_slug)
+
+
+class ProviderKeyDeleteView(VaultPageMixin, TemplateView):
+    template_name = "keys/provider_key_delete.html"
+    required_role = "admin"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["provider_key"] = get_object_or_404(
+            ProviderKey.objects.for_org(self.organization), pk=self.kwargs["pk"]
+        )
+        return context
+
+    def post(self, request, org_slug, pk):
+        provider_key = get_object_or_404(ProviderKey.objects.for_org(self.organization), pk=pk)
+        description = str(provider_key)
+        services.provider_key_delete(
+            provider_key=provider_key, actor=request.user, ip=client_ip(request)
+        )
+        messages.success(request, f"Deleted {description}. Its ciphertext is gone.")
+        return redirect("provider_keys", org_slug=org_slug)
+
+
+class TokensView(VaultPageMixin, TemplateView):
+    template_name = "keys/tokens.html"
+    model = ProxyToken
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["tokens"] = self.get_queryset().select_related("created_by")
+        context["form"] = kwargs.get("form") or ProxyTokenForm()
+        return context
+
+    @method_decorator(never_cache)
+    @sensitive_variables("created")
+    def post(self, request, *args, **kwargs):
+        form = ProxyTokenForm(request.POST)
+        if form.is_valid():
+            try:
+                created = services.proxy_token_create(
+                    organization=self.organization,
+                    name=form.cleaned_data["name"],
+                    scopes=form.cleaned_data["scopes"],
+                    expires_at=form.expires_at(),
+                    actor=request.user,
+                    ip=client_ip(request),
+                )
+            except services.KeysError as error:
+                form.add_error(None, str(error))
+            else:
+                # Shown in this response only: the token is never stored, in the session or
+                # anywhere else, so a reload cannot show it again.
+                response = self.response_class(
+                    request=request,
+                    template=["keys/token_created.html"],
+                    context={
+                        **self.get_context_data(),
+                        "token": created.token,
+                        "plaintext": created.plaintext,
+                        "base_urls": proxy_base_urls(request, self.organization),
+                    },
+                )
+                return response
+        return self.render_to_response(self.get_context_data(form=form), status=400)
+
+
+class TokenRevokeView(VaultPageMixin, TemplateView):
+    template_name = "keys/token_revoke.html"
+    required_role = "admin"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["token"] = get_object_or_404(
+            ProxyToken.objects.for_org(self.organization), pk=self.kwargs["pk"]
+        )
+        return context
+
+    def post(self, request, org_slug, pk):
+        token = get_object_or_404(ProxyToken.objects.for_org(self.organization), pk=pk)
+        try:
+            services.proxy_token_revoke(token=token, actor=request.user, ip=client_ip(request))
+        except services.KeysError as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(request, f"Revoked {token}. The proxy refuses it within seconds.")
+        return redirect("tokens", org_slug=org_slug)
