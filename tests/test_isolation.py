@@ -9,7 +9,7 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from apps.accounts.models import Invitation, Membership, Role
+from apps.accounts.models import Membership, Role
 from apps.accounts.services import invitation_create
 from apps.accounts.tests.factories import MembershipFactory
 
@@ -34,21 +34,40 @@ def org_routes():
     return routes
 
 
+def _tenant_models():
+    from django.apps import apps
+
+    from apps.accounts.tenancy import TenantModel
+
+    return [m for m in apps.get_models() if issubclass(m, TenantModel)]
+
+
 @pytest.fixture
 def victim(org, owner, admin, member):
     """An organization with a row of every kind its pages can name by id."""
-    invitation = invitation_create(
-        organization=org, email="new@example.com", role=Role.MEMBER, invited_by=owner
+    from apps.keys import services as keys
+    from apps.keys.tests.factories import openai_key
+
+    invitation_create(organization=org, email="new@example.com", role=Role.MEMBER, invited_by=owner)
+    keys.provider_key_create(organization=org, provider="openai", key=openai_key(), actor=owner)
+    keys.provider_key_create(organization=org, provider="openai", key=openai_key(), actor=owner)
+    keys.proxy_token_create(organization=org, name="victim", scopes=["proxy"], actor=owner)
+    ids = sorted(
+        {
+            pk
+            for model in _tenant_models()
+            for pk in model.objects.for_org(org).values_list("pk", flat=True)
+        }
     )
-    ids = [m.pk for m in Membership.objects.for_org(org)] + [invitation.pk]
     return org, ids
 
 
 def _snapshot(org):
-    return (
-        sorted(Membership.objects.for_org(org).values_list("pk", "user_id", "role")),
-        sorted(Invitation.objects.for_org(org).values_list("pk", "email", "accepted_at")),
-    )
+    """Every tenant row of the org, every field: a refused request must change none of it."""
+    return {
+        model.__name__: sorted(map(repr, model.objects.for_org(org).values_list()))
+        for model in _tenant_models()
+    }
 
 
 def _urls(route, slug, ids):
