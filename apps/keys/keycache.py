@@ -213,3 +213,64 @@ def _ensure_subscriber() -> None:
             return
         _subscriber_started = True
     threading.Thread(target=_listen_forever, name="keycache-invalidation", daemon=True).start()
+
+
+# Last use of tokens and keys: noted in memory per request, written out in bulk every
+# USE_FLUSH_SECONDS by a background thread (to Redis, for the periodic task to apply; or, in
+# embedded mode, straight to the database), so the request path never writes.
+USE_FLUSH_SECONDS = 30.0
+LAST_USED_REDIS_KEY = "costr:keys:last_used"
+_uses: dict[str, float] = {}
+_flusher_started = False
+
+
+def record_use(resolved: ResolvedToken, provider: str | None = None) -> None:
+    now = time.time()
+    _uses[f"token:{resolved.token_id}"] = now
+    ref = resolved.provider_keys.get(provider) if provider else None
+    if ref is not None:
+        _uses[f"key:{ref.secret_id}"] = now
+    _ensure_flusher()
+
+
+def drain_uses() -> dict[str, float]:
+    with _lock:
+        drained = dict(_uses)
+        _uses.clear()
+    return drained
+
+
+def flush_uses() -> None:
+    uses = drain_uses()
+    if not uses:
+        return
+    if settings.REDIS_URL:
+        client = _redis()
+        with client.pipeline() as pipe:
+            for name, when in uses.items():
+                pipe.hset(LAST_USED_REDIS_KEY, name, when)
+            pipe.execute()
+    else:
+        from apps.keys.services import last_used_apply
+
+        last_used_apply(uses)
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(USE_FLUSH_SECONDS)
+        try:
+            flush_uses()
+        except Exception:
+            logger.warning("last-used times could not be flushed", exc_info=True)
+
+
+def _ensure_flusher() -> None:
+    global _flusher_started
+    if _flusher_started:
+        return
+    with _lock:
+        if _flusher_started:
+            return
+        _flusher_started = True
+    threading.Thread(target=_flush_forever, name="keycache-last-used", daemon=True).start()

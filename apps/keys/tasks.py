@@ -1,0 +1,18 @@
+from celery import shared_task
+from django.conf import settings
+
+from apps.keys import keycache, services
+
+
+@shared_task(name="keys.last_used_flush", time_limit=120, soft_time_limit=100)
+def last_used_flush() -> int:
+    """Apply the last-use times that proxy processes collected in Redis."""
+    if not settings.REDIS_URL:
+        return 0
+    client = keycache._redis()
+    with client.pipeline() as pipe:
+        pipe.hgetall(keycache.LAST_USED_REDIS_KEY)
+        pipe.delete(keycache.LAST_USED_REDIS_KEY)
+        raw, _ = pipe.execute()
+    uses = {name.decode(): float(when) for name, when in raw.items()}
+    return services.last_used_apply(uses)
