@@ -13,9 +13,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def used(org):
-    services.provider_key_create(
-        organization=org, provider="openai", key=openai_key(), actor=None
-    )
+    services.provider_key_create(organization=org, provider="openai", key=openai_key(), actor=None)
     created = services.proxy_token_create(organization=org, name="t", scopes=["proxy"], actor=None)
     keycache.drain_uses()
     resolved = keycache.resolve(services.token_hash(created.plaintext))
