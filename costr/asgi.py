@@ -1,4 +1,4 @@
-"""The ASGI entry point: a health check that answers before Django, then Django itself."""
+"""The ASGI entry point: the health check and the proxy answer before Django; the rest is Django."""
 
 import os
 
@@ -7,6 +7,11 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costr.settings.local")
 
 django_application = get_asgi_application()
+
+# Imported after Django is set up: the proxy reads settings and the key cache.
+from apps.proxy.app import proxy_app  # noqa: E402
+from apps.proxy.upstream import close_client  # noqa: E402
+from apps.usage import sink  # noqa: E402
 
 _HEALTH_BODY = b'{"status":"ok"}'
 _HEALTH_HEADERS = [
@@ -22,6 +27,8 @@ async def _lifespan(receive, send):
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await close_client()
+            sink.flush(timeout=10)
             await send({"type": "lifespan.shutdown.complete"})
             return
 
@@ -33,5 +40,8 @@ async def application(scope, receive, send):
     if scope["type"] == "http" and scope["path"] == "/healthz":
         await send({"type": "http.response.start", "status": 200, "headers": _HEALTH_HEADERS})
         await send({"type": "http.response.body", "body": _HEALTH_BODY})
+        return
+    if scope["type"] == "http" and scope["path"].startswith("/p/"):
+        await proxy_app(scope, receive, send)
         return
     await django_application(scope, receive, send)

@@ -25,21 +25,25 @@ def _run_with_settings(settings_module, extra_env, tmp_path, code=None):
     )
 
 
-def test_production_refuses_to_start_without_a_secret_key(tmp_path):
-    result = _run_with_settings(
-        "costr.settings.production", {"DATABASE_URL": "postgres://x@127.0.0.1/x"}, tmp_path
-    )
+PRODUCTION_ENV = {
+    "SECRET_KEY": "x" * 60,
+    "DATABASE_URL": "postgres://x@127.0.0.1/x",
+    "COSTR_ENCRYPTION_KEYS": "k1:" + "A" * 43 + "=",
+}
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "COSTR_ENCRYPTION_KEYS", "DATABASE_URL"])
+def test_production_refuses_to_start_without_its_secrets(tmp_path, missing):
+    env = {k: v for k, v in PRODUCTION_ENV.items() if k != missing}
+
+    result = _run_with_settings("costr.settings.production", env, tmp_path)
 
     assert result.returncode != 0
-    assert "SECRET_KEY must be set" in result.stderr
+    assert f"{missing} must be set" in result.stderr
 
 
 def test_production_turns_debug_off_and_secures_cookies(tmp_path):
-    env = {
-        "SECRET_KEY": "x" * 60,
-        "DATABASE_URL": "postgres://x@127.0.0.1/x",
-        "DEBUG": "True",
-    }
+    env = {**PRODUCTION_ENV, "DEBUG": "True"}
     code = (
         "import django; django.setup(); from django.conf import settings as s; "
         "print(s.DEBUG, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS > 0)"

@@ -89,6 +89,10 @@ class Organization(models.Model):
         max_length=50, unique=True, validators=[slug_validator, validate_slug_not_reserved]
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Streaming OpenAI chat requests without stream_options.include_usage get it set by the
+    # proxy (and the extra usage chunk removed), so their tokens are known. Off: such requests
+    # are forwarded untouched and recorded with tokens unknown.
+    inject_openai_stream_usage = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["name"]

@@ -43,6 +43,7 @@ class ResolvedToken:
     scopes: frozenset[str]
     expires_at: datetime | None
     provider_keys: dict  # provider → ProviderKeyRef of its default key
+    inject_openai_stream_usage: bool = True
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now

@@ -27,6 +27,21 @@ COSTR_ENCRYPTION_KEYS = env.str("COSTR_ENCRYPTION_KEYS", default="") or read_or_
 # how long a revoked token keeps working on a worker that missed the invalidation message.
 COSTR_KEYCACHE_TTL_SECONDS = env.float("COSTR_KEYCACHE_TTL_SECONDS", default=3.0)
 
+# The proxy: where each provider lives, how long to wait for it, what it may be sent.
+COSTR_UPSTREAM_OPENAI = env.str("COSTR_UPSTREAM_OPENAI", default="https://api.openai.com")
+COSTR_UPSTREAM_ANTHROPIC = env.str("COSTR_UPSTREAM_ANTHROPIC", default="https://api.anthropic.com")
+COSTR_UPSTREAM_GOOGLE = env.str(
+    "COSTR_UPSTREAM_GOOGLE", default="https://generativelanguage.googleapis.com"
+)
+COSTR_UPSTREAM_CONNECT_TIMEOUT = env.float("COSTR_UPSTREAM_CONNECT_TIMEOUT", default=10.0)
+COSTR_UPSTREAM_READ_TIMEOUT = env.float("COSTR_UPSTREAM_READ_TIMEOUT", default=600.0)
+COSTR_PROXY_MAX_BODY_BYTES = env.int("COSTR_PROXY_MAX_BODY_BYTES", default=50 * 1024 * 1024)
+# Request bodies up to this size are read whole before forwarding, to learn model and stream
+# flag (and for the include_usage change); larger ones are streamed through unread.
+COSTR_PROXY_INSPECT_BYTES = env.int("COSTR_PROXY_INSPECT_BYTES", default=4 * 1024 * 1024)
+# After a client disconnects, how long the proxy keeps reading the upstream for its usage.
+COSTR_PROXY_DRAIN_SECONDS = env.float("COSTR_PROXY_DRAIN_SECONDS", default=300.0)
+
 # Absolute origin used where no request is at hand (links printed by commands, e-mails).
 COSTR_BASE_URL = env.str("COSTR_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
 
@@ -43,6 +58,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "apps.accounts",
     "apps.keys",
+    "apps.usage",
 ]
 
 MIDDLEWARE = [
@@ -154,7 +170,13 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # httpx logs every request URL at INFO: on the proxy that is a line per request, and a
+        # Gemini URL may carry the provider key in ?key=.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }
 
 SESSION_COOKIE_HTTPONLY = True

@@ -1,5 +1,7 @@
 """Test settings: the same services as the environment names, fast hashing, mail kept in memory."""
 
+import os
+
 from costr.settings.base import *  # noqa: F403
 
 DEBUG = False
@@ -15,5 +17,8 @@ STORAGES = {
 if CACHES["default"]["BACKEND"].endswith("RedisCache"):  # noqa: F405
     CACHES["default"]["KEY_PREFIX"] = "costr-test"  # noqa: F405
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
-    # A file, not memory, so a second process (the cross-process cache test) sees the same data.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-costr.sqlite3")}  # noqa: F405
+    # A file, not memory, so a second process (the cross-process cache test) sees the same data;
+    # one per test run, so two runs side by side never share it.
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": str(VAR_DIR / f"test-costr-{os.getpid()}.sqlite3")  # noqa: F405
+    }

@@ -57,7 +57,6 @@ import json
 import logging
 import os
 import re
-import socket
 import struct
 import threading
 import time
@@ -69,6 +68,8 @@ from urllib.parse import parse_qs
 
 import brotli
 import uvicorn
+
+from tests.asgi_server import ThreadedServer
 
 DEFAULT_OPENAI_KEY = "sk-test-openai"
 DEFAULT_ANTHROPIC_KEY = "sk-ant-test"
@@ -1090,8 +1091,7 @@ class FakeProvider:
         )
         self.host = host
         self.port = port
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     @property
     def url(self) -> str:
@@ -1120,44 +1120,17 @@ class FakeProvider:
         self.app.recorder.clear()
 
     def start(self) -> FakeProvider:
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError("FakeProvider already started")
         _quiet_cut_logs()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="fake-provider", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError("FakeProvider did not start")
-            time.sleep(0.005)
+        self._server = ThreadedServer(self.app, host=self.host, port=self.port).start()
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> FakeProvider:
         return self.start()

@@ -1,0 +1,438 @@
+"""The proxy: a plain ASGI application for ``/p/<org_slug>/<provider>/<path>``.
+
+It runs in front of Django (see ``costr/asgi.py``) so no middleware touches proxied traffic and
+the hot path costs what it must and no more. In steady state a request makes no database query:
+the token resolves through ``keys.keycache``, the provider key is decrypted in memory, bodies
+stream through chunk by chunk while the provider adapter reads usage from a copy, and one usage
+record goes to ``usage.sink`` after the last byte has reached the client.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
+
+from apps.keys import keycache
+from apps.proxy.providers import Adapter, RequestInfo, Usage, get_adapter
+from apps.proxy.upstream import get_client, upstream_timeout
+from apps.usage import sink
+
+logger = logging.getLogger("costr.proxy")
+
+PREFIX = b"/p/"
+TOKEN_PREFIX = "costr_"  # noqa: S105 -- a public marker, not a secret
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+MAX_PROPERTIES = 20
+MAX_CUSTOMER_LENGTH = 255
+CUSTOMER_HEADER = b"x-costr-customer"
+PROPERTY_HEADER = b"x-costr-property-"
+
+
+class UpstreamBroken(Exception):
+    """Raised after a partial response so the server breaks the client's connection too."""
+
+
+class ClientGone(Exception):
+    """The client left before its request was complete: nothing is forwarded or recorded."""
+
+
+class Refusal(Exception):
+    """A request Costr answers itself, in the provider's error shape, without forwarding."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _upstream_origin(provider: str) -> str:
+    return getattr(settings, f"COSTR_UPSTREAM_{provider.upper()}").rstrip("/")
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class ProxiedRequest:
+    """Everything one proxied request learns on its way through, for its usage record."""
+
+    def __init__(self, scope, adapter: Adapter, provider: str, org_slug: str, rest: str):
+        self.scope = scope
+        self.adapter = adapter
+        self.provider = provider
+        self.org_slug = org_slug
+        self.rest = rest
+        self.request_id = f"req_{uuid.uuid4().hex}"
+        self.started = time.perf_counter()
+        self.timestamp = datetime.now(UTC)
+        self.info = RequestInfo(endpoint="other")
+        self.customer: str | None = None
+        self.properties: dict[str, str] = {}
+        self.resolved: keycache.ResolvedToken | None = None
+        self.status: int | None = None
+        self.outcome = "ok"
+        self.overhead = 0.0
+        self.first_byte: float | None = None
+
+    def record(self, usage: Usage | None) -> dict:
+        resolved = self.resolved
+        finished = time.perf_counter()
+        return {
+            "request_id": self.request_id,
+            "organization_id": resolved.organization_id,
+            "token_id": resolved.token_id,
+            "timestamp": self.timestamp.isoformat(),
+            "provider": self.provider,
+            "endpoint": self.info.endpoint,
+            "model": (usage.model if usage and usage.model else None)
+            or self.info.requested_model
+            or "",
+            "requested_model": self.info.requested_model or "",
+            "customer": self.customer,
+            "properties": self.properties,
+            "status": self.status,
+            "stream": self.info.stream,
+            "outcome": self.outcome,
+            "input_tokens": usage.input_tokens if usage else None,
+            "cached_input_tokens": usage.cached_input_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "cache_write_1h_tokens": usage.cache_write_1h_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "service_tier": (usage.service_tier if usage else None) or "",
+            "raw_usage": usage.raw if usage else None,
+            "latency_ms": round((finished - self.started) * 1000),
+            "ttfb_ms": round((self.first_byte - self.started) * 1000)
+            if self.first_byte is not None
+            else None,
+            "overhead_ms": _ms(self.overhead),
+        }
+
+
+async def proxy_app(scope, receive, send) -> None:
+    """ASGI entry for every path under ``/p/``."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    parts = raw_path[len(PREFIX) :].split(b"/", 2)
+    provider = parts[1].decode("latin-1") if len(parts) > 1 else ""
+    adapter = get_adapter(provider)
+    if adapter is None or len(parts) < 2 or not parts[0]:
+        await _send_plain_error(send, 404, "unknown_provider", "Use /p/<org>/<provider>/…")
+        return
+    org_slug = parts[0].decode("latin-1")
+    rest = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    request = ProxiedRequest(scope, adapter, provider, org_slug, rest)
+    try:
+        await _proxy(request, receive, send)
+    except ClientGone:
+        return
+    except Refusal as refusal:
+        await _send_error(send, request, refusal.status, refusal.code, refusal.message)
+
+
+@sensitive_variables("provider_key", "forward_headers", "query", "upstream_request")
+async def _proxy(request: ProxiedRequest, receive, send) -> None:
+    scope, adapter = request.scope, request.adapter
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    query: bytes = scope.get("query_string", b"")
+
+    request.resolved = await _authorize(request, headers, query)
+    forward_headers = _request_headers(request, headers)
+    provider_key = keycache.provider_key_plaintext(request.resolved, request.provider)
+    if provider_key is None:
+        raise Refusal(
+            400,
+            "no_provider_key",
+            f"No {request.provider} key is configured for this organization in Costr. "
+            "Add one under Provider keys.",
+        )
+    forward_headers, query = adapter.swap_credential(forward_headers, query, provider_key)
+    del provider_key
+
+    content, body_head, body_done = await _read_body(request, headers, receive)
+    request.info = adapter.inspect_request(scope["method"], request.rest, body_head)
+    injected = False
+    if body_head is not None:
+        inject = request.resolved.inject_openai_stream_usage
+        new_body, injected = adapter.prepare_request_body(request.info, body_head, inject)
+        if injected:
+            content = new_body
+    if isinstance(content, bytes):
+        forward_headers = [(k, v) for k, v in forward_headers if k.lower() != b"content-length"]
+
+    url = f"{_upstream_origin(request.provider)}/{request.rest}"
+    if query:
+        url = f"{url}?{query.decode('latin-1')}"
+    client = get_client()
+    upstream_request = client.build_request(
+        scope["method"],
+        httpx.URL(url),
+        headers=forward_headers,
+        content=content,
+        timeout=upstream_timeout(),
+    )
+    sent_at = time.perf_counter()
+    request.overhead = sent_at - request.started
+    try:
+        response = await client.send(upstream_request, stream=True)
+    except httpx.TimeoutException as error:
+        await _upstream_failed(request, send, 504, "upstream_timeout", error)
+        return
+    except httpx.TransportError as error:
+        await _upstream_failed(request, send, 502, "upstream_unreachable", error)
+        return
+    headers_at = time.perf_counter()
+    try:
+        await _relay(request, response, headers_at, injected, body_done, receive, send)
+    finally:
+        await response.aclose()
+
+
+async def _authorize(request: ProxiedRequest, headers, query) -> keycache.ResolvedToken:
+    credential = request.adapter.credential_from(headers, query)
+    if not credential:
+        raise Refusal(401, "missing_token", "Send your Costr token where the SDK puts its API key.")
+    if not credential.startswith(TOKEN_PREFIX):
+        raise Refusal(401, "invalid_token", "This is not a Costr token (they start with costr_).")
+    token_hash = hashlib.sha256(credential.encode()).hexdigest()
+    try:
+        resolved = await keycache.aresolve(token_hash)
+    except Exception as error:
+        logger.exception("token lookup failed")
+        raise Refusal(
+            503, "costr_unavailable", "Costr cannot check tokens right now; call the provider."
+        ) from error
+    if resolved is None or resolved.organization_slug != request.org_slug:
+        raise Refusal(401, "invalid_token", "Unknown, revoked or expired Costr token.")
+    if "proxy" not in resolved.scopes:
+        raise Refusal(403, "token_scope", "This Costr token does not have the proxy scope.")
+    return resolved
+
+
+def _request_headers(request: ProxiedRequest, headers) -> list[tuple[bytes, bytes]]:
+    """Headers to forward: all but hop-by-hop, Host and Costr's own, which are read here."""
+    forwarded = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered.startswith(b"x-costr-"):
+            _read_attribution(request, lowered, value)
+        elif lowered not in HOP_BY_HOP and lowered != b"host":
+            forwarded.append((name, value))
+    return forwarded
+
+
+def _read_attribution(request: ProxiedRequest, name: bytes, value: bytes) -> None:
+    text = value.decode("utf-8", "replace").strip()
+    if name == CUSTOMER_HEADER:
+        if len(text) > MAX_CUSTOMER_LENGTH:
+            raise Refusal(400, "invalid_customer", "X-Costr-Customer is over 255 characters.")
+        request.customer = text or None
+    elif name.startswith(PROPERTY_HEADER):
+        key = name[len(PROPERTY_HEADER) :].decode("latin-1")
+        if key:
+            request.properties[key] = text[:MAX_CUSTOMER_LENGTH]
+            if len(request.properties) > MAX_PROPERTIES:
+                raise Refusal(400, "too_many_properties", "At most 20 X-Costr-Property-* headers.")
+
+
+async def _read_body(request: ProxiedRequest, headers, receive):
+    """(content to forward, whole body when small enough to inspect else None, body-read flag).
+
+    A body up to ``COSTR_PROXY_INSPECT_BYTES`` is read whole; a larger one streams to the
+    upstream as it arrives. Past ``COSTR_PROXY_MAX_BODY_BYTES`` the request is refused.
+    """
+    limit = settings.COSTR_PROXY_MAX_BODY_BYTES
+    declared = _content_length(headers)
+    if declared is not None and declared > limit:
+        raise Refusal(413, "body_too_large", f"Request bodies are limited to {limit} bytes.")
+    inspect_limit = settings.COSTR_PROXY_INSPECT_BYTES
+    parts: list[bytes] = []
+    size = 0
+    more = True
+    while more and size <= inspect_limit:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        parts.append(chunk)
+        size += len(chunk)
+        more = message.get("more_body", False)
+        if size > limit:
+            raise Refusal(413, "body_too_large", f"Request bodies are limited to {limit} bytes.")
+    if not more:
+        body = b"".join(parts)
+        return body, body, True
+
+    state = {"done": False}
+
+    async def rest_of_body():
+        total = size
+        for part in parts:
+            yield part
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise httpx.ReadError("client went away while sending its body")
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise httpx.ReadError("request body over the limit")
+            yield chunk
+            if not message.get("more_body", False):
+                state["done"] = True
+                return
+
+    return rest_of_body(), None, state
+
+
+def _content_length(headers) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _relay(request, response, headers_at, injected, body_done, receive, send) -> None:
+    adapter = request.adapter
+    request.status = response.status_code
+    content_type = response.headers.get("content-type")
+    content_encoding = response.headers.get("content-encoding")
+    reader = adapter.usage_reader(
+        request.info, response.status_code, content_type, content_encoding
+    )
+    stream_filter = (
+        adapter.client_stream_filter(
+            request.info, response.status_code, content_type, content_encoding
+        )
+        if injected
+        else None
+    )
+    out_headers = [
+        (name, value) for name, value in response.headers.raw if name.lower() not in HOP_BY_HOP
+    ]
+    if stream_filter is not None:
+        out_headers = stream_filter.response_headers(out_headers)
+    request.overhead += time.perf_counter() - headers_at
+    out_headers.append((b"x-costr-request-id", request.request_id.encode()))
+    out_headers.append((b"x-costr-overhead-ms", f"{_ms(request.overhead):.3f}".encode()))
+    await send(
+        {"type": "http.response.start", "status": response.status_code, "headers": out_headers}
+    )
+
+    # Once the body is in, the only thing receive() can still report is the client leaving.
+    body_complete = body_done is True or (isinstance(body_done, dict) and body_done["done"])
+    disconnected = asyncio.ensure_future(receive()) if body_complete else None
+    client_gone = False
+    chunks = response.aiter_raw()
+    try:
+        async for chunk in chunks:
+            if request.first_byte is None:
+                request.first_byte = time.perf_counter()
+            reader.feed(chunk)
+            if client_gone:
+                if reader.complete:
+                    break
+                continue
+            out = stream_filter.feed(chunk) if stream_filter is not None else chunk
+            if out:
+                try:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                except OSError:
+                    client_gone = True
+            if disconnected is not None and disconnected.done():
+                client_gone = True
+            if client_gone:
+                request.outcome = "client_disconnected"
+                if reader.complete:
+                    break
+                await _drain_for_usage(chunks, reader)
+                break
+    except httpx.TransportError as error:
+        request.outcome = "upstream_disconnected"
+        sink.emit(request.record(reader.finish()))
+        raise UpstreamBroken(f"upstream broke mid-response: {error!r}") from error
+    finally:
+        if disconnected is not None and not disconnected.done():
+            disconnected.cancel()
+    if not client_gone:
+        tail = stream_filter.finish() if stream_filter is not None else b""
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+    sink.emit(request.record(reader.finish()))
+
+
+async def _drain_for_usage(chunks, reader) -> None:
+    """Keep reading a response nobody is listening to, until its usage arrives (bounded)."""
+    try:
+        async with asyncio.timeout(settings.COSTR_PROXY_DRAIN_SECONDS):
+            async for chunk in chunks:
+                reader.feed(chunk)
+                if reader.complete:
+                    return
+    except (TimeoutError, httpx.TransportError):
+        return
+
+
+async def _upstream_failed(request, send, status, code, error) -> None:
+    logger.warning("upstream %s failed: %r", request.provider, error)
+    request.status = status
+    request.outcome = "upstream_error"
+    await _send_error(send, request, status, code, f"Costr could not reach {request.provider}.")
+    sink.emit(request.record(None))
+
+
+async def _send_error(send, request: ProxiedRequest, status: int, code: str, message: str):
+    body = request.adapter.error_body(status, code, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-costr-error", code.encode()),
+                (b"x-costr-request-id", request.request_id.encode()),
+                (
+                    b"x-costr-overhead-ms",
+                    f"{_ms(time.perf_counter() - request.started):.3f}".encode(),
+                ),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_plain_error(send, status: int, code: str, message: str) -> None:
+    body = f'{{"error": {{"code": "{code}", "message": "{message}"}}}}'.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-costr-error", code.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})

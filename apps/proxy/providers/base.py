@@ -1,0 +1,641 @@
+"""What every provider adapter shares: the normalised usage record, request metadata, header and
+query helpers, incremental content decoding, and the usage readers that watch response bodies.
+
+Everything here runs on the proxy's hot path, so it works on the bytes already passing, in
+O(chunk) time and bounded memory, and it never raises into the proxy: a body Costr cannot read
+costs the event its token counts, never the client its response.
+"""
+
+import json
+import logging
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, unquote
+
+from django.views.decorators.debug import sensitive_variables
+
+from apps.proxy.sse import TAIL_BYTES, Event, SSESplitter
+
+try:
+    import brotli
+except ImportError:  # pragma: no cover - brotli is a declared dependency
+    brotli = None
+
+logger = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+
+# The values RequestInfo.endpoint takes, as the usage event records them.
+ENDPOINTS = frozenset(
+    {
+        "chat",
+        "responses",
+        "embeddings",
+        "completions",
+        "messages",
+        "count_tokens",
+        "generate",
+        "embed",
+        "other",
+    }
+)
+
+# A non-stream body up to this size is kept and parsed whole; past it only a head and a tail are.
+JSON_BODY_CAP = 256 * 1024
+JSON_HEAD_BYTES = 64 * 1024
+# Decoded output is handed on in pieces of about this size (brotli may overshoot it by half), so
+# a small compressed chunk that expands enormously never becomes one enormous bytes object.
+DECODED_PIECE_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage normalised across providers, as the usage event records it.
+
+    ``input_tokens`` is the TOTAL input, cache reads and writes included; ``output_tokens``
+    includes reasoning. A token field is None when the provider reported nothing for it: every
+    field when there was no usage object at all, and the fields a provider or endpoint has no
+    notion of (OpenAI and Gemini have no 1-hour cache writes, Gemini reports no cache writes,
+    embeddings have no output). When a usage object was reported, a detail count it omits
+    (cached, cache writes, reasoning) is 0, because providers omit zero details; the exception is
+    Anthropic reasoning, which older responses never break out of ``output_tokens``.
+
+    ``model`` is the model the response reports; ``service_tier`` is ``flex`` or ``priority``
+    when the response reports one of those, else None (standard pricing); ``raw`` is the usage
+    object as the provider sent it (for an Anthropic stream, ``message_start``'s usage updated
+    by the last ``message_delta``), kept so that events can be re-priced later.
+    """
+
+    input_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    model: str | None = None
+    service_tier: str | None = None
+    raw: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RequestInfo:
+    """What the proxy learns from a request before forwarding it."""
+
+    endpoint: str
+    requested_model: str | None = None
+    stream: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers over JSON values, headers and query strings
+
+
+def loads_or_none(data: bytes | bytearray | str) -> Any:
+    """``json.loads`` that answers None for anything that is not JSON, however broken."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def count(mapping: Any, key: str) -> int | None:
+    """A token count from a usage mapping, or None when absent, null or not an integer."""
+    if not isinstance(mapping, dict):
+        return None
+    value = mapping.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def normalise_service_tier(value: Any) -> str | None:
+    """The tiers that change the price (``flex``, ``priority``); anything else is standard."""
+    return value if value in ("flex", "priority") else None
+
+
+def model_and_stream_from_body(body_head: bytes | None) -> tuple[str | None, bool]:
+    """``model`` and ``stream`` from a JSON request body; (None, False) when it is unreadable."""
+    document = loads_or_none(body_head) if body_head else None
+    if not isinstance(document, dict):
+        return None, False
+    return text_or_none(document.get("model")), document.get("stream") is True
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of a header, its name matched case-insensitively."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+@sensitive_variables()
+def bearer_token(value: bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, or None for any other scheme."""
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return token.decode("latin-1")
+
+
+@sensitive_variables()
+def with_headers_set(headers: Iterable[tuple[bytes, bytes]], values: dict[bytes, bytes]) -> Headers:
+    """``headers`` with each named header (lowercase name) set to its new value.
+
+    The new value takes the place of the header's first occurrence, so header order is kept;
+    repeated occurrences are dropped, and a header that was absent is appended.
+    """
+    result: Headers = []
+    placed: set[bytes] = set()
+    for key, value in headers:
+        lowered = key.lower()
+        if lowered not in values:
+            result.append((key, value))
+        elif lowered not in placed:
+            result.append((key, values[lowered]))
+            placed.add(lowered)
+    result.extend((key, value) for key, value in values.items() if key not in placed)
+    return result
+
+
+@sensitive_variables()
+def query_param(query_string: bytes, name: bytes) -> str | None:
+    """The percent-decoded value of the first ``name=`` parameter of a query string."""
+    for part in query_string.split(b"&"):
+        key, separator, value = part.partition(b"=")
+        if key == name and separator:
+            return unquote(value.decode("latin-1"))
+    return None
+
+
+@sensitive_variables()
+def query_with_param_replaced(query_string: bytes, name: bytes, value: str) -> bytes:
+    """The query string with every ``name=`` value replaced in place, all else byte for byte."""
+    replacement = name + b"=" + quote(value, safe="").encode("ascii")
+    return b"&".join(
+        replacement if part.partition(b"=")[0] == name else part
+        for part in query_string.split(b"&")
+    )
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    return (content_type or "").split(";")[0].strip().lower() == "text/event-stream"
+
+
+# ---------------------------------------------------------------------------------------------
+# Content decoding
+
+
+class ContentDecodingError(Exception):
+    """The body is not valid for its Content-Encoding."""
+
+
+_ENCODING_ALIASES = {
+    "identity": "identity",
+    "gzip": "gzip",
+    "x-gzip": "gzip",
+    "deflate": "deflate",
+    "br": "br",
+}
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_GZIP_MAGIC = b"\x1f\x8b"
+_DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error,) + (
+    (brotli.error,) if brotli is not None else ()
+)
+
+
+class ContentDecoder:
+    """Incremental decoder for one Content-Encoding, with output in bounded pieces.
+
+    ``deflate`` is accepted both zlib-wrapped (what the RFC says) and raw (what some servers
+    send), told apart by the zlib header. A gzip body may hold several members, as RFC 1952
+    allows; any other data after the end of the compressed stream is ignored.
+    """
+
+    __slots__ = ("_brotli", "_encoding", "_ended", "_head", "_members", "_zlib")
+
+    def __init__(self, encoding: str):
+        self._encoding = encoding
+        self._zlib: Any = None
+        self._brotli: Any = brotli.Decompressor() if encoding == "br" else None
+        self._head = b""  # the first bytes of a zlib stream, until its header can be judged
+        self._members = 0
+        self._ended = False
+
+    @property
+    def encoding(self) -> str:
+        """The coding decoded: ``identity``, ``gzip``, ``deflate`` or ``br``."""
+        return self._encoding
+
+    def decode(self, chunk: bytes) -> Iterator[bytes]:
+        """Decoded bytes for this chunk; raises ContentDecodingError on a corrupt body."""
+        if self._encoding == "identity":
+            if chunk:
+                yield chunk
+            return
+        try:
+            if self._brotli is not None:
+                yield from self._unbrotli(chunk)
+            else:
+                yield from self._inflate(chunk)
+        except _DECODE_ERRORS as error:
+            raise ContentDecodingError(str(error)) from error
+
+    def flush(self) -> Iterator[bytes]:
+        """Whatever the decoder still holds at the end of the body (a cut body is no error)."""
+        if self._zlib is None:
+            return
+        try:
+            rest = self._zlib.flush()
+        except zlib.error:
+            return
+        if rest:
+            yield rest
+
+    def _inflate(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            if self._zlib is None:
+                if self._ended:
+                    return
+                self._head += data
+                if len(self._head) < 2:
+                    return
+                data, self._head = self._head, b""
+                if self._encoding == "deflate":
+                    wbits = _deflate_wbits(data)
+                elif self._members and not data.startswith(_GZIP_MAGIC):
+                    self._ended = True
+                    return
+                else:
+                    wbits = _GZIP_WBITS
+                self._zlib = zlib.decompressobj(wbits)
+                self._members += 1
+            output = self._zlib.decompress(data, DECODED_PIECE_BYTES)
+            if output:
+                yield output
+            if self._zlib.eof:
+                data = self._zlib.unused_data
+                self._zlib = None
+                self._ended = self._encoding == "deflate"
+                continue
+            data = self._zlib.unconsumed_tail
+            if not data and len(output) < DECODED_PIECE_BYTES:
+                return
+
+    def _unbrotli(self, data: bytes) -> Iterator[bytes]:
+        if self._brotli.is_finished():
+            return
+        output = self._brotli.process(data, output_buffer_limit=DECODED_PIECE_BYTES)
+        # A full buffer means more output may be pending (``can_accept_more_data`` is not
+        # reliable across brotli releases): drain it with empty input until a short piece.
+        while output:
+            yield output
+            if len(output) < DECODED_PIECE_BYTES or self._brotli.is_finished():
+                return
+            output = self._brotli.process(b"", output_buffer_limit=DECODED_PIECE_BYTES)
+
+
+def _deflate_wbits(head: bytes) -> int:
+    """zlib-wrapped when the first two bytes form a valid zlib header, else raw deflate."""
+    cmf, flg = head[0], head[1]
+    is_zlib = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf * 256 + flg) % 31 == 0
+    return zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
+
+
+def content_decoder(content_encoding: str | None) -> ContentDecoder | None:
+    """A decoder for a response's Content-Encoding, or None when Costr cannot decode it.
+
+    Unknown codings (zstd, compress, …) and stacked codings (``gzip, br``) answer None: the
+    usage of such a response is recorded as unknown.
+    """
+    codings = [
+        coding.strip().lower() for coding in (content_encoding or "").split(",") if coding.strip()
+    ]
+    codings = [coding for coding in codings if coding != "identity"]
+    if not codings:
+        return ContentDecoder("identity")
+    if len(codings) > 1:
+        return None
+    encoding = _ENCODING_ALIASES.get(codings[0])
+    if encoding is None or (encoding == "br" and brotli is None):
+        return None
+    return ContentDecoder(encoding)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recovering usage from the end of a body too large to keep
+
+_JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_JSON_TOKEN = re.compile(_JSON_STRING + r"|[{}\[\]]")
+_COLON_THEN_STRING = re.compile(r"\s*:\s*(" + _JSON_STRING + ")")
+
+
+def top_level_strings(head: str, keys: Iterable[str]) -> dict[str, str]:
+    """String values of the wanted keys at the top level of a JSON object's (possibly cut) text.
+
+    Tracks nesting, so a ``"model"`` inside a tool call or a message does not count.
+    """
+    wanted = {json.dumps(key): key for key in keys}
+    found: dict[str, str] = {}
+    depth = 0
+    for match in _JSON_TOKEN.finditer(head):
+        token = match.group()
+        if token in ("{", "["):
+            depth += 1
+        elif token in ("}", "]"):
+            depth -= 1
+        elif depth == 1 and token in wanted and wanted[token] not in found:
+            value = _COLON_THEN_STRING.match(head, match.end())
+            if value is not None:
+                text = loads_or_none(value.group(1))
+                if isinstance(text, str):
+                    found[wanted[token]] = text
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+def last_string_value(tail: str, key: str) -> str | None:
+    """The value of the last ``"key": "…"`` pair in a fragment of JSON text.
+
+    Quotes inside JSON strings are escaped, so an unescaped ``"key":`` in any fragment is
+    structure, not content.
+    """
+    pattern = re.compile(re.escape(json.dumps(key)) + _COLON_THEN_STRING.pattern)
+    value = None
+    for match in pattern.finditer(tail):
+        value = match.group(1)
+    return text_or_none(loads_or_none(value)) if value is not None else None
+
+
+def last_object_value(tail: str, key: str) -> dict[str, Any] | None:
+    """The last ``"key": {…}`` object in a fragment of JSON text that decodes whole."""
+    pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:\s*(\{)")
+    decoder = json.JSONDecoder()
+    for match in reversed(list(pattern.finditer(tail))):
+        try:
+            value, _ = decoder.raw_decode(tail, match.start(1))
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def recover_fields(
+    head: bytes, tail: bytes, object_key: str, string_keys: Iterable[str]
+) -> dict[str, Any]:
+    """Rebuild the parts of a cut JSON document that usage extraction needs.
+
+    Each string key is taken from the top level of the head if present there, else from its
+    last occurrence in the tail; the usage object from its last occurrence in the tail (every
+    provider puts usage after the bulky content). The result has the same shape as the whole
+    document, so the same extraction function reads it.
+    """
+    head_text = head.decode("utf-8", "replace")
+    tail_text = tail.decode("utf-8", "replace")
+    string_keys = tuple(string_keys)
+    fields: dict[str, Any] = dict(top_level_strings(head_text, string_keys)) if head else {}
+    for key in string_keys:
+        if key not in fields:
+            value = last_string_value(tail_text, key)
+            if value is not None:
+                fields[key] = value
+    usage = last_object_value(tail_text, object_key)
+    if usage is not None:
+        fields[object_key] = usage
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage readers
+
+
+class UsageReader:
+    """Watches a copy of one response body for usage.
+
+    ``feed`` takes the body bytes exactly as they came from the upstream (still content-encoded)
+    and never raises: any internal error turns the reader into "usage unknown" and stops its
+    work. ``finish`` gives the result once the body has ended (or was cut short): None when
+    nothing was learned, a Usage with its token fields None when only the model is known.
+    ``complete`` turns True as soon as reading further bytes cannot change the result, which
+    lets the proxy stop reading the upstream early after the client went away.
+    """
+
+    def __init__(self, decoder: ContentDecoder | None = None):
+        self._decoder = decoder or ContentDecoder("identity")
+        self._complete = False
+        self._failed = False
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    def feed(self, chunk: bytes) -> None:
+        if self._complete or self._failed:
+            return
+        try:
+            for piece in self._decoder.decode(chunk):
+                self._consume(piece)
+                if self._complete:
+                    return
+        except Exception as error:
+            self._fail(error)
+
+    def finish(self) -> Usage | None:
+        if self._failed:
+            return None
+        try:
+            if not self._complete:
+                for piece in self._decoder.flush():
+                    self._consume(piece)
+                self._end()
+            return self._result()
+        except Exception as error:
+            self._fail(error)
+            return None
+
+    def _fail(self, error: Exception) -> None:
+        # The type only: a message could quote body content, which is never logged.
+        logger.warning("usage reader gave up: %s", type(error).__name__)
+        self._failed = True
+        self._complete = True
+
+    def _consume(self, piece: bytes) -> None:
+        """Take one piece of the decoded body."""
+
+    def _end(self) -> None:
+        """The body has ended."""
+
+    def _result(self) -> Usage | None:
+        return None
+
+
+class NoUsageReader(UsageReader):
+    """For responses that carry no billable usage: error statuses, unmetered endpoints, bodies
+    in a coding Costr cannot decode. It is complete from the start, as nothing is awaited."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._complete = True
+
+
+class JsonBodyUsageReader(UsageReader):
+    """Usage from a whole (non-streamed) JSON body.
+
+    A body up to ``JSON_BODY_CAP`` is kept and parsed whole. A larger one (embeddings can run to
+    megabytes) keeps only its head and a bounded tail, and the fields usage needs are recovered
+    from those with ``recover_fields``.
+    """
+
+    def __init__(
+        self,
+        decoder: ContentDecoder,
+        extract: Callable[[Any], Usage | None],
+        object_key: str,
+        string_keys: tuple[str, ...],
+    ):
+        super().__init__(decoder)
+        self._extract = extract
+        self._object_key = object_key
+        self._string_keys = string_keys
+        self._body: bytearray | None = bytearray()
+        self._head = b""
+        self._tail = bytearray()
+
+    def _consume(self, piece: bytes) -> None:
+        if self._body is not None:
+            self._body += piece
+            if len(self._body) > JSON_BODY_CAP:
+                self._head = bytes(self._body[:JSON_HEAD_BYTES])
+                self._tail = self._body[-TAIL_BYTES:]
+                self._body = None
+            return
+        self._tail += piece
+        if len(self._tail) > 2 * TAIL_BYTES:
+            del self._tail[: len(self._tail) - TAIL_BYTES]
+
+    def _result(self) -> Usage | None:
+        if self._body is not None:
+            document = loads_or_none(self._body) if self._body else None
+        else:
+            tail = bytes(self._tail[-TAIL_BYTES:])
+            document = recover_fields(self._head, tail, self._object_key, self._string_keys)
+        return self._extract(document)
+
+
+class SSEUsageReader(UsageReader):
+    """Usage from an event stream: subclasses look at each event in ``_on_event``."""
+
+    def __init__(self, decoder: ContentDecoder):
+        super().__init__(decoder)
+        self._splitter = SSESplitter()
+
+    def _consume(self, piece: bytes) -> None:
+        for event in self._splitter.feed(piece):
+            self._on_event(event)
+            if self._complete:
+                return
+
+    def _end(self) -> None:
+        for event in self._splitter.finish():
+            self._on_event(event)
+
+    def _on_event(self, event: Event) -> None:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter interface
+
+
+class StreamFilter(Protocol):
+    """Rewrites the response bytes going to the client (see ``Adapter.client_stream_filter``)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+    def response_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers: ...
+
+
+class Adapter:
+    """One provider's wire facts, as the proxy view needs them. One instance per provider.
+
+    The view calls, in order: ``credential_from`` (the client's Costr token),
+    ``swap_credential`` (the provider key in its place), ``inspect_request``,
+    ``prepare_request_body`` (the one body change, OpenAI only), then per response
+    ``usage_reader`` (fed every upstream chunk as received) and, only when the body was
+    changed, ``client_stream_filter``; ``error_body`` shapes Costr's own errors.
+    """
+
+    name: str = ""
+    default_upstream: str = ""
+    # Endpoints whose successful responses carry billable usage.
+    metered_endpoints: frozenset[str] = frozenset()
+
+    def credential_from(
+        self, headers: Iterable[tuple[bytes, bytes]], query_string: bytes
+    ) -> str | None:
+        """The credential the client sent where its SDK puts the API key, or None."""
+        raise NotImplementedError
+
+    def swap_credential(
+        self, headers: Iterable[tuple[bytes, bytes]], query_string: bytes, provider_key: str
+    ) -> tuple[Headers, bytes]:
+        """Headers and query string with the provider key wherever the client's credential was."""
+        raise NotImplementedError
+
+    def inspect_request(self, method: str, path: str, body_head: bytes | None) -> RequestInfo:
+        """Endpoint, requested model and stream flag.
+
+        ``path`` is what follows ``/p/<org>/<provider>/``; ``body_head`` is the request body
+        when it is JSON and small enough to parse, else None. Never raises.
+        """
+        raise NotImplementedError
+
+    def error_body(self, status: int, code: str, message: str) -> bytes:
+        """A Costr error in the provider's own error shape, so the SDK raises its usual error."""
+        raise NotImplementedError
+
+    def prepare_request_body(
+        self, info: RequestInfo, body: bytes, inject: bool
+    ) -> tuple[bytes, bool]:
+        """The request body to forward and whether Costr changed it (only OpenAI ever does)."""
+        return body, False
+
+    def client_stream_filter(
+        self, info: RequestInfo, status: int, content_type: str | None, content_encoding: str | None
+    ) -> StreamFilter | None:
+        """A filter for the response bytes going to the client, or None to forward them as is."""
+        return None
+
+    def usage_reader(
+        self, info: RequestInfo, status: int, content_type: str | None, content_encoding: str | None
+    ) -> UsageReader:
+        """A reader to feed every upstream response chunk to (the bytes as received)."""
+        if not 200 <= status < 300 or info.endpoint not in self.metered_endpoints:
+            return NoUsageReader()
+        decoder = content_decoder(content_encoding)
+        if decoder is None:
+            return NoUsageReader()
+        if is_event_stream(content_type):
+            return self._stream_reader(info, decoder)
+        return self._body_reader(info, decoder)
+
+    def _stream_reader(self, info: RequestInfo, decoder: ContentDecoder) -> UsageReader:
+        raise NotImplementedError
+
+    def _body_reader(self, info: RequestInfo, decoder: ContentDecoder) -> UsageReader:
+        raise NotImplementedError

@@ -1,0 +1,371 @@
+"""OpenAI: Chat Completions, Responses, Embeddings and legacy Completions.
+
+Usage rules (PROVIDERS.md): ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``
+and ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``; the Responses
+API says ``input_tokens``/``output_tokens`` with ``*_details`` alike. A chat stream carries usage
+only in a final chunk with ``"choices": []``, and only when the request set
+``stream_options.include_usage`` -- hence the one body change, and the filter that hides the
+extra chunk from clients that never asked for it.
+"""
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from django.views.decorators.debug import sensitive_variables
+
+from apps.proxy.providers.base import (
+    Adapter,
+    ContentDecoder,
+    Headers,
+    JsonBodyUsageReader,
+    RequestInfo,
+    SSEUsageReader,
+    Usage,
+    UsageReader,
+    bearer_token,
+    content_decoder,
+    count,
+    header_value,
+    is_event_stream,
+    loads_or_none,
+    model_and_stream_from_body,
+    normalise_service_tier,
+    recover_fields,
+    text_or_none,
+    with_headers_set,
+)
+from apps.proxy.sse import Event, SSESplitter
+
+_ENDPOINTS = {
+    "v1/chat/completions": "chat",
+    "v1/responses": "responses",
+    "v1/embeddings": "embeddings",
+    "v1/completions": "completions",
+}
+_RESPONSE_STRING_KEYS = ("model", "service_tier")
+
+
+def usage_from_openai_usage(
+    raw: Any, *, model: Any = None, service_tier: Any = None
+) -> Usage | None:
+    """Normalise an OpenAI ``usage`` object, in Chat Completions or Responses API naming.
+
+    Embeddings report only ``prompt_tokens``, so their output fields stay None.
+    """
+    model = text_or_none(model)
+    tier = normalise_service_tier(service_tier)
+    if not isinstance(raw, dict):
+        return Usage(model=model, service_tier=tier) if model else None
+    if "input_tokens" in raw or "output_tokens" in raw:
+        input_tokens, input_details = count(raw, "input_tokens"), raw.get("input_tokens_details")
+        output_tokens = count(raw, "output_tokens")
+        output_details = raw.get("output_tokens_details")
+    else:
+        input_tokens, input_details = count(raw, "prompt_tokens"), raw.get("prompt_tokens_details")
+        output_tokens = count(raw, "completion_tokens")
+        output_details = raw.get("completion_tokens_details")
+    return Usage(
+        input_tokens=input_tokens,
+        cached_input_tokens=_detail(input_tokens, input_details, "cached_tokens"),
+        cache_write_tokens=_detail(input_tokens, input_details, "cache_write_tokens"),
+        output_tokens=output_tokens,
+        reasoning_tokens=_detail(output_tokens, output_details, "reasoning_tokens"),
+        model=model,
+        service_tier=tier,
+        raw=raw,
+    )
+
+
+def _detail(parent: int | None, details: Any, key: str) -> int | None:
+    """A breakdown count: 0 when omitted under a reported parent, None without a parent."""
+    if parent is None:
+        return None
+    value = count(details, key)
+    return 0 if value is None else value
+
+
+def usage_from_openai_body(document: Any) -> Usage | None:
+    """Usage of a whole response body (chat completion, response, embedding list)."""
+    if not isinstance(document, dict):
+        return None
+    return usage_from_openai_usage(
+        document.get("usage"),
+        model=document.get("model"),
+        service_tier=document.get("service_tier"),
+    )
+
+
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+class ChatStreamUsageReader(SSEUsageReader):
+    """Chat Completions (and legacy Completions) stream: usage rides the final chunk.
+
+    Only the first chunk (for the model and tier) and a chunk holding a ``usage`` object are
+    parsed; the content chunks in between are skipped with a regex test.
+    """
+
+    def __init__(self, decoder: ContentDecoder):
+        super().__init__(decoder)
+        self._model: str | None = None
+        self._service_tier: Any = None
+        self._usage: dict[str, Any] | None = None
+
+    def _on_event(self, event: Event) -> None:
+        if event.truncated:
+            return
+        if self._model is not None and not _USAGE_OBJECT.search(event.data):
+            return
+        chunk = loads_or_none(event.data)
+        if not isinstance(chunk, dict):
+            return
+        self._model = text_or_none(chunk.get("model")) or self._model
+        self._service_tier = chunk.get("service_tier", self._service_tier)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+            self._complete = True
+
+    def _result(self) -> Usage | None:
+        return usage_from_openai_usage(
+            self._usage, model=self._model, service_tier=self._service_tier
+        )
+
+
+_RESPONSE_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSE_OBJECT_EVENTS = _RESPONSE_FINAL_EVENTS | {
+    "response.created",
+    "response.in_progress",
+    "response.queued",
+}
+
+
+class ResponsesStreamUsageReader(SSEUsageReader):
+    """Responses API stream: usage in the response object of the final lifecycle event.
+
+    ``response.completed`` repeats the whole output, so with large outputs (generated images)
+    it can outgrow the event limit; its usage is then recovered from the event's tail.
+    """
+
+    def __init__(self, decoder: ContentDecoder):
+        super().__init__(decoder)
+        self._model: str | None = None
+        self._service_tier: Any = None
+        self._usage: dict[str, Any] | None = None
+
+    def _on_event(self, event: Event) -> None:
+        if event.event is not None and event.event not in _RESPONSE_OBJECT_EVENTS:
+            return
+        if event.truncated:
+            if event.event in _RESPONSE_FINAL_EVENTS:
+                fields = recover_fields(b"", event.data, "usage", ("service_tier",))
+                self._take_response(fields, final=True)
+            return
+        document = loads_or_none(event.data)
+        if not isinstance(document, dict) or not isinstance(document.get("response"), dict):
+            return
+        kind = document.get("type", event.event)
+        self._take_response(document["response"], final=kind in _RESPONSE_FINAL_EVENTS)
+
+    def _take_response(self, response: dict[str, Any], *, final: bool) -> None:
+        self._model = text_or_none(response.get("model")) or self._model
+        self._service_tier = response.get("service_tier", self._service_tier)
+        if final:
+            usage = response.get("usage")
+            self._usage = usage if isinstance(usage, dict) else None
+            self._complete = True
+
+    def _result(self) -> Usage | None:
+        return usage_from_openai_usage(
+            self._usage, model=self._model, service_tier=self._service_tier
+        )
+
+
+def is_usage_chunk(event: Event) -> bool:
+    """Whether an event is the chat stream's final usage chunk (``choices: []`` with usage)."""
+    if event.truncated or not _EMPTY_CHOICES.search(event.data):
+        return False
+    chunk = loads_or_none(event.data)
+    return (
+        isinstance(chunk, dict)
+        and chunk.get("choices") == []
+        and isinstance(chunk.get("usage"), dict)
+    )
+
+
+# The usage chunk is small; an event larger than this is forwarded without being held whole.
+FILTER_EVENT_BYTES = 64 * 1024
+_CR = 0x0D
+_LF = 0x0A
+
+
+class UsageChunkFilter:
+    """Removes the usage chunk Costr asked for from the chat stream going to the client.
+
+    Every other byte passes unchanged and in order. Complete events go out as soon as their
+    blank line arrives; only the incomplete trailing event is held, and not even that once it
+    outgrows ``FILTER_EVENT_BYTES`` (it cannot be the usage chunk). A content-encoded body is
+    decoded, since cutting an event out of a compressed stream would need re-compression:
+    ``response_headers`` then drops ``content-encoding``, and always ``content-length``, which
+    the removal falsifies. ``feed`` raises ContentDecodingError on a corrupt compressed body;
+    the proxy then breaks the client connection as for a broken upstream.
+    """
+
+    def __init__(self, decoder: ContentDecoder):
+        self._decoder = decoder
+        self._splitter = SSESplitter(max_event_bytes=FILTER_EVENT_BYTES, tail_bytes=0)
+        self._pending = bytearray()
+        self._passing = False
+        # After a blank line that ended in CR, the LF of its CRLF may still come: it goes
+        # wherever the event it ends went ("drop" or "forward").
+        self._lf_fate: str | None = None
+        self.headers_to_remove = frozenset(
+            {b"content-length"}
+            if decoder.encoding == "identity"
+            else {b"content-length", b"content-encoding"}
+        )
+
+    @property
+    def decodes(self) -> bool:
+        """Whether the output is decoded (the upstream body was content-encoded)."""
+        return b"content-encoding" in self.headers_to_remove
+
+    def response_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+        """The upstream response headers fit for the filtered body."""
+        return [(key, value) for key, value in headers if key.lower() not in self.headers_to_remove]
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send to the client now for this upstream chunk (maybe empty)."""
+        output = bytearray()
+        for piece in self._decoder.decode(chunk):
+            self._filter(piece, output)
+        return bytes(output)
+
+    def finish(self) -> bytes:
+        """The bytes still held when the upstream body has ended."""
+        output = bytearray()
+        for piece in self._decoder.flush():
+            self._filter(piece, output)
+        leftover = self._splitter.finish()
+        if self._passing or not any(is_usage_chunk(event) for event in leftover):
+            output += self._pending
+        self._pending.clear()
+        return bytes(output)
+
+    def _filter(self, piece: bytes, output: bytearray) -> None:
+        start = 0
+        for event, end in self._splitter.feed_with_offsets(piece):
+            self._take(piece[start:end], output)
+            drop = not self._passing and event is not None and is_usage_chunk(event)
+            if not drop:
+                output += self._pending
+            self._pending.clear()
+            self._passing = False
+            if piece[end - 1] == _CR:
+                self._lf_fate = "drop" if drop else "forward"
+            start = end
+        self._take(piece[start:], output)
+
+    def _take(self, data: bytes, output: bytearray) -> None:
+        if self._lf_fate is not None and data:
+            fate, self._lf_fate = self._lf_fate, None
+            if data[0] == _LF:
+                if fate == "forward":
+                    output.append(_LF)
+                data = data[1:]
+        if self._passing:
+            output += data
+            return
+        self._pending += data
+        if len(self._pending) > FILTER_EVENT_BYTES:
+            output += self._pending
+            self._pending.clear()
+            self._passing = True
+
+
+class OpenAIAdapter(Adapter):
+    name = "openai"
+    default_upstream = "https://api.openai.com"
+    metered_endpoints = frozenset({"chat", "responses", "embeddings", "completions"})
+
+    @sensitive_variables()
+    def credential_from(
+        self, headers: Iterable[tuple[bytes, bytes]], query_string: bytes
+    ) -> str | None:
+        return bearer_token(header_value(headers, b"authorization"))
+
+    @sensitive_variables()
+    def swap_credential(
+        self, headers: Iterable[tuple[bytes, bytes]], query_string: bytes, provider_key: str
+    ) -> tuple[Headers, bytes]:
+        authorization = b"Bearer " + provider_key.encode("latin-1")
+        return with_headers_set(headers, {b"authorization": authorization}), query_string
+
+    def inspect_request(self, method: str, path: str, body_head: bytes | None) -> RequestInfo:
+        endpoint = _ENDPOINTS.get(path.strip("/"), "other")
+        if method.upper() != "POST":
+            return RequestInfo("other")
+        model, stream = model_and_stream_from_body(body_head)
+        return RequestInfo(endpoint, model, stream)
+
+    def error_body(self, status: int, code: str, message: str) -> bytes:
+        error = {
+            "message": message,
+            "type": "server_error" if status >= 500 else "invalid_request_error",
+            "param": None,
+            "code": code,
+        }
+        return json.dumps({"error": error}).encode()
+
+    def prepare_request_body(
+        self, info: RequestInfo, body: bytes, inject: bool
+    ) -> tuple[bytes, bool]:
+        """Set ``stream_options.include_usage`` on a streaming chat request that lacks it.
+
+        Any other body, or one that does not parse as a JSON object, is returned as the same
+        bytes. When the body changed, the caller must send the new ``content-length``.
+        """
+        if not inject or info.endpoint != "chat" or not info.stream:
+            return body, False
+        document = loads_or_none(body)
+        if not isinstance(document, dict) or document.get("stream") is not True:
+            return body, False
+        options = document.get("stream_options")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict) or options.get("include_usage") is True:
+            return body, False
+        document["stream_options"] = {**options, "include_usage": True}
+        try:
+            text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+            return text.encode(), True
+        except UnicodeEncodeError:  # a lone surrogate escape in the body: keep it escaped
+            return json.dumps(document, separators=(",", ":")).encode(), True
+
+    def client_stream_filter(
+        self, info: RequestInfo, status: int, content_type: str | None, content_encoding: str | None
+    ) -> UsageChunkFilter | None:
+        """The filter hiding the injected usage chunk; call only when the body was changed.
+
+        None (forward as is) for anything but a successful chat event stream, and for a coding
+        Costr cannot decode: that client then sees the usage chunk, which is valid OpenAI
+        output, rather than a broken stream.
+        """
+        if info.endpoint != "chat" or not 200 <= status < 300 or not is_event_stream(content_type):
+            return None
+        decoder = content_decoder(content_encoding)
+        return UsageChunkFilter(decoder) if decoder is not None else None
+
+    def _stream_reader(self, info: RequestInfo, decoder: ContentDecoder) -> UsageReader:
+        if info.endpoint == "responses":
+            return ResponsesStreamUsageReader(decoder)
+        return ChatStreamUsageReader(decoder)
+
+    def _body_reader(self, info: RequestInfo, decoder: ContentDecoder) -> UsageReader:
+        return JsonBodyUsageReader(decoder, usage_from_openai_body, "usage", _RESPONSE_STRING_KEYS)
+
+
+adapter = OpenAIAdapter()
