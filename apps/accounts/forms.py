@@ -93,3 +93,24 @@ class InvitationForm(forms.Form):
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
+
+
+class OrganizationSettingsForm(forms.ModelForm):
+    class Meta:
+        model = Organization
+        fields = ["name", "inject_openai_stream_usage"]
+        labels = {
+            "name": "Organization name",
+            "inject_openai_stream_usage": "Meter streaming OpenAI chat requests that do not ask "
+            "for usage",
+        }
+        help_texts = {
+            "inject_openai_stream_usage": (
+                "OpenAI reports the tokens of a streamed chat completion only when the request "
+                "sets stream_options.include_usage. When this is on, Costr sets it on requests "
+                "that lack it and removes the extra usage chunk before the stream reaches your "
+                'code; the only visible trace is a "usage": null field on each chunk. When it '
+                "is off, such requests pass untouched and are recorded with tokens unknown. "
+                "Changes reach the proxy within a few seconds."
+            ),
+        }

@@ -280,3 +280,29 @@ def invitation_email_send(*, invitation: Invitation, link: str) -> None:
         from_email=None,
         recipient_list=[invitation.email],
     )
+
+
+def organization_update(
+    *, organization: Organization, changes: dict, actor: User, ip: str | None = None
+) -> Organization:
+    """Apply settings changes and record which fields changed (values are not secrets)."""
+    changed = {
+        field: {"from": getattr(organization, field), "to": value}
+        for field, value in changes.items()
+        if getattr(organization, field) != value
+    }
+    if not changed:
+        return organization
+    with transaction.atomic():
+        for field, change in changed.items():
+            setattr(organization, field, change["to"])
+        organization.save(update_fields=list(changed))
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="organization.settings_changed",
+            target=organization.slug,
+            ip=ip,
+            details=changed,
+        )
+    return organization

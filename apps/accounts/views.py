@@ -11,8 +11,14 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.generic import FormView, TemplateView
 
 from apps.accounts import services
-from apps.accounts.forms import InvitationForm, OrganizationForm, RoleForm, SignupForm
-from apps.accounts.models import Invitation, Membership
+from apps.accounts.forms import (
+    InvitationForm,
+    OrganizationForm,
+    OrganizationSettingsForm,
+    RoleForm,
+    SignupForm,
+)
+from apps.accounts.models import Invitation, Membership, Organization
 from apps.accounts.selectors import (
     memberships_of_user,
     organization_members,
@@ -213,3 +219,29 @@ class InvitationAcceptView(View):
             return render(request, self.template_name, {"error": str(error)}, status=400)
         messages.success(request, f"You joined {membership.organization.name}.")
         return redirect("org_home", org_slug=membership.organization.slug)
+
+
+class OrganizationSettingsView(OrganizationViewMixin, TemplateView):
+    template_name = "accounts/org_settings.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["form"] = kwargs.get("form") or OrganizationSettingsForm(instance=self.organization)
+        context["can_manage"] = self.membership.has_role("admin")
+        return context
+
+    def post(self, request, *args, **kwargs):
+        # A bound ModelForm writes into its instance while validating: give it a copy, so a
+        # refused change never alters the organization shown on the page.
+        draft = Organization.objects.get(pk=self.organization.pk)
+        form = OrganizationSettingsForm(request.POST, instance=draft)
+        if not form.is_valid():
+            return self.render_to_response(self.get_context_data(form=form), status=400)
+        services.organization_update(
+            organization=self.organization,
+            changes={name: form.cleaned_data[name] for name in form.fields},
+            actor=request.user,
+            ip=services.client_ip(request),
+        )
+        messages.success(request, "Settings saved.")
+        return redirect("org_settings", org_slug=self.organization.slug)
