@@ -24,6 +24,11 @@ from django.views.decorators.debug import sensitive_variables
 logger = logging.getLogger("costr.keys.keycache")
 
 INVALIDATION_CHANNEL = "costr:keycache:invalidate"
+# When the database cannot be reached, a token last seen valid within this window keeps working
+# (fail-open: Costr's own trouble must not stop traffic); revocations heard over Redis still
+# remove it at once.
+STALE_IF_ERROR_SECONDS = 300.0
+MAX_ENTRIES = 10_000
 # An unknown token is remembered briefly too, so a client retrying a bad token in a loop does
 # not turn every request into a query; short, so a fresh token works almost at once elsewhere.
 NEGATIVE_TTL_SECONDS = 1.0
@@ -93,10 +98,26 @@ def _cached(token_hash: str):
     return True, value
 
 
+def _stale_or_raise(token_hash: str, error: Exception) -> ResolvedToken:
+    entry = _entries.get(token_hash)
+    if entry is not None and entry[1] is not None:
+        expired_for = time.monotonic() - entry[0]
+        if expired_for <= STALE_IF_ERROR_SECONDS:
+            logger.warning("token lookup failed; using what was known %.0fs ago", expired_for)
+            return entry[1]
+    raise error
+
+
 def _store(token_hash: str, value: ResolvedToken | None) -> None:
     ttl = _ttl() if value is not None else min(_ttl(), NEGATIVE_TTL_SECONDS)
+    now = time.monotonic()
     with _lock:
-        _entries[token_hash] = (time.monotonic() + ttl, value)
+        _entries[token_hash] = (now + ttl, value)
+        if len(_entries) > MAX_ENTRIES:
+            # Bad tokens sprayed at the proxy must not grow memory without bound.
+            for key, (expires, known) in list(_entries.items()):
+                if expires <= now and (known is None or now - expires > STALE_IF_ERROR_SECONDS):
+                    del _entries[key]
 
 
 def _usable(value: ResolvedToken | None) -> ResolvedToken | None:
@@ -110,7 +131,10 @@ def resolve(token_hash: str) -> ResolvedToken | None:
     _ensure_subscriber()
     hit, value = _cached(token_hash)
     if not hit:
-        value = _load(token_hash)
+        try:
+            value = _load(token_hash)
+        except Exception as error:
+            return _usable(_stale_or_raise(token_hash, error))
         _store(token_hash, value)
     return _usable(value)
 
@@ -120,7 +144,10 @@ async def aresolve(token_hash: str) -> ResolvedToken | None:
     hit, value = _cached(token_hash)
     if not hit:
         _ensure_subscriber()
-        value = await sync_to_async(_load)(token_hash)
+        try:
+            value = await sync_to_async(_load)(token_hash)
+        except Exception as error:
+            return _usable(_stale_or_raise(token_hash, error))
         _store(token_hash, value)
     return _usable(value)
 

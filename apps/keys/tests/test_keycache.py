@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from apps.keys import keycache, services
@@ -187,3 +187,55 @@ def test_without_redis_the_ttl_bounds_a_revocation_in_another_process(org, setti
     outcome = _watch_revocation(org, settings, {"COSTR_KEYCACHE_TTL_SECONDS": "2"})
 
     assert outcome == "refused"
+
+
+@pytest.fixture
+def database_unreachable():
+    """Point the default connection at a database that cannot be opened, then restore it."""
+
+    def break_it():
+        connection.close()
+        if connection.vendor == "sqlite":
+            connection.settings_dict["NAME"] = "/nonexistent/dir/costr.sqlite3"
+        else:
+            connection.settings_dict["PORT"] = 1
+
+    saved = dict(connection.settings_dict)
+    yield break_it
+    connection.close()
+    connection.settings_dict.update(saved)
+
+
+@pytest.mark.django_db
+def test_a_known_token_keeps_working_while_the_database_is_down(
+    org, settings, database_unreachable
+):
+    settings.COSTR_KEYCACHE_TTL_SECONDS = 0.01
+    key = openai_key()
+    services.provider_key_create(organization=org, provider="openai", key=key, actor=None)
+    _, token_hash = _token(org)
+    _, never_seen = _token(org)
+    keycache.resolve(token_hash)
+    time.sleep(0.02)  # the entry's TTL is over: the next resolve must ask the database
+
+    database_unreachable()
+    resolved = keycache.resolve(token_hash)
+
+    assert resolved.organization_slug == org.slug
+    assert keycache.provider_key_plaintext(resolved, "openai") == key
+    with pytest.raises(DatabaseError):
+        keycache.resolve(never_seen)
+
+
+@pytest.mark.django_db
+def test_stale_entries_are_not_used_past_the_window(org, settings, database_unreachable):
+    settings.COSTR_KEYCACHE_TTL_SECONDS = 0.01
+    _, token_hash = _token(org)
+    keycache.resolve(token_hash)
+    expires, value = keycache._entries[token_hash]
+    keycache._entries[token_hash] = (expires - keycache.STALE_IF_ERROR_SECONDS - 1, value)
+
+    database_unreachable()
+
+    with pytest.raises(DatabaseError):
+        keycache.resolve(token_hash)
