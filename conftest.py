@@ -53,3 +53,26 @@ def member(org):
 def outsider(other_org):
     """An owner of another organization: signed in, but a stranger to ``org``."""
     return _membership(other_org, "owner").user
+
+
+@pytest.fixture
+def redis_url(settings):
+    """A reachable Redis for tests of what only happens with Redis, set as ``REDIS_URL``.
+
+    The environment's REDIS_URL (CI) or a local Redis on db 15. Without either the test is
+    skipped, so ``make test`` still runs on a machine that has no Redis; with REDIS_URL set and
+    Redis down, the test fails instead.
+    """
+    import os
+
+    import redis
+
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        if os.environ.get("REDIS_URL"):
+            raise
+        pytest.skip("no Redis on 127.0.0.1:6379 and REDIS_URL unset")
+    settings.REDIS_URL = url
+    return url

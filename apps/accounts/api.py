@@ -6,9 +6,10 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import Organization, role_at_least
 from apps.accounts.selectors import membership_for
+from apps.accounts.tenancy import ScopedQuerysetMixin
 
 
-class OrganizationAPIView(APIView):
+class OrganizationAPIView(ScopedQuerysetMixin, APIView):
     """Resolves the organization, checks membership and role, and scopes every queryset.
 
     A session user names the organization in the URL (``org_slug``); someone who is not a member
@@ -19,12 +20,6 @@ class OrganizationAPIView(APIView):
 
     required_role = "member"
     write_role = "admin"
-    model = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "get_queryset" in cls.__dict__:
-            raise TypeError(f"{cls.__name__} must narrow querysets in scope_queryset()")
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -46,9 +41,3 @@ class OrganizationAPIView(APIView):
         if not role_at_least(membership.role, needed):
             raise exceptions.PermissionDenied(f"This needs the {needed} role.")
         return membership.organization
-
-    def get_queryset(self):
-        return self.scope_queryset(self.model.objects.for_org(self.organization))
-
-    def scope_queryset(self, queryset):
-        return queryset

@@ -114,7 +114,25 @@ class TenantModel(models.Model):
         abstract = True
 
 
-class OrganizationViewMixin:
+class ScopedQuerysetMixin:
+    """``get_queryset`` that cannot be widened: the organization's rows of ``model``, narrowed
+    further in ``scope_queryset``. Set ``self.organization`` before using it."""
+
+    model = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "get_queryset" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must narrow querysets in scope_queryset()")
+
+    def get_queryset(self):
+        return self.scope_queryset(self.model.objects.for_org(self.organization))
+
+    def scope_queryset(self, queryset):
+        return queryset
+
+
+class OrganizationViewMixin(ScopedQuerysetMixin):
     """For dashboard views under ``/app/<org_slug>/``.
 
     Resolves the organization from the URL, never from the session; requires a membership
@@ -125,12 +143,6 @@ class OrganizationViewMixin:
 
     required_role = "member"
     write_role = "admin"
-    model = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "get_queryset" in cls.__dict__:
-            raise TypeError(f"{cls.__name__} must narrow querysets in scope_queryset()")
 
     def dispatch(self, request, *args, **kwargs):
         from django.contrib.auth.views import redirect_to_login
@@ -150,12 +162,6 @@ class OrganizationViewMixin:
         self.membership = membership
         self.organization = membership.organization
         return super().dispatch(request, *args, **kwargs)
-
-    def get_queryset(self):
-        return self.scope_queryset(self.model.objects.for_org(self.organization))
-
-    def scope_queryset(self, queryset):
-        return queryset
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
