@@ -53,7 +53,7 @@ def _take_batch() -> list[dict]:
 
 
 def _write_forever() -> None:
-    from django.db import close_old_connections
+    from django.db import close_old_connections, connection
 
     from apps.usage.services import usage_events_write
 
@@ -71,6 +71,8 @@ def _write_forever() -> None:
                 logger.warning("usage batch write failed (attempt %d), retrying", attempt + 1)
                 time.sleep(delay)
         if _queue.empty():
+            # Nothing waiting: hand the connection back rather than hold it while idle.
+            connection.close()
             _idle.set()
 
 
