@@ -86,3 +86,42 @@ class UsageEvent(TenantModel):
 
     def __str__(self):
         return f"{self.provider} {self.endpoint} {self.model} {self.request_id}"
+
+
+class PriceOverride(TenantModel):
+    """An organization's own price for matching models: a negotiated discount, a fine-tune, a
+    self-hosted model. Prices are USD per million tokens."""
+
+    model_pattern = models.CharField(
+        max_length=255, help_text="Model name, or a pattern with * (e.g. gpt-4o*)."
+    )
+    provider = models.CharField(max_length=16, blank=True, help_text="Empty: any provider.")
+    valid_from = models.DateTimeField()
+    input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    cached_input_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True
+    )
+    cache_write_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True
+    )
+    output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_pattern", "-valid_from"]
+
+    def __str__(self):
+        return f"{self.model_pattern} from {self.valid_from:%Y-%m-%d}"
+
+    def as_price(self):
+        from apps.usage.pricing import OverridePrice
+
+        return OverridePrice(
+            model_pattern=self.model_pattern,
+            provider=self.provider,
+            valid_from=self.valid_from,
+            input_per_mtok=self.input_per_mtok,
+            output_per_mtok=self.output_per_mtok,
+            cached_input_per_mtok=self.cached_input_per_mtok,
+            cache_write_per_mtok=self.cache_write_per_mtok,
+        )

@@ -4,7 +4,8 @@ from datetime import datetime
 
 from django.db import transaction
 
-from apps.usage.models import Customer, UsageEvent
+from apps.usage.models import Customer, PriceOverride, UsageEvent
+from apps.usage.pricing import TokenCounts, price_usage
 
 EVENT_FIELDS = {
     f.attname for f in UsageEvent._meta.concrete_fields if f.attname not in ("id", "customer_id")
@@ -12,14 +13,31 @@ EVENT_FIELDS = {
 
 
 def usage_events_write(records: list[dict]) -> int:
-    """Store a batch of usage records; a request id already stored is skipped (idempotent)."""
+    """Store a batch of usage records, priced here (never on the proxy's path, never by a client);
+    a request id already stored is skipped, so a batch written twice is stored once."""
     with transaction.atomic():
         customers = _customers_for(records)
+        overrides = _overrides_for(records)
         events = []
         for record in records:
             values = {k: v for k, v in record.items() if k in EVENT_FIELDS}
             if isinstance(values.get("timestamp"), str):
                 values["timestamp"] = datetime.fromisoformat(values["timestamp"])
+            price = price_usage(
+                provider=values["provider"],
+                model=values.get("model") or "",
+                tokens=TokenCounts(
+                    input_tokens=values.get("input_tokens"),
+                    cached_input_tokens=values.get("cached_input_tokens"),
+                    cache_write_tokens=values.get("cache_write_tokens"),
+                    cache_write_1h_tokens=values.get("cache_write_1h_tokens"),
+                    output_tokens=values.get("output_tokens"),
+                ),
+                timestamp=values["timestamp"],
+                service_tier=values.get("service_tier") or "",
+                overrides=overrides.get(values["organization_id"], []),
+            )
+            values["cost_usd"], values["price_source"] = price.cost_usd, price.source
             external_id = record.get("customer")
             customer = customers.get((record["organization_id"], external_id))
             events.append(UsageEvent(customer_id=customer, **values))
@@ -42,3 +60,11 @@ def _customers_for(records: list[dict]) -> dict[tuple[int, str], int]:
         external_id__in={ext for _, ext in wanted},
     )
     return {(c.organization_id, c.external_id): c.pk for c in found}
+
+
+def _overrides_for(records: list[dict]) -> dict[int, list]:
+    organization_ids = {r["organization_id"] for r in records}
+    found: dict[int, list] = {}
+    for override in PriceOverride.objects.filter(organization_id__in=organization_ids):
+        found.setdefault(override.organization_id, []).append(override.as_price())
+    return found
