@@ -3,6 +3,7 @@
 import os
 
 from django.core.asgi import get_asgi_application
+from django.views.decorators.debug import sensitive_variables
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costr.settings.local")
 
@@ -33,6 +34,7 @@ async def _lifespan(receive, send):
             return
 
 
+@sensitive_variables("scope")
 async def application(scope, receive, send):
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)

@@ -179,6 +179,8 @@ LOGGING = {
     },
 }
 
+DEFAULT_EXCEPTION_REPORTER_FILTER = "costr.debug.AlwaysSafeExceptionReporterFilter"
+
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
