@@ -13,6 +13,9 @@ import time
 logger = logging.getLogger("costr.usage.sink")
 
 BATCH_SIZE = 500
+# A record waits at most this long for others to share its transaction: at low traffic one write
+# per event would cost more CPU than the proxying itself.
+LINGER_SECONDS = 0.2
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 
 _queue: "queue.SimpleQueue[dict]" = queue.SimpleQueue()
@@ -20,6 +23,8 @@ _writer_lock = threading.Lock()
 _writer: threading.Thread | None = None
 _idle = threading.Event()
 _idle.set()
+# Put in the queue by flush(): ends the current linger so waiting records are written at once.
+_FLUSH = object()
 
 
 def emit(record: dict) -> None:
@@ -43,12 +48,22 @@ def _ensure_writer() -> None:
 
 
 def _take_batch() -> list[dict]:
-    batch = [_queue.get()]
+    first = _queue.get()
+    while first is _FLUSH:
+        first = _queue.get()
+    batch = [first]
+    deadline = time.monotonic() + LINGER_SECONDS
     while len(batch) < BATCH_SIZE:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
         try:
-            batch.append(_queue.get_nowait())
+            record = _queue.get(timeout=remaining)
         except queue.Empty:
             break
+        if record is _FLUSH:
+            break
+        batch.append(record)
     return batch
 
 
@@ -70,7 +85,7 @@ def _write_forever() -> None:
                     break
                 logger.warning("usage batch write failed (attempt %d), retrying", attempt + 1)
                 time.sleep(delay)
-        if _queue.empty():
+        if _queue.empty() or _only_flush_markers():
             # Nothing waiting: hand the connection back rather than hold it while idle.
             connection.close()
             _idle.set()
@@ -78,4 +93,18 @@ def _write_forever() -> None:
 
 def flush(timeout: float = 10.0) -> bool:
     """Wait until every record handed over so far is written (tests, graceful shutdown)."""
+    if not _idle.is_set():
+        _queue.put(_FLUSH)
     return _idle.wait(timeout)
+
+
+def _only_flush_markers() -> bool:
+    """True when everything left in the queue is flush markers (dropped here)."""
+    try:
+        while True:
+            item = _queue.get_nowait()
+            if item is not _FLUSH:
+                _queue.put(item)
+                return False
+    except queue.Empty:
+        return True
