@@ -84,6 +84,7 @@ def _load(token_hash: str) -> ResolvedToken | None:
         provider_keys={
             key.provider: ProviderKeyRef(str(key.secret_id), bytes(key.ciphertext)) for key in keys
         },
+        inject_openai_stream_usage=token.organization.inject_openai_stream_usage,
     )
 
 

@@ -1,5 +1,7 @@
 """One pooled async HTTP client per process, created on first use and closed on shutdown."""
 
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+
 import httpx
 from django.conf import settings
 
@@ -30,6 +32,9 @@ def _new_client() -> httpx.AsyncClient:
         ),
         follow_redirects=False,
         trust_env=False,
+        # One client serves every organization: a cookie an upstream sets for one (Cloudflare's
+        # __cf_bm, say) must never ride along on another's request. This jar accepts none.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
     # httpx adds Accept, Accept-Encoding, Connection and User-Agent to every request by default;
     # the upstream must see the client's headers and nothing else.
