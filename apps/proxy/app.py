@@ -9,8 +9,11 @@ record goes to ``usage.sink`` after the last byte has reached the client.
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import json
 import logging
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -55,6 +58,14 @@ class ClientGone(Exception):
     """The client left before its request was complete: nothing is forwarded or recorded."""
 
 
+class UpstreamFailed(Exception):
+    """The upstream could not be reached, or gave no body byte in time: answered 502/504."""
+
+    def __init__(self, status: int, code: str, error: Exception):
+        super().__init__(repr(error))
+        self.status, self.code, self.error = status, code, error
+
+
 class Refusal(Exception):
     """A request Costr answers itself, in the provider's error shape, without forwarding."""
 
@@ -67,6 +78,13 @@ def _upstream_origin(provider: str) -> str:
     return getattr(settings, f"COSTR_UPSTREAM_{provider.upper()}").rstrip("/")
 
 
+@functools.lru_cache(maxsize=16)
+def _parsed_origin(origin: str) -> tuple[httpx.URL, bytes]:
+    """The origin as a URL, and the path prefix it may carry (without its trailing slash)."""
+    url = httpx.URL(origin)
+    return url, url.raw_path.rstrip(b"/")
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
@@ -74,14 +92,23 @@ def _ms(seconds: float) -> float:
 class ProxiedRequest:
     """Everything one proxied request learns on its way through, for its usage record."""
 
-    def __init__(self, scope, adapter: Adapter, provider: str, org_slug: str, rest: str):
+    def __init__(
+        self,
+        scope,
+        adapter: Adapter,
+        provider: str,
+        org_slug: str,
+        raw_rest: bytes,
+        started: float,
+    ):
         self.scope = scope
         self.adapter = adapter
         self.provider = provider
         self.org_slug = org_slug
-        self.rest = rest
+        self.raw_rest = raw_rest  # the path after /p/<org>/<provider>/, exactly as received
+        self.rest = raw_rest.decode("latin-1")
         self.request_id = f"req_{uuid.uuid4().hex}"
-        self.started = time.perf_counter()
+        self.started = started
         self.timestamp = datetime.now(UTC)
         self.info = RequestInfo(endpoint="other")
         self.customer: str | None = None
@@ -91,6 +118,16 @@ class ProxiedRequest:
         self.outcome = "ok"
         self.overhead = 0.0
         self.first_byte: float | None = None
+        self.forwarded = False  # the upstream request has left: an event is owed
+        self.recorded = False
+        self.response_started = False
+
+    def emit(self, usage: Usage | None) -> None:
+        """Hand this request's one usage record to the sink (a second call does nothing)."""
+        if self.recorded:
+            return
+        self.recorded = True
+        sink.emit(self.record(usage))
 
     def record(self, usage: Usage | None) -> dict:
         resolved = self.resolved
@@ -119,7 +156,8 @@ class ProxiedRequest:
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
             "service_tier": (usage.service_tier if usage else None) or "",
             "raw_usage": usage.raw if usage else None,
-            "latency_ms": round((finished - self.started) * 1000),
+            # Rounded up, so that latency is never below overhead or ttfb in whole milliseconds.
+            "latency_ms": math.ceil((finished - self.started) * 1000),
             "ttfb_ms": round((self.first_byte - self.started) * 1000)
             if self.first_byte is not None
             else None,
@@ -127,27 +165,51 @@ class ProxiedRequest:
         }
 
 
+@sensitive_variables("scope")
 async def proxy_app(scope, receive, send) -> None:
-    """ASGI entry for every path under ``/p/``."""
+    """ASGI entry for every path under ``/p/``.
+
+    ``scope`` holds the client's Costr token (and, for Gemini, maybe in the query string), so no
+    error report may show it; neither may one show ``_proxy``'s headers.
+    """
+    started = time.perf_counter()
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     parts = raw_path[len(PREFIX) :].split(b"/", 2)
     provider = parts[1].decode("latin-1") if len(parts) > 1 else ""
     adapter = get_adapter(provider)
-    if adapter is None or len(parts) < 2 or not parts[0]:
-        await _send_plain_error(send, 404, "unknown_provider", "Use /p/<org>/<provider>/…")
+    if adapter is None or not parts[0]:
+        await _send_plain_error(send, started, 404, "unknown_provider", "Use /p/<org>/<provider>/…")
         return
     org_slug = parts[0].decode("latin-1")
-    rest = parts[2].decode("latin-1") if len(parts) > 2 else ""
-    request = ProxiedRequest(scope, adapter, provider, org_slug, rest)
+    raw_rest = parts[2] if len(parts) > 2 else b""
+    request = ProxiedRequest(scope, adapter, provider, org_slug, raw_rest, started)
     try:
         await _proxy(request, receive, send)
     except ClientGone:
         return
     except Refusal as refusal:
         await _send_error(send, request, refusal.status, refusal.code, refusal.message)
+    except UpstreamFailed as failure:
+        await _upstream_failed(request, send, failure)
+    except UpstreamBroken:
+        raise
+    except Exception:
+        # Costr's own failure. Before the response has started it is answered and marked, so
+        # the client can fall back to the provider; after, only a broken connection is honest.
+        logger.exception("proxy failed on %s", request.request_id)
+        if request.forwarded:
+            request.outcome = "costr_error"
+            request.emit(None)
+        if request.response_started:
+            raise
+        await _send_error(
+            send, request, 500, "costr_error", "Costr failed on this request; call the provider."
+        )
 
 
-@sensitive_variables("provider_key", "forward_headers", "query", "upstream_request")
+@sensitive_variables(
+    "scope", "headers", "provider_key", "forward_headers", "query", "target", "upstream_request"
+)
 async def _proxy(request: ProxiedRequest, receive, send) -> None:
     scope, adapter = request.scope, request.adapter
     headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -165,39 +227,42 @@ async def _proxy(request: ProxiedRequest, receive, send) -> None:
         )
     forward_headers, query = adapter.swap_credential(forward_headers, query, provider_key)
     del provider_key
+    keycache.record_use(request.resolved, request.provider)
 
     content, body_head, body_done = await _read_body(request, headers, receive)
     request.info = adapter.inspect_request(scope["method"], request.rest, body_head)
-    injected = False
     if body_head is not None:
         inject = request.resolved.inject_openai_stream_usage
         new_body, injected = adapter.prepare_request_body(request.info, body_head, inject)
         if injected:
             content = new_body
-    if isinstance(content, bytes):
-        forward_headers = [(k, v) for k, v in forward_headers if k.lower() != b"content-length"]
+            # The client's content-length no longer holds; httpx sets the new body's.
+            forward_headers = [(k, v) for k, v in forward_headers if k.lower() != b"content-length"]
+    else:
+        injected = False
 
-    url = f"{_upstream_origin(request.provider)}/{request.rest}"
-    if query:
-        url = f"{url}?{query.decode('latin-1')}"
+    # The path and query go out exactly as received: the request target is set as bytes, past
+    # httpx's URL normalisation (which drops dot segments and re-quotes characters).
+    origin, path_prefix = _parsed_origin(_upstream_origin(request.provider))
+    target = path_prefix + b"/" + request.raw_rest + (b"?" + query if query else b"")
     client = get_client()
     upstream_request = client.build_request(
         scope["method"],
-        httpx.URL(url),
+        origin,
         headers=forward_headers,
         content=content,
         timeout=upstream_timeout(),
+        extensions={"target": target},
     )
     sent_at = time.perf_counter()
     request.overhead = sent_at - request.started
+    request.forwarded = True
     try:
         response = await client.send(upstream_request, stream=True)
     except httpx.TimeoutException as error:
-        await _upstream_failed(request, send, 504, "upstream_timeout", error)
-        return
+        raise UpstreamFailed(504, "upstream_timeout", error) from error
     except httpx.TransportError as error:
-        await _upstream_failed(request, send, 502, "upstream_unreachable", error)
-        return
+        raise UpstreamFailed(502, "upstream_unreachable", error) from error
     headers_at = time.perf_counter()
     try:
         await _relay(request, response, headers_at, injected, body_done, receive, send)
@@ -283,17 +348,21 @@ async def _read_body(request: ProxiedRequest, headers, receive):
     state = {"done": False}
 
     async def rest_of_body():
+        # Raised here, these reach the proxy through httpx unchanged: the half-sent upstream
+        # request is abandoned (its connection closed), never completed.
         total = size
         for part in parts:
             yield part
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise httpx.ReadError("client went away while sending its body")
+                raise ClientGone
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > limit:
-                raise httpx.ReadError("request body over the limit")
+                raise Refusal(
+                    413, "body_too_large", f"Request bodies are limited to {limit} bytes."
+                )
             yield chunk
             if not message.get("more_body", False):
                 state["done"] = True
@@ -335,6 +404,19 @@ async def _relay(request, response, headers_at, injected, body_done, receive, se
     request.overhead += time.perf_counter() - headers_at
     out_headers.append((b"x-costr-request-id", request.request_id.encode()))
     out_headers.append((b"x-costr-overhead-ms", f"{_ms(request.overhead):.3f}".encode()))
+
+    # The headers wait for the first body byte (which then goes with them, at once): an upstream
+    # that stalls or breaks before sending any body is still answered 504/502 in the provider's
+    # shape, rather than with a 200 whose body never comes.
+    chunks = response.aiter_raw()
+    try:
+        first = await anext(chunks, b"")
+    except httpx.TimeoutException as error:
+        raise UpstreamFailed(504, "upstream_timeout", error) from error
+    except httpx.TransportError as error:
+        raise UpstreamFailed(502, "upstream_disconnected", error) from error
+    request.first_byte = time.perf_counter()
+    request.response_started = True
     await send(
         {"type": "http.response.start", "status": response.status_code, "headers": out_headers}
     )
@@ -343,16 +425,10 @@ async def _relay(request, response, headers_at, injected, body_done, receive, se
     body_complete = body_done is True or (isinstance(body_done, dict) and body_done["done"])
     disconnected = asyncio.ensure_future(receive()) if body_complete else None
     client_gone = False
-    chunks = response.aiter_raw()
     try:
-        async for chunk in chunks:
-            if request.first_byte is None:
-                request.first_byte = time.perf_counter()
+        chunk = first
+        while chunk:
             reader.feed(chunk)
-            if client_gone:
-                if reader.complete:
-                    break
-                continue
             out = stream_filter.feed(chunk) if stream_filter is not None else chunk
             if out:
                 try:
@@ -363,22 +439,27 @@ async def _relay(request, response, headers_at, injected, body_done, receive, se
                 client_gone = True
             if client_gone:
                 request.outcome = "client_disconnected"
-                if reader.complete:
-                    break
-                await _drain_for_usage(chunks, reader)
+                if not reader.complete:
+                    await _drain_for_usage(chunks, reader)
                 break
-    except httpx.TransportError as error:
-        request.outcome = "upstream_disconnected"
-        sink.emit(request.record(reader.finish()))
-        raise UpstreamBroken(f"upstream broke mid-response: {error!r}") from error
+            chunk = await anext(chunks, b"")
+        if not client_gone:
+            tail = stream_filter.finish() if stream_filter is not None else b""
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+    except Exception as error:
+        # The body is cut short: the client's connection must break too (never a clean end
+        # that hides the truncation), and the event records what usage was seen.
+        broken_upstream = isinstance(error, httpx.TransportError)
+        request.outcome = "upstream_disconnected" if broken_upstream else "costr_error"
+        if not broken_upstream:
+            logger.exception("proxy failed mid-response on %s", request.request_id)
+        request.emit(reader.finish())
+        raise UpstreamBroken(f"response cut short: {error!r}") from error
     finally:
         if disconnected is not None and not disconnected.done():
             disconnected.cancel()
-    if not client_gone:
-        tail = stream_filter.finish() if stream_filter is not None else b""
-        with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
-    sink.emit(request.record(reader.finish()))
+    request.emit(reader.finish())
 
 
 async def _drain_for_usage(chunks, reader) -> None:
@@ -393,12 +474,17 @@ async def _drain_for_usage(chunks, reader) -> None:
         return
 
 
-async def _upstream_failed(request, send, status, code, error) -> None:
-    logger.warning("upstream %s failed: %r", request.provider, error)
-    request.status = status
+async def _upstream_failed(request, send, failure: UpstreamFailed) -> None:
+    logger.warning("upstream %s failed: %r", request.provider, failure.error)
+    request.status = failure.status
     request.outcome = "upstream_error"
-    await _send_error(send, request, status, code, f"Costr could not reach {request.provider}.")
-    sink.emit(request.record(None))
+    message = (
+        f"{request.provider} did not answer in time."
+        if failure.status == 504
+        else f"Costr could not get an answer from {request.provider}."
+    )
+    await _send_error(send, request, failure.status, failure.code, message)
+    request.emit(None)
 
 
 async def _send_error(send, request: ProxiedRequest, status: int, code: str, message: str):
@@ -422,8 +508,9 @@ async def _send_error(send, request: ProxiedRequest, status: int, code: str, mes
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_plain_error(send, status: int, code: str, message: str) -> None:
-    body = f'{{"error": {{"code": "{code}", "message": "{message}"}}}}'.encode()
+async def _send_plain_error(send, started: float, status: int, code: str, message: str) -> None:
+    """An error for a request no provider adapter can answer (its shape is Costr's own)."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -432,6 +519,11 @@ async def _send_plain_error(send, status: int, code: str, message: str) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-costr-error", code.encode()),
+                (b"x-costr-request-id", f"req_{uuid.uuid4().hex}".encode()),
+                (
+                    b"x-costr-overhead-ms",
+                    f"{_ms(time.perf_counter() - started):.3f}".encode(),
+                ),
             ],
         }
     )
