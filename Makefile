@@ -28,6 +28,10 @@ test: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
+# Proxy overhead against the fake provider (a few minutes); writes docs/benchmarks.md.
+bench: install
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
