@@ -489,28 +489,18 @@ async def _upstream_failed(request, send, failure: UpstreamFailed) -> None:
 
 async def _send_error(send, request: ProxiedRequest, status: int, code: str, message: str):
     body = request.adapter.error_body(status, code, message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-costr-error", code.encode()),
-                (b"x-costr-request-id", request.request_id.encode()),
-                (
-                    b"x-costr-overhead-ms",
-                    f"{_ms(time.perf_counter() - request.started):.3f}".encode(),
-                ),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await _send_json_error(send, status, code, body, request.request_id, request.started)
 
 
 async def _send_plain_error(send, started: float, status: int, code: str, message: str) -> None:
     """An error for a request no provider adapter can answer (its shape is Costr's own)."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await _send_json_error(send, status, code, body, f"req_{uuid.uuid4().hex}", started)
+
+
+async def _send_json_error(
+    send, status: int, code: str, body: bytes, request_id: str, started: float
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -519,7 +509,7 @@ async def _send_plain_error(send, started: float, status: int, code: str, messag
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-costr-error", code.encode()),
-                (b"x-costr-request-id", f"req_{uuid.uuid4().hex}".encode()),
+                (b"x-costr-request-id", request_id.encode()),
                 (
                     b"x-costr-overhead-ms",
                     f"{_ms(time.perf_counter() - started):.3f}".encode(),

@@ -30,8 +30,10 @@ _FLUSH = object()
 def emit(record: dict) -> None:
     """Hand one usage record over. O(1), no I/O, never raises."""
     try:
-        _idle.clear()
+        # Put before clearing: a stale "busy" is resolved by flush()'s marker, a stale "idle" is
+        # not.
         _queue.put(record)
+        _idle.clear()
         _ensure_writer()
     except Exception:  # pragma: no cover - a full failure of the queue is not expected
         logger.exception("usage record dropped by the sink")
@@ -48,9 +50,10 @@ def _ensure_writer() -> None:
 
 
 def _take_batch() -> list[dict]:
-    first = _queue.get()
-    while first is _FLUSH:
-        first = _queue.get()
+    while (first := _queue.get()) is _FLUSH:
+        # A marker with nothing behind it: everything handed over has been written.
+        if _queue.empty():
+            _idle.set()
     batch = [first]
     deadline = time.monotonic() + LINGER_SECONDS
     while len(batch) < BATCH_SIZE:
@@ -85,7 +88,7 @@ def _write_forever() -> None:
                     break
                 logger.warning("usage batch write failed (attempt %d), retrying", attempt + 1)
                 time.sleep(delay)
-        if _queue.empty() or _only_flush_markers():
+        if _queue.empty():
             # Nothing waiting: hand the connection back rather than hold it while idle.
             connection.close()
             _idle.set()
@@ -96,15 +99,3 @@ def flush(timeout: float = 10.0) -> bool:
     if not _idle.is_set():
         _queue.put(_FLUSH)
     return _idle.wait(timeout)
-
-
-def _only_flush_markers() -> bool:
-    """True when everything left in the queue is flush markers (dropped here)."""
-    try:
-        while True:
-            item = _queue.get_nowait()
-            if item is not _FLUSH:
-                _queue.put(item)
-                return False
-    except queue.Empty:
-        return True
