@@ -4,34 +4,14 @@ The URL list comes from the URLconf itself, so pages added later are covered wit
 this file.
 """
 
-import re
-
 import pytest
-from django.urls import URLPattern, URLResolver, get_resolver
 
 from apps.accounts.models import Membership, Role
 from apps.accounts.services import invitation_create
 from apps.accounts.tests.factories import MembershipFactory
+from tests.urlconf import org_page_urls
 
 pytestmark = pytest.mark.django_db
-
-ORG_PREFIX = "app/<slug:org_slug>/"
-PLACEHOLDER = re.compile(r"<(?:(?P<converter>\w+):)?(?P<name>\w+)>")
-
-
-def _routes(patterns, prefix=""):
-    for pattern in patterns:
-        route = prefix + str(pattern.pattern)
-        if isinstance(pattern, URLResolver):
-            yield from _routes(pattern.url_patterns, route)
-        elif isinstance(pattern, URLPattern):
-            yield route
-
-
-def org_routes():
-    routes = [r for r in _routes(get_resolver().url_patterns) if r.startswith(ORG_PREFIX)]
-    assert routes, "no organization pages found: the URLconf walk is broken"
-    return routes
 
 
 def _tenant_models():
@@ -70,31 +50,15 @@ def _snapshot(org):
     }
 
 
-def _urls(route, slug, ids):
-    """One URL per id the route could take, so a page that forgot its scope shows a real row."""
-    names = [m.group("name") for m in PLACEHOLDER.finditer(route)]
-    other = [n for n in names if n != "org_slug"]
-    candidates = ids if other else [None]
-    for value in candidates:
-
-        def fill(match, value=value):
-            if match.group("name") == "org_slug":
-                return slug
-            return str(value) if match.group("converter") == "int" else f"x{value}"
-
-        yield "/" + PLACEHOLDER.sub(fill, route)
-
-
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_a_member_of_another_org_gets_404_on_every_org_page(client, victim, outsider, method):
     org, ids = victim
     client.force_login(outsider)
     before = _snapshot(org)
 
-    for route in org_routes():
-        for url in _urls(route, org.slug, ids):
-            response = getattr(client, method)(url, {"role": "owner", "email": "x@example.com"})
-            assert response.status_code == 404, (method, url, response.status_code)
+    for url in org_page_urls(org.slug, ids):
+        response = getattr(client, method)(url, {"role": "owner", "email": "x@example.com"})
+        assert response.status_code == 404, (method, url, response.status_code)
 
     assert _snapshot(org) == before
 
@@ -104,11 +68,10 @@ def test_anonymous_is_sent_to_log_in_on_every_org_page(client, victim, method):
     org, ids = victim
     before = _snapshot(org)
 
-    for route in org_routes():
-        for url in _urls(route, org.slug, ids):
-            response = getattr(client, method)(url, {"role": "owner"})
-            assert response.status_code == 302, (method, url, response.status_code)
-            assert response["Location"].startswith("/login/"), url
+    for url in org_page_urls(org.slug, ids):
+        response = getattr(client, method)(url, {"role": "owner"})
+        assert response.status_code == 302, (method, url, response.status_code)
+        assert response["Location"].startswith("/login/"), url
 
     assert _snapshot(org) == before
 

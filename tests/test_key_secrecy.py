@@ -47,20 +47,19 @@ from django.core.management import CommandError, call_command
 from django.core.signals import got_request_exception
 from django.db import connection, connections
 from django.http import HttpRequest
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls import reverse
 from django.views.debug import ExceptionReporter
 
 from apps.accounts.models import AuditEvent, Membership
 from apps.keys import keycache, keyring, services, vault
 from apps.keys.models import ProviderKey, ProxyToken
+from tests.urlconf import org_page_urls
 
 pytestmark = pytest.mark.django_db
 
 WINDOW = 12  # this many consecutive characters of a secret's random part count as a leak
 ALPHABET = string.ascii_letters + string.digits
 NEW_TOKEN = re.compile(r'<pre id="new-token">([^<]+)</pre>')
-ORG_ROUTE = "app/<slug:org_slug>/"
-PLACEHOLDER = re.compile(r"<(?:(?P<converter>\w+):)?(?P<name>\w+)>")
 
 
 # --- What counts as a leak -------------------------------------------------------------------
@@ -259,33 +258,6 @@ def response_sources(where, response):
             decoded = CookieStorage(HttpRequest())._decode(morsel.value)
             sources.append((f"{where} messages", [str(message) for message in decoded or []]))
     return sources
-
-
-def _routes(patterns, prefix=""):
-    for pattern in patterns:
-        route = prefix + str(pattern.pattern)
-        if isinstance(pattern, URLResolver):
-            yield from _routes(pattern.url_patterns, route)
-        elif isinstance(pattern, URLPattern):
-            yield route
-
-
-def org_page_urls(slug: str, ids) -> list[str]:
-    """Every page under /app/<org_slug>/ from the URLconf; a route with an id once per id."""
-    urls = []
-    for route in _routes(get_resolver().url_patterns):
-        if not route.startswith(ORG_ROUTE):
-            continue
-        takes_id = any(m["name"] != "org_slug" for m in PLACEHOLDER.finditer(route))
-        for value in ids if takes_id else [None]:
-            fill = functools.partial(_fill, slug=slug, value=value)
-            urls.append("/" + PLACEHOLDER.sub(fill, route))
-    assert urls, "no organization pages found: the URLconf walk is broken"
-    return urls
-
-
-def _fill(match, *, slug, value):
-    return slug if match["name"] == "org_slug" else str(value)
 
 
 class LogRecorder(logging.Handler):
