@@ -76,3 +76,18 @@ def redis_url(settings):
         pytest.skip("no Redis on 127.0.0.1:6379 and REDIS_URL unset")
     settings.REDIS_URL = url
     return url
+
+
+@pytest.fixture(scope="session")
+def fake_provider():
+    """The fake OpenAI/Anthropic/Gemini server, with keys that pass Costr's format checks."""
+    from apps.keys.tests.factories import anthropic_key, google_key, openai_key
+    from tests.fakes.provider import FakeProvider
+
+    keys = {
+        "openai_key": openai_key(),
+        "anthropic_key": anthropic_key(),
+        "google_key": google_key(),
+    }
+    with FakeProvider(**keys) as fake:
+        yield fake

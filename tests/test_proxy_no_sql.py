@@ -84,22 +84,8 @@ def query_log(monkeypatch):
     connection_created.disconnect(noted_connection)
 
 
-@pytest.fixture(scope="module")
-def fake_upstream():
-    from apps.keys.tests.factories import anthropic_key, google_key, openai_key
-    from tests.fakes.provider import FakeProvider
-
-    keys = {
-        "openai_key": openai_key(),
-        "anthropic_key": anthropic_key(),
-        "google_key": google_key(),
-    }
-    with FakeProvider(**keys) as fake:
-        yield fake
-
-
 @pytest.fixture
-def costr(fake_upstream, settings, monkeypatch):
+def costr(fake_provider, settings, monkeypatch):
     """(organization, base URL, token): an organization holding the fake's keys, with Costr's
     upstreams on the fake and a token cache that outlives the test."""
     from apps.accounts.tests.factories import OrganizationFactory
@@ -107,11 +93,11 @@ def costr(fake_upstream, settings, monkeypatch):
 
     organization = OrganizationFactory()
     for provider in PROVIDERS:
-        setattr(settings, f"COSTR_UPSTREAM_{provider.upper()}", fake_upstream.url)
+        setattr(settings, f"COSTR_UPSTREAM_{provider.upper()}", fake_provider.url)
         services.provider_key_create(
             organization=organization,
             provider=provider,
-            key=fake_upstream.keys[provider],
+            key=fake_provider.keys[provider],
             actor=None,
         )
     created = services.proxy_token_create(

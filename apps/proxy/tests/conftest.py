@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from apps.keys.tests.factories import anthropic_key, google_key, openai_key
-
 PROVIDERS = ("openai", "anthropic", "google")
 
 
@@ -148,19 +146,6 @@ def sdk():
 def http(sdk):
     """A plain ``httpx.Client`` for raw requests."""
     return sdk.http
-
-
-@pytest.fixture(scope="session")
-def fake_provider():
-    from tests.fakes.provider import FakeProvider
-
-    keys = {
-        "openai_key": openai_key(),
-        "anthropic_key": anthropic_key(),
-        "google_key": google_key(),
-    }
-    with FakeProvider(**keys) as fake:
-        yield fake
 
 
 @pytest.fixture(scope="session")
