@@ -4,6 +4,7 @@ from django.urls import include, path
 from apps.accounts import urls as accounts_urls
 from apps.accounts import views as accounts_views
 from apps.keys import urls as keys_urls
+from costr import trust
 
 # Every organization page lives under /app/<org_slug>/; the isolation suite walks this prefix.
 org_patterns = [
@@ -13,6 +14,10 @@ org_patterns = [
 
 urlpatterns = [
     path("", accounts_views.landing, name="landing"),
+    path("security/", trust.security, name="security"),
+    path("privacy/", trust.privacy, name="privacy"),
+    path("terms/", trust.terms, name="terms"),
+    path("dpa/", trust.dpa, name="dpa"),
     path("", include(accounts_urls.urlpatterns)),
     path("app/<slug:org_slug>/", include(org_patterns)),
     path("admin/", admin.site.urls),

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -81,6 +81,23 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.name or self.email.split("@")[0]
 
 
+# What the retention page offers: from a week to two years.
+RETENTION_CHOICES = [
+    (7, "7 days"),
+    (14, "14 days"),
+    (30, "30 days"),
+    (60, "60 days"),
+    (90, "90 days"),
+    (180, "180 days"),
+    (365, "1 year"),
+    (730, "2 years"),
+]
+
+
+def default_retention_days() -> int:
+    return settings.COSTR_DEFAULT_RETENTION_DAYS
+
+
 class Organization(models.Model):
     """The tenant. Everything a customer of Costr owns hangs off one of these."""
 
@@ -93,6 +110,11 @@ class Organization(models.Model):
     # proxy (and the extra usage chunk removed), so their tokens are known. Off: such requests
     # are forwarded untouched and recorded with tokens unknown.
     inject_openai_stream_usage = models.BooleanField(default=True)
+    # Usage metadata older than this many days is purged (events and rollups).
+    retention_days = models.PositiveSmallIntegerField(
+        default=default_retention_days,
+        validators=[MinValueValidator(7), MaxValueValidator(730)],
+    )
 
     class Meta:
         ordering = ["name"]
@@ -183,3 +205,28 @@ class AuditEvent(TenantModel):
 
     def __str__(self):
         return f"{self.action} {self.target}"
+
+
+class DpaAcceptance(TenantModel):
+    """An organization's acceptance of one version of the Data Processing Agreement: once per
+    version, backed by the audit event that recorded who accepted it, when and from where."""
+
+    version = models.CharField(max_length=32)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    accepted_by_label = models.CharField(max_length=255)
+    accepted_at = models.DateTimeField(default=timezone.now)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    audit_event = models.OneToOneField(AuditEvent, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "version"], name="accounts_dpa_acceptance_once"
+            )
+        ]
+        ordering = ["-accepted_at"]
+
+    def __str__(self):
+        return f"DPA {self.version} accepted by {self.accepted_by_label}"

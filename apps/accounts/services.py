@@ -8,8 +8,10 @@ from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.accounts import legal
 from apps.accounts.models import (
     AuditEvent,
+    DpaAcceptance,
     Invitation,
     Membership,
     Organization,
@@ -306,3 +308,39 @@ def organization_update(
             details=changed,
         )
     return organization
+
+
+def dpa_accept(
+    *, organization: Organization, version: str, actor: User, ip: str | None = None
+) -> DpaAcceptance:
+    """Record that ``actor`` accepted this DPA version for the organization. Accepting a version
+    already accepted changes nothing and returns the first acceptance."""
+    if legal.dpa_version(version) is None:
+        raise AccountsError(f"There is no DPA version {version}.")
+    with transaction.atomic():
+        existing = DpaAcceptance.objects.for_org(organization).filter(version=version).first()
+        if existing is not None:
+            return existing
+        event = audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="dpa.accepted",
+            target=f"DPA {version}",
+            ip=ip,
+            details={"version": version},
+        )
+        try:
+            with transaction.atomic():
+                return DpaAcceptance.objects.create(
+                    organization=organization,
+                    version=version,
+                    accepted_by=actor,
+                    accepted_by_label=actor.email,
+                    accepted_at=event.created_at,
+                    ip=ip,
+                    audit_event=event,
+                )
+        except IntegrityError:
+            # Accepted at the same moment by someone else: theirs stands, this audit event goes.
+            event.delete()
+            return DpaAcceptance.objects.for_org(organization).get(version=version)

@@ -48,6 +48,7 @@ urlpatterns = [
 org_urlpatterns = [
     path("", views.OrganizationHomeView.as_view(), name="org_home"),
     path("settings/", views.OrganizationSettingsView.as_view(), name="org_settings"),
+    path("settings/dpa/accept/", views.DpaAcceptView.as_view(), name="dpa_accept"),
     path("members/", views.MembersView.as_view(), name="members"),
     path("members/<int:pk>/role/", views.MembershipRoleView.as_view(), name="member_role"),
     path("members/<int:pk>/remove/", views.MembershipRemoveView.as_view(), name="member_remove"),

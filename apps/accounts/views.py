@@ -10,7 +10,7 @@ from django.views import View
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.generic import FormView, TemplateView
 
-from apps.accounts import services
+from apps.accounts import legal, services
 from apps.accounts.forms import (
     InvitationForm,
     OrganizationForm,
@@ -18,7 +18,7 @@ from apps.accounts.forms import (
     RoleForm,
     SignupForm,
 )
-from apps.accounts.models import Invitation, Membership, Organization
+from apps.accounts.models import DpaAcceptance, Invitation, Membership, Organization
 from apps.accounts.selectors import (
     memberships_of_user,
     organization_members,
@@ -228,6 +228,12 @@ class OrganizationSettingsView(OrganizationViewMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         context["form"] = kwargs.get("form") or OrganizationSettingsForm(instance=self.organization)
         context["can_manage"] = self.membership.has_role("admin")
+        acceptances = list(DpaAcceptance.objects.for_org(self.organization))
+        context["dpa"] = legal.CURRENT_DPA
+        context["dpa_accepted"] = next(
+            (a for a in acceptances if a.version == legal.CURRENT_DPA.version), None
+        )
+        context["dpa_earlier"] = [a for a in acceptances if a.version != legal.CURRENT_DPA.version]
         return context
 
     def post(self, request, *args, **kwargs):
@@ -245,3 +251,28 @@ class OrganizationSettingsView(OrganizationViewMixin, TemplateView):
         )
         messages.success(request, "Settings saved.")
         return redirect("org_settings", org_slug=self.organization.slug)
+
+
+class DpaAcceptView(OrganizationViewMixin, View):
+    """Accepts the current DPA version for the organization (admins and owners)."""
+
+    def post(self, request, org_slug):
+        version = request.POST.get("version", "")
+        if version != legal.CURRENT_DPA.version:
+            messages.error(
+                request,
+                f"The DPA changed to version {legal.CURRENT_DPA.version} while you were reading; "
+                "please read it again before accepting.",
+            )
+            return redirect("org_settings", org_slug=org_slug)
+        acceptance = services.dpa_accept(
+            organization=self.organization,
+            version=version,
+            actor=request.user,
+            ip=services.client_ip(request),
+        )
+        messages.success(
+            request,
+            f"DPA version {acceptance.version} accepted by {acceptance.accepted_by_label}.",
+        )
+        return redirect("org_settings", org_slug=org_slug)

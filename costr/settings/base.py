@@ -1,5 +1,7 @@
 """Settings shared by every mode. Each variable's default is what the embedded mode needs."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from costr.env import (
     BASE_DIR,
     VAR_DIR,
@@ -44,6 +46,16 @@ COSTR_PROXY_DRAIN_SECONDS = env.float("COSTR_PROXY_DRAIN_SECONDS", default=300.0
 
 # Absolute origin used where no request is at hand (links printed by commands, e-mails).
 COSTR_BASE_URL = env.str("COSTR_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+
+# How long usage metadata is kept for a new organization (each org can change its own; the
+# choices on the retention page run from 7 days to 2 years).
+COSTR_DEFAULT_RETENTION_DAYS = env.int("COSTR_DEFAULT_RETENTION_DAYS", default=90)
+if not 7 <= COSTR_DEFAULT_RETENTION_DAYS <= 730:
+    raise ImproperlyConfigured("COSTR_DEFAULT_RETENTION_DAYS must be between 7 and 730 days.")
+# Named as the hosting sub-processor on the DPA page; a self-hoster names their own provider.
+COSTR_HOSTING_PROVIDER = env.str(
+    "COSTR_HOSTING_PROVIDER", default="The operator of this deployment (self-hosted)"
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

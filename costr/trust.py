@@ -1,0 +1,78 @@
+"""The public trust pages: security, privacy, terms and the DPA.
+
+They live beside the URLconf, not in one app, because they describe the whole deployment: every
+figure they state is read from the code and settings that enforce it (the vault's algorithm, the
+retention default, the proxy's timeouts, the last benchmark run), so a page cannot drift from what
+the code does.
+"""
+
+import json
+
+from django.conf import settings
+from django.http import Http404
+from django.shortcuts import render
+
+from apps.accounts import legal
+from apps.keys import keycache, vault
+from apps.keys.keyring import get_keyring
+
+BENCHMARKS_JSON = settings.BASE_DIR / "docs" / "benchmarks.json"
+
+
+def security(request):
+    keyring = get_keyring()
+    return render(
+        request,
+        "legal/security.html",
+        {
+            "key_bits": vault.KEY_SIZE * 8,
+            "nonce_bits": vault.NONCE_SIZE * 8,
+            "primary_key_id": keyring.primary_id,
+            "key_ids": keyring.ids,
+            "keys_generated": settings.COSTR_ENCRYPTION_KEYS_GENERATED,
+            "default_retention_days": settings.COSTR_DEFAULT_RETENTION_DAYS,
+            "keycache_ttl": settings.COSTR_KEYCACHE_TTL_SECONDS,
+            "connect_timeout": settings.COSTR_UPSTREAM_CONNECT_TIMEOUT,
+            "read_timeout": settings.COSTR_UPSTREAM_READ_TIMEOUT,
+            "drain_minutes": round(settings.COSTR_PROXY_DRAIN_SECONDS / 60),
+            "stale_minutes": round(keycache.STALE_IF_ERROR_SECONDS / 60),
+            "max_body_mb": settings.COSTR_PROXY_MAX_BODY_BYTES / 1024 / 1024,
+            "benchmark": benchmark_summary(),
+        },
+    )
+
+
+def benchmark_summary() -> dict | None:
+    """The proxy overhead measured by the last ``make bench`` committed with this code."""
+    try:
+        return json.loads(BENCHMARKS_JSON.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def privacy(request):
+    return render(
+        request,
+        "legal/privacy.html",
+        {"default_retention_days": settings.COSTR_DEFAULT_RETENTION_DAYS},
+    )
+
+
+def terms(request):
+    return render(request, "legal/terms.html")
+
+
+def dpa(request):
+    version = legal.dpa_version(request.GET.get("version", legal.CURRENT_DPA.version))
+    if version is None:
+        raise Http404("There is no such DPA version.")
+    return render(
+        request,
+        "legal/dpa.html",
+        {
+            "dpa": version,
+            "current": legal.CURRENT_DPA,
+            "versions": legal.DPA_VERSIONS,
+            "subprocessors": legal.subprocessors(),
+        },
+    )

@@ -1,0 +1,88 @@
+"""The public trust pages: readable without logging in, linked from every page, and stating the
+figures the code actually uses."""
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from apps.keys import keycache, vault
+from apps.keys.keyring import get_keyring
+from costr import trust
+
+pytestmark = pytest.mark.django_db
+
+TRUST_PAGES = ("security", "privacy", "terms", "dpa")
+
+
+@pytest.mark.parametrize("name", TRUST_PAGES)
+def test_each_trust_page_is_public(client, name):
+    response = client.get(reverse(name))
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("page", ["landing", "login", "signup", *TRUST_PAGES])
+def test_every_page_links_all_trust_pages_in_its_footer(client, page):
+    html = client.get(reverse(page)).content.decode()
+    footer = html[html.index('<footer class="site-footer">') :]
+
+    for name in TRUST_PAGES:
+        assert f'href="{reverse(name)}"' in footer
+
+
+def test_an_organization_page_links_them_too(client, org, member):
+    client.force_login(member)
+    html = client.get(reverse("org_home", args=[org.slug])).content.decode()
+
+    assert f'href="{reverse("security")}"' in html[html.index("site-footer") :]
+
+
+def test_security_page_states_the_retention_default_the_settings_use(client, settings):
+    settings.COSTR_DEFAULT_RETENTION_DAYS = 47
+
+    html = client.get(reverse("security")).content.decode()
+
+    assert "47 days by default" in html
+
+
+def test_security_page_states_the_vault_algorithm_and_this_keyring(client):
+    html = client.get(reverse("security")).content.decode()
+
+    assert f"AES-{vault.KEY_SIZE * 8}-GCM" in html
+    assert f"{vault.NONCE_SIZE * 8}-bit nonce" in html
+    assert f"<code>{get_keyring().primary_id}</code> (primary)" in html
+
+
+def test_security_page_states_the_proxy_limits_in_force(client, settings):
+    settings.COSTR_PROXY_DRAIN_SECONDS = 120
+    settings.COSTR_UPSTREAM_READ_TIMEOUT = 321
+    settings.COSTR_KEYCACHE_TTL_SECONDS = 4
+
+    html = client.get(reverse("security")).content.decode()
+
+    assert "for up to 2 minutes" in html
+    assert "up to 321 seconds for it to answer" in html
+    assert "refused within 4 seconds" in html
+    assert f"last {round(keycache.STALE_IF_ERROR_SECONDS / 60)} minutes" in html
+
+
+def test_security_page_quotes_the_committed_benchmark(client, tmp_path, monkeypatch):
+    figures = {
+        "date": "2026-11-23",
+        "machine": "a test box",
+        "added_p50_ms": 0.61,
+        "added_p99_ms": 2.4,
+    }
+    path = tmp_path / "benchmarks.json"
+    path.write_text(json.dumps(figures))
+    monkeypatch.setattr(trust, "BENCHMARKS_JSON", path)
+
+    html = client.get(reverse("security")).content.decode()
+
+    assert "on 2026-11-23 (a test box)" in html
+    assert "0.61 ms at the median and 2.40 ms at the 99th percentile" in html
+
+
+def test_an_unknown_dpa_version_is_404(client):
+    assert client.get(reverse("dpa"), {"version": "9.9"}).status_code == 404
