@@ -114,3 +114,27 @@ class OrganizationSettingsForm(forms.ModelForm):
                 "Changes reach the proxy within a few seconds."
             ),
         }
+
+
+class AuditLogFilterForm(forms.Form):
+    """The audit log's filters, read from the query string; every field is optional."""
+
+    action = forms.ChoiceField(required=False)
+    actor = forms.CharField(required=False, max_length=255, label="Person (e-mail contains)")
+    start = forms.DateField(
+        required=False, label="From (UTC)", widget=forms.DateInput({"type": "date"})
+    )
+    end = forms.DateField(
+        required=False, label="To (UTC)", widget=forms.DateInput({"type": "date"})
+    )
+
+    def __init__(self, *args, actions: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["action"].choices = [("", "Any action"), *((a, a) for a in actions)]
+
+    def clean(self):
+        cleaned = super().clean()
+        start, end = cleaned.get("start"), cleaned.get("end")
+        if start and end and start > end:
+            raise forms.ValidationError("The start date is after the end date.")
+        return cleaned

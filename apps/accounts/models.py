@@ -206,6 +206,16 @@ class AuditEvent(TenantModel):
     def __str__(self):
         return f"{self.action} {self.target}"
 
+    def details_lines(self) -> list[str]:
+        """``details`` for people: a change reads "field: old → new"."""
+        lines = []
+        for key, value in self.details.items():
+            if isinstance(value, dict) and value.keys() == {"from", "to"}:
+                lines.append(f"{key}: {value['from']} → {value['to']}")
+            else:
+                lines.append(f"{key}: {value}")
+        return lines
+
 
 class DpaAcceptance(TenantModel):
     """An organization's acceptance of one version of the Data Processing Agreement: once per

@@ -1,5 +1,7 @@
 """Reads for accounts."""
 
+from datetime import UTC, date, datetime, time, timedelta
+
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -33,8 +35,32 @@ def organization_pending_invitations(*, organization: Organization) -> QuerySet[
     )
 
 
-def organization_audit_events(*, organization: Organization) -> QuerySet[AuditEvent]:
-    return AuditEvent.objects.for_org(organization).select_related("actor")
+def organization_audit_events(
+    *,
+    organization: Organization,
+    action: str = "",
+    actor: str = "",
+    start: date | None = None,
+    end: date | None = None,
+) -> QuerySet[AuditEvent]:
+    """The organization's audit events, newest first; ``start`` and ``end`` are whole UTC days."""
+    events = AuditEvent.objects.for_org(organization).select_related("actor")
+    if action:
+        events = events.filter(action=action)
+    if actor:
+        events = events.filter(actor_label__icontains=actor)
+    if start:
+        events = events.filter(created_at__gte=datetime.combine(start, time.min, tzinfo=UTC))
+    if end:
+        after = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
+        events = events.filter(created_at__lt=after)
+    return events
+
+
+def organization_audit_actions(*, organization: Organization) -> list[str]:
+    return sorted(
+        AuditEvent.objects.for_org(organization).values_list("action", flat=True).distinct()
+    )
 
 
 def organization_for_command(slug: str) -> Organization:

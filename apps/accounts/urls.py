@@ -50,6 +50,7 @@ org_urlpatterns = [
     path("settings/", views.OrganizationSettingsView.as_view(), name="org_settings"),
     path("settings/dpa/accept/", views.DpaAcceptView.as_view(), name="dpa_accept"),
     path("members/", views.MembersView.as_view(), name="members"),
+    path("audit/", views.AuditLogView.as_view(), name="audit_log"),
     path("members/<int:pk>/role/", views.MembershipRoleView.as_view(), name="member_role"),
     path("members/<int:pk>/remove/", views.MembershipRemoveView.as_view(), name="member_remove"),
     path(

@@ -3,6 +3,7 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
@@ -12,6 +13,7 @@ from django.views.generic import FormView, TemplateView
 
 from apps.accounts import legal, services
 from apps.accounts.forms import (
+    AuditLogFilterForm,
     InvitationForm,
     OrganizationForm,
     OrganizationSettingsForm,
@@ -21,6 +23,8 @@ from apps.accounts.forms import (
 from apps.accounts.models import DpaAcceptance, Invitation, Membership, Organization
 from apps.accounts.selectors import (
     memberships_of_user,
+    organization_audit_actions,
+    organization_audit_events,
     organization_members,
     organization_pending_invitations,
 )
@@ -276,3 +280,26 @@ class DpaAcceptView(OrganizationViewMixin, View):
             f"DPA version {acceptance.version} accepted by {acceptance.accepted_by_label}.",
         )
         return redirect("org_settings", org_slug=org_slug)
+
+
+class AuditLogView(OrganizationViewMixin, TemplateView):
+    """Every security-relevant change in the organization, filterable. Admins only: it shows who
+    did what from which IP address."""
+
+    template_name = "accounts/audit_log.html"
+    required_role = "admin"
+    paginate_by = 50
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        actions = organization_audit_actions(organization=self.organization)
+        form = AuditLogFilterForm(self.request.GET or None, actions=actions)
+        filters = form.cleaned_data if form.is_valid() else {}
+        events = organization_audit_events(organization=self.organization, **filters)
+        page = Paginator(events, self.paginate_by).get_page(self.request.GET.get("page"))
+        query = self.request.GET.copy()
+        query.pop("page", None)
+        context.update(
+            form=form, page=page, query=query.urlencode(), filtered=any(filters.values())
+        )
+        return context
