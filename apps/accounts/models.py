@@ -98,6 +98,13 @@ def default_retention_days() -> int:
     return settings.COSTR_DEFAULT_RETENTION_DAYS
 
 
+def retention_choices() -> list[tuple[int, str]]:
+    """The offered choices, plus the deployment's default if it set one of its own."""
+    choices = dict(RETENTION_CHOICES)
+    choices.setdefault(default_retention_days(), f"{default_retention_days()} days")
+    return sorted(choices.items())
+
+
 class Organization(models.Model):
     """The tenant. Everything a customer of Costr owns hangs off one of these."""
 

@@ -17,6 +17,7 @@ from apps.accounts.models import (
     Organization,
     Role,
     User,
+    retention_choices,
 )
 
 INVITATION_SALT = "costr.accounts.invitation"
@@ -344,3 +345,30 @@ def dpa_accept(
             # Accepted at the same moment by someone else: theirs stands, this audit event goes.
             event.delete()
             return DpaAcceptance.objects.for_org(organization).get(version=version)
+
+
+def organization_retention_set(
+    *, organization: Organization, days: int, actor: User | None, ip: str | None = None
+) -> Organization:
+    """Set how many days of usage metadata the organization keeps (one of the offered choices).
+    Data older than that is purged by the retention task, not here."""
+    allowed = [choice for choice, _ in retention_choices()]
+    if days not in allowed:
+        raise AccountsError(
+            f"Retention must be one of {', '.join(map(str, allowed))} days, not {days}."
+        )
+    previous = organization.retention_days
+    if previous == days:
+        return organization
+    with transaction.atomic():
+        organization.retention_days = days
+        organization.save(update_fields=["retention_days"])
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="retention.changed",
+            target=organization.slug,
+            ip=ip,
+            details={"retention_days": {"from": previous, "to": days}},
+        )
+    return organization
