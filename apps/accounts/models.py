@@ -122,6 +122,9 @@ class Organization(models.Model):
         default=default_retention_days,
         validators=[MinValueValidator(7), MaxValueValidator(730)],
     )
+    # Set when an owner deletes the organization: from then on no page, token or API call
+    # reaches it, and a task deletes its data (the row itself last).
+    deletion_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]

@@ -9,7 +9,11 @@ from apps.accounts.models import AuditEvent, Invitation, Membership, Organizatio
 
 
 def memberships_of_user(*, user: User) -> QuerySet[Membership]:
-    return user.memberships.select_related("organization").order_by("organization__name")
+    return (
+        user.memberships.select_related("organization")
+        .filter(organization__deletion_requested_at__isnull=True)
+        .order_by("organization__name")
+    )
 
 
 def membership_for(*, user: User, organization_slug: str) -> Membership | None:
@@ -17,7 +21,7 @@ def membership_for(*, user: User, organization_slug: str) -> Membership | None:
         return None
     return (
         user.memberships.select_related("organization")
-        .filter(organization__slug=organization_slug)
+        .filter(organization__slug=organization_slug, organization__deletion_requested_at=None)
         .first()
     )
 
@@ -70,4 +74,6 @@ def organization_for_command(slug: str) -> Organization:
     organization = Organization.objects.filter(slug=slug).first()
     if organization is None:
         raise CommandError(f"No organization with the slug {slug!r}.")
+    if organization.deletion_requested_at is not None:
+        raise CommandError(f"{slug} is being deleted.")
     return organization

@@ -372,3 +372,25 @@ def organization_retention_set(
             details={"retention_days": {"from": previous, "to": days}},
         )
     return organization
+
+
+def organization_deletion_mark(
+    *, organization: Organization, actor: User | None, ip: str | None = None
+) -> Organization:
+    """Take the organization out of reach: no page, API call or command finds it from now on.
+    Deleting its secrets and then its data is the caller's next step (see usage.lifecycle)."""
+    with transaction.atomic():
+        locked = Organization.objects.select_for_update().get(pk=organization.pk)
+        if locked.deletion_requested_at is not None:
+            raise AccountsError(f"{organization.slug} is already being deleted.")
+        locked.deletion_requested_at = timezone.now()
+        locked.save(update_fields=["deletion_requested_at"])
+        audit_event_record(
+            organization=locked,
+            actor=actor,
+            action="organization.deletion_requested",
+            target=locked.slug,
+            ip=ip,
+        )
+    organization.deletion_requested_at = locked.deletion_requested_at
+    return organization

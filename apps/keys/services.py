@@ -314,3 +314,16 @@ def last_used_apply(uses: dict[str, float]) -> int:
             model.objects.unscoped(reason=reason).bulk_update(changed, ["last_used_at"])
             updated += len(changed)
     return updated
+
+
+def organization_secrets_destroy(*, organization: Organization) -> int:
+    """Delete every secret the organization stored (provider keys, the Stripe key, anything kept
+    in the vault) and every token, and make each worker forget them. For account deletion:
+    nothing of these is left to decrypt or to authenticate with, from the moment this commits."""
+    with transaction.atomic():
+        destroyed = sum(
+            model.objects.for_org(organization).delete()[0] for model in encrypted_secret_models()
+        )
+        destroyed += ProxyToken.objects.for_org(organization).delete()[0]
+        _invalidate_on_commit(organization.pk)
+    return destroyed
