@@ -1,3 +1,5 @@
+import zoneinfo
+
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
@@ -95,16 +97,23 @@ class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
 
 
+TIME_ZONE_CHOICES = [(name, name) for name in sorted(zoneinfo.available_timezones())]
+
+
 class OrganizationSettingsForm(forms.ModelForm):
     class Meta:
         model = Organization
-        fields = ["name", "inject_openai_stream_usage"]
+        fields = ["name", "time_zone", "inject_openai_stream_usage"]
         labels = {
             "name": "Organization name",
+            "time_zone": "Time zone of the dashboards",
             "inject_openai_stream_usage": "Meter streaming OpenAI chat requests that do not ask "
             "for usage",
         }
+        widgets = {"time_zone": forms.Select(choices=TIME_ZONE_CHOICES)}
         help_texts = {
+            "time_zone": "Days, months and “today” on the dashboards start at midnight here. "
+            "The API speaks UTC.",
             "inject_openai_stream_usage": (
                 "OpenAI reports the tokens of a streamed chat completion only when the request "
                 "sets stream_options.include_usage. When this is on, Costr sets it on requests "

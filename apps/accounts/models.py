@@ -1,3 +1,5 @@
+import zoneinfo
+
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
@@ -94,6 +96,11 @@ RETENTION_CHOICES = [
 ]
 
 
+def validate_time_zone(value):
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not a time zone name such as Europe/Paris or UTC.")
+
+
 def default_retention_days() -> int:
     return settings.COSTR_DEFAULT_RETENTION_DAYS
 
@@ -122,6 +129,8 @@ class Organization(models.Model):
         default=default_retention_days,
         validators=[MinValueValidator(7), MaxValueValidator(730)],
     )
+    # Dashboards count days, months and "today" in this zone; the API speaks UTC.
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
     # Set when an owner deletes the organization: from then on no page, token or API call
     # reaches it, and a task deletes its data (the row itself last).
     deletion_requested_at = models.DateTimeField(null=True, blank=True, editable=False)

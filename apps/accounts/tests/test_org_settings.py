@@ -9,7 +9,9 @@ pytestmark = pytest.mark.django_db
 def test_an_admin_turns_include_usage_injection_off_and_it_is_audited(client, org, admin):
     client.force_login(admin)
 
-    response = client.post(reverse("org_settings", args=[org.slug]), {"name": "Renamed"})
+    response = client.post(
+        reverse("org_settings", args=[org.slug]), {"name": "Renamed", "time_zone": "UTC"}
+    )
 
     assert response.status_code == 302
     org.refresh_from_db()
@@ -40,3 +42,16 @@ def test_an_empty_name_is_refused_and_nothing_changes(client, org, admin):
     assert response.context["organization"].name == org.name
     assert Organization.objects.get(pk=org.pk).name == org.name
     assert not AuditEvent.objects.for_org(org).exists()
+
+
+def test_an_admin_sets_the_time_zone_and_an_unknown_one_is_refused(client, org, admin):
+    client.force_login(admin)
+    url = reverse("org_settings", args=[org.slug])
+
+    refused = client.post(url, {"name": org.name, "time_zone": "Mars/Olympus"})
+    accepted = client.post(url, {"name": org.name, "time_zone": "America/Los_Angeles"})
+
+    assert refused.status_code == 400
+    assert "Mars/Olympus" in refused.content.decode()
+    assert accepted.status_code == 302
+    assert Organization.objects.get(pk=org.pk).time_zone == "America/Los_Angeles"
