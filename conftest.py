@@ -91,3 +91,14 @@ def fake_provider():
     }
     with FakeProvider(**keys) as fake:
         yield fake
+
+
+@pytest.fixture
+def fake_stripe(settings):
+    """A fresh fake Stripe on 127.0.0.1 per test (accounts, keys, request log), set as
+    ``STRIPE_API_BASE``."""
+    from tests.fakes.stripe import FakeStripe
+
+    with FakeStripe() as fake:
+        settings.STRIPE_API_BASE = fake.url
+        yield fake

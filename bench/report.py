@@ -117,9 +117,9 @@ def render(r: dict, meta: dict) -> str:
         f"{' '.join(meta['loadavg_end'])} at the end (other work on the machine shows up here)."
     )
     w(
-        "- Software: Python {python}, Django {django}, httpx {httpx}, httpcore {httpcore}, "
-        "uvicorn {uvicorn}, gunicorn {gunicorn}, uvicorn-worker {uw}, uvloop {uvloop}, "
-        "httptools {httptools}.".format(**v, uw=v["uvicorn-worker"])
+        "- Software: Python {python}, Django {django}, uvicorn {uvicorn}, gunicorn {gunicorn}, "
+        "uvicorn-worker {uw}, uvloop {uvloop}, httptools {httptools} (also under Costr's "
+        "upstream client, `apps/proxy/http1.py`).".format(**v, uw=v["uvicorn-worker"])
     )
     w(f"- Placement: {pinned}.")
     w("")
@@ -130,13 +130,20 @@ def render(r: dict, meta: dict) -> str:
         if meta.get("server", "gunicorn") == "gunicorn"
         else "under granian (`--server granian`, for comparison only), one worker, uvloop"
     )
+    sink = (
+        "Usage events go through the embedded sink: an in-process queue and a thread that "
+        "stores them in SQLite (that thread's CPU is counted below)."
+        if meta.get("usage_sink", "embedded") == "embedded"
+        else "Usage events go to a Redis stream (`--usage-redis`), the production layout: the "
+        "worker's sink thread only appends each batch to the stream (its CPU is counted below); "
+        "no writer runs in the worker, and none is running during the benchmark."
+    )
     w(
         f"- **Costr** runs {server}, "
         "`costr.settings.local` with `DEBUG=0`, a throwaway `COSTR_VAR_DIR` (SQLite, generated "
         "keyring), and `COSTR_UPSTREAM_*` pointing at the fake. The org, the three provider keys "
         "and the proxy token are made with the `createorg`, `addproviderkey` and `createtoken` "
-        "commands. Usage events go through the embedded sink: an in-process queue and a writer "
-        "thread that stores them in SQLite (that thread's CPU is counted below)."
+        f"commands. {sink}"
     )
     w(
         "- **Fake provider**: `python -m tests.fakes.provider` (uvicorn, httptools, uvloop, one "

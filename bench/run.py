@@ -6,6 +6,7 @@ client sends the same request direct to the fake and through Costr; the differen
 adds. See docs/benchmarks.md ("Method") for what each figure means.
 
     .venv/bin/python -m bench.run [--quick] [--no-pin] [--output docs/benchmarks.md]
+                                  [--usage-redis redis://127.0.0.1:6379/15]
 """
 
 from __future__ import annotations
@@ -189,8 +190,15 @@ def server_argv(server: str, port: int) -> list[str]:
 
 
 def start(
-    plan: Plan, tmp: Path, children: procs.Processes, pin: bool, server: str = "gunicorn"
+    plan: Plan,
+    tmp: Path,
+    children: procs.Processes,
+    pin: bool,
+    server: str = "gunicorn",
+    usage_stream: tuple[str, str] | None = None,
 ) -> Setup:
+    """The fake and Costr, running. ``usage_stream`` is (Redis URL, stream name) to send usage
+    to a Redis stream, as in production, instead of the embedded writer."""
     env = isolated_env(tmp / "var")
     token = provision(env)
     fake_port, costr_port = procs.free_port(), procs.free_port()
@@ -226,6 +234,8 @@ def start(
         "COSTR_UPSTREAM_ANTHROPIC": upstream,
         "COSTR_UPSTREAM_GOOGLE": upstream,
     }
+    if usage_stream is not None:
+        costr_env["COSTR_USAGE_REDIS_URL"], costr_env["COSTR_USAGE_STREAM"] = usage_stream
     master = children.start(
         server,
         server_argv(server, costr_port),
@@ -478,7 +488,7 @@ async def measure(plan: Plan, setup: Setup, log) -> dict:
 def versions() -> dict[str, str]:
     from importlib import metadata
 
-    names = ("django", "httpx", "httpcore", "uvicorn", "gunicorn", "uvicorn-worker", "uvloop")
+    names = ("django", "uvicorn", "gunicorn", "uvicorn-worker", "uvloop")
     found = {"python": platform.python_version()}
     for name in (*names, "httptools", "h11", "anyio"):
         try:
@@ -524,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         default="gunicorn",
         help="gunicorn + one uvicorn worker (the Procfile's), or granian to compare",
     )
+    parser.add_argument(
+        "--usage-redis",
+        metavar="URL",
+        help="send usage to a Redis stream at URL (the production layout: no writer in the "
+        "worker) instead of the embedded writer; the stream is deleted afterwards",
+    )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
@@ -532,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="costr-bench-"))
     children = procs.Processes()
     started = time.monotonic()
+    usage_stream = None
 
     def log(message: str) -> None:
         print(f"[bench {time.monotonic() - started:6.1f}s] {message}", flush=True)
@@ -539,7 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log(f"setting up an isolated Costr in {tmp}")
         meta = {"machine": machine(), "versions": versions()}
-        setup = start(plan, tmp, children, pin, args.server)
+        usage_stream = (
+            (args.usage_redis, f"costr:bench:{os.getpid()}") if args.usage_redis else None
+        )
+        setup = start(plan, tmp, children, pin, args.server, usage_stream)
         log(f"fake on :{setup.fake_port}, Costr on :{setup.costr_port} (worker {setup.worker_pid})")
         sanity_check(setup)
         try:
@@ -553,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             pinned=setup.pinned,
             server=setup.server,
+            usage_sink="redis" if usage_stream else "embedded",
             quick=args.quick,
             plan=plan,
             duration_s=time.monotonic() - started,
@@ -578,6 +599,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         children.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+        if usage_stream is not None:
+            _delete_stream(*usage_stream)
+
+
+def _delete_stream(url: str, stream: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_timeout=5).delete(stream)
+    except redis.RedisError as error:
+        print(f"could not delete the usage stream {stream}: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

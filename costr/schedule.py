@@ -2,6 +2,18 @@
 
 from celery.schedules import crontab
 
+# The daily retention purge; the retention page tells people when it runs.
+PURGE_HOUR_UTC, PURGE_MINUTE_UTC = 3, 30
+
 BEAT_SCHEDULE: dict[str, dict] = {
     "keys-last-used-flush": {"task": "keys.last_used_flush", "schedule": crontab(minute="*")},
+    "usage-purge-expired": {
+        "task": "usage.purge_expired_all",
+        "schedule": crontab(hour=PURGE_HOUR_UTC, minute=PURGE_MINUTE_UTC),
+    },
+    "usage-organization-deletions": {
+        "task": "usage.organization_deletions_resume",
+        "schedule": crontab(minute="41"),
+    },
+    "billing-stripe-sync": {"task": "billing.stripe_sync_all", "schedule": crontab(minute="17")},
 }

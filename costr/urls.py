@@ -3,13 +3,19 @@ from django.urls import include, path
 
 from apps.accounts import urls as accounts_urls
 from apps.accounts import views as accounts_views
+from apps.billing import urls as billing_urls
 from apps.keys import urls as keys_urls
+from apps.reporting import urls as reporting_urls
+from apps.usage import urls as usage_urls
 from costr import trust
 
 # Every organization page lives under /app/<org_slug>/; the isolation suite walks this prefix.
 org_patterns = [
     *accounts_urls.org_urlpatterns,
     *keys_urls.org_urlpatterns,
+    *billing_urls.org_urlpatterns,
+    *usage_urls.org_urlpatterns,
+    *reporting_urls.org_urlpatterns,
 ]
 
 urlpatterns = [
@@ -20,5 +26,6 @@ urlpatterns = [
     path("dpa/", trust.dpa, name="dpa"),
     path("", include(accounts_urls.urlpatterns)),
     path("app/<slug:org_slug>/", include(org_patterns)),
+    path("api/v1/", include("costr.api")),
     path("admin/", admin.site.urls),
 ]

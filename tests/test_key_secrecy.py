@@ -248,8 +248,9 @@ def keycache_contents():
 def response_sources(where, response):
     """Body, headers and cookies; the messages cookie also decoded (it is signed, may be
     compressed)."""
+    body = b"".join(response.streaming_content) if response.streaming else response.content
     sources = [
-        (f"{where} body", response.content),
+        (f"{where} body", body),
         (f"{where} headers", str(list(response.items()))),
     ]
     for morsel in response.cookies.values():
@@ -866,3 +867,203 @@ def test_the_celery_guard_sees_published_and_eager_tasks(celery_messages):
 
     sites = {where for where, _ in find_leaks(celery_messages, [key])}
     assert sites == {"ran key_secrecy_probe", "published key_secrecy_probe"}
+
+
+# --- 6. The Stripe key -----------------------------------------------------------------------
+
+
+def stripe_key() -> Secret:
+    return Secret.of("Stripe key", "rk_test_", random_chars(60))
+
+
+def post_stripe_key(client, org, key: Secret):
+    data = {"key": key.plaintext, "metadata_field": "costr_customer_id"}
+    return client.post(reverse("stripe_settings", args=[org.slug]), data)
+
+
+@dataclass
+class StoredStripe:
+    keys: list[Secret]
+    outputs: list
+
+    @property
+    def secrets(self) -> list[Secret]:
+        return [*self.keys, *keyring_secrets()]
+
+
+@pytest.fixture
+def stripe_stored(
+    client,
+    org,
+    other_org,
+    admin,
+    fake_stripe,
+    logs,
+    celery_messages,
+    monkeypatch,
+    django_capture_on_commit_callbacks,
+) -> StoredStripe:
+    """A Stripe key connected on the page (org) and one by `connectstripe` (other_org), each
+    first sync run, a sync requested with the button and one by `syncstripe`, and a secret key
+    refused on the page."""
+    account = fake_stripe.account()
+    customer = account.customer(email="a@example.com", metadata={"costr_customer_id": "a"})
+    account.refund(account.charge(customer, 5000), 1000)
+    keys = [stripe_key(), stripe_key()]
+    for key in keys:
+        fake_stripe.restricted_key(account, key=key.plaintext)
+    client.force_login(admin)
+    outputs = []
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_stripe_key(client, org, keys[0])
+    assert response.status_code == 302, response.content
+    outputs += response_sources("POST stripe key", response)
+    outputs += response_sources("page after POST", client.get(response["Location"]))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("stripe_sync", args=[org.slug]))
+    outputs += response_sources("POST sync", response)
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(keys[1].plaintext + "\n"))
+    out = io.StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("connectstripe", other_org.slug, "--key-stdin", stdout=out)
+    call_command("syncstripe", other_org.slug, stdout=out)
+    outputs.append(("connectstripe and syncstripe output", out.getvalue()))
+
+    from apps.billing.models import StripeConnection
+
+    for organization in (org, other_org):
+        connection = StripeConnection.objects.for_org(organization).get()
+        assert connection.sync_status == "ok", connection.last_error
+    assert fake_stripe.writes() == []
+    return StoredStripe(keys, outputs)
+
+
+def test_the_stripe_key_is_in_no_cell_dump_log_cache_or_task(stripe_stored, logs, celery_messages):
+    from apps.billing.models import StripeConnection
+
+    cells = list(database_cells())
+    ciphertexts = [
+        v for where, v in cells if where == f"{StripeConnection._meta.db_table}.ciphertext"
+    ]
+
+    assert len(ciphertexts) == 2
+    assert any(where.startswith("billing_stripebalancetransaction.") for where, _ in cells)
+    assert any(name.startswith("ran billing.stripe_sync") for name, _ in celery_messages)
+    assert_no_leak(
+        [*cells, ("dumpdata", dumpdata()), *logs, *cache_entries(), *celery_messages],
+        stripe_stored.secrets,
+    )
+
+
+def test_no_organization_page_shows_the_stripe_key(stripe_stored, client, org):
+    from apps.billing.models import StripeCustomer
+
+    ids = list(StripeCustomer.objects.for_org(org).values_list("pk", flat=True))
+    sources, statuses = [], {}
+    for url in org_page_urls(org.slug, ids):
+        response = client.get(url)
+        statuses[url] = response.status_code
+        sources += response_sources(f"GET {url}", response)
+
+    assert all(status < 500 for status in statuses.values()), statuses
+    assert statuses[reverse("stripe_settings", args=[org.slug])] == 200
+    assert statuses[reverse("stripe_disconnect", args=[org.slug])] == 200
+    assert statuses[reverse("stripe_customers", args=[org.slug])] == 200
+    assert_no_leak([*sources, *stripe_stored.outputs], stripe_stored.secrets)
+
+
+def test_audit_events_of_stripe_name_the_key_only_masked(stripe_stored, org, other_org):
+    events = [
+        event
+        for organization in (org, other_org)
+        for event in AuditEvent.objects.for_org(organization).filter(action__startswith="stripe.")
+    ]
+
+    assert sorted(event.action for event in events) == [
+        "stripe.connected",
+        "stripe.connected",
+        "stripe.sync_requested",
+    ]
+    rows = [(f"audit {e.action}", f"{e.target} {json.dumps(e.details)}") for e in events]
+    assert_no_leak(rows, stripe_stored.secrets)
+
+
+@pytest.mark.parametrize("prefix", ["sk_live_", "sk_test_", "rk_test_"])
+def test_a_refused_stripe_key_is_not_sent_back(
+    client, org, admin, fake_stripe, debug, logs, prefix
+):
+    # sk_ keys are refused by their format; the rk_ one by Stripe, which does not know it.
+    key = Secret.of("refused Stripe key", prefix, random_chars(60))
+    client.force_login(admin)
+
+    response = post_stripe_key(client, org, key)
+
+    assert response.status_code == 400
+    assert b'class="errorlist' in response.content
+    assert_no_leak([*response_sources("refusal", response), *logs], [key])
+
+
+def test_a_500_while_connecting_stripe_shows_no_key(
+    client,
+    org,
+    admin,
+    fake_stripe,
+    debug,
+    logs,
+    view_error_reports,
+    mailoutbox,
+    settings,
+    monkeypatch,
+):
+    settings.ADMINS = [("Ops", "ops@example.com")]
+    key = stripe_key()
+    fake_stripe.restricted_key(fake_stripe.account(), key=key.plaintext)
+    client.force_login(admin)
+    client.raise_request_exception = False
+    monkeypatch.setattr("apps.billing.services.audit_event_record", _fail)  # after sealing
+
+    response = post_stripe_key(client, org, key)
+
+    assert response.status_code == 500
+    assert len(view_error_reports) == 2
+    if debug:
+        assert b"stripe_connect" in response.content
+    mails = [(f"mail {m.subject}", m.message().as_string()) for m in mailoutbox]
+    sources = [*response_sources("500", response), *view_error_reports, *logs, *mails]
+    assert_no_leak(sources, [key, *keyring_secrets()])
+
+
+@pytest.mark.parametrize("where", ["while the SDK sends a request", "while the sync holds the key"])
+def test_a_sync_failing_with_the_key_in_hand_reports_no_key(
+    org, admin, fake_stripe, debug, log_recorder, logs, monkeypatch, where
+):
+    from apps.billing import client as stripe_client
+    from apps.billing import services as billing
+    from apps.billing import sync
+
+    key = stripe_key()
+    fake_stripe.restricted_key(fake_stripe.account(), key=key.plaintext)
+    billing.stripe_connect(organization=org, key=key.plaintext, actor=admin)
+    if where == "while the SDK sends a request":
+        monkeypatch.setattr(stripe_client.ReadOnlyHTTPClient, "request", _fail)
+        injected = contextlib.nullcontext()
+    else:
+        injected = raising_inside(sync._sync_connection, "api")
+
+    with injected:
+        result = sync.stripe_sync(organization_id=org.pk)
+
+    assert result.status == "failed"
+    assert log_recorder.exceptions, "the failure was not logged with its traceback"
+    error = log_recorder.exceptions[-1]
+    report = ExceptionReporter(None, type(error), error, error.__traceback__)
+    frame_values = [
+        (f"frame {frame['function']} {name}", leaf)
+        for frame in report.get_traceback_frames()
+        for name, value in frame["vars"]
+        for leaf in [value, *leaves(value)]
+    ]
+    pages = [("html", report.get_traceback_html()), ("text", report.get_traceback_text())]
+    assert len(frame_values) > 5
+    assert_no_leak([*pages, *frame_values, *logs], [key, *keyring_secrets()])

@@ -46,7 +46,6 @@ urlpatterns = [
 ]
 
 org_urlpatterns = [
-    path("", views.OrganizationHomeView.as_view(), name="org_home"),
     path("settings/", views.OrganizationSettingsView.as_view(), name="org_settings"),
     path("settings/dpa/accept/", views.DpaAcceptView.as_view(), name="dpa_accept"),
     path("members/", views.MembersView.as_view(), name="members"),

@@ -94,10 +94,6 @@ class OrganizationCreateView(LoginRequiredMixin, FormView):
         return redirect("org_home", org_slug=organization.slug)
 
 
-class OrganizationHomeView(OrganizationViewMixin, TemplateView):
-    template_name = "accounts/org_home.html"
-
-
 class MembersView(OrganizationViewMixin, TemplateView):
     template_name = "accounts/members.html"
 

@@ -18,13 +18,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import httpx
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from apps.keys import keycache
+from apps.proxy.http1 import Origin, UpstreamError, UpstreamTimeout
 from apps.proxy.providers import Adapter, RequestInfo, Usage, get_adapter
-from apps.proxy.upstream import get_client, upstream_timeout
+from apps.proxy.upstream import get_client
 from apps.usage import sink
 
 logger = logging.getLogger("costr.proxy")
@@ -44,6 +44,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+# Refusals before forwarding make no usage event but are counted per organization for the
+# dashboard (DESIGN.md); a 503 for Costr's own trouble is no refusal of the request.
+COUNTED_REFUSALS = frozenset({400, 401, 403, 413})
 MAX_PROPERTIES = 20
 MAX_CUSTOMER_LENGTH = 255
 CUSTOMER_HEADER = b"x-costr-customer"
@@ -66,6 +69,17 @@ class UpstreamFailed(Exception):
         self.status, self.code, self.error = status, code, error
 
 
+def upstream_failure(error: UpstreamError, *, answered: bool) -> UpstreamFailed:
+    """How an upstream failure before the first body byte is answered: 504 when the upstream
+    went quiet, 502 when it could not be reached (or, ``answered``, broke off after its
+    headers)."""
+    if isinstance(error, UpstreamTimeout):
+        return UpstreamFailed(504, "upstream_timeout", error)
+    return UpstreamFailed(
+        502, "upstream_disconnected" if answered else "upstream_unreachable", error
+    )
+
+
 class Refusal(Exception):
     """A request Costr answers itself, in the provider's error shape, without forwarding."""
 
@@ -74,15 +88,14 @@ class Refusal(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _upstream_origin(provider: str) -> str:
-    return getattr(settings, f"COSTR_UPSTREAM_{provider.upper()}").rstrip("/")
+def _upstream_origin(provider: str) -> Origin:
+    return _parsed_origin(getattr(settings, f"COSTR_UPSTREAM_{provider.upper()}"))
 
 
 @functools.lru_cache(maxsize=16)
-def _parsed_origin(origin: str) -> tuple[httpx.URL, bytes]:
-    """The origin as a URL, and the path prefix it may carry (without its trailing slash)."""
-    url = httpx.URL(origin)
-    return url, url.raw_path.rstrip(b"/")
+def _parsed_origin(url: str) -> Origin:
+    """Scheme, host, port and the path prefix the setting's URL may carry."""
+    return Origin.parse(url)
 
 
 def _ms(seconds: float) -> float:
@@ -188,6 +201,8 @@ async def proxy_app(scope, receive, send) -> None:
     except ClientGone:
         return
     except Refusal as refusal:
+        if refusal.status in COUNTED_REFUSALS:
+            sink.emit_refusal(org_slug, refusal.status, refusal.code)
         await _send_error(send, request, refusal.status, refusal.code, refusal.message)
     except UpstreamFailed as failure:
         await _upstream_failed(request, send, failure)
@@ -235,39 +250,34 @@ async def _proxy(request: ProxiedRequest, receive, send) -> None:
         inject = request.resolved.inject_openai_stream_usage
         new_body, injected = adapter.prepare_request_body(request.info, body_head, inject)
         if injected:
+            # The upstream client sends the new body's content-length in place of the client's.
             content = new_body
-            # The client's content-length no longer holds; httpx sets the new body's.
-            forward_headers = [(k, v) for k, v in forward_headers if k.lower() != b"content-length"]
     else:
         injected = False
 
-    # The path and query go out exactly as received: the request target is set as bytes, past
-    # httpx's URL normalisation (which drops dot segments and re-quotes characters).
-    origin, path_prefix = _parsed_origin(_upstream_origin(request.provider))
-    target = path_prefix + b"/" + request.raw_rest + (b"?" + query if query else b"")
-    client = get_client()
-    upstream_request = client.build_request(
-        scope["method"],
-        origin,
-        headers=forward_headers,
-        content=content,
-        timeout=upstream_timeout(),
-        extensions={"target": target},
-    )
+    # The path and query go out exactly as received, never normalised or re-quoted.
+    origin = _upstream_origin(request.provider)
+    target = origin.path_prefix + b"/" + request.raw_rest + (b"?" + query if query else b"")
     sent_at = time.perf_counter()
     request.overhead = sent_at - request.started
     request.forwarded = True
     try:
-        response = await client.send(upstream_request, stream=True)
-    except httpx.TimeoutException as error:
-        raise UpstreamFailed(504, "upstream_timeout", error) from error
-    except httpx.TransportError as error:
-        raise UpstreamFailed(502, "upstream_unreachable", error) from error
+        response = await get_client().request(
+            scope["method"],
+            origin,
+            target,
+            forward_headers,
+            content,
+            connect_timeout=settings.COSTR_UPSTREAM_CONNECT_TIMEOUT,
+            read_timeout=settings.COSTR_UPSTREAM_READ_TIMEOUT,
+        )
+    except UpstreamError as error:
+        raise upstream_failure(error, answered=False) from error
     headers_at = time.perf_counter()
     try:
         await _relay(request, response, headers_at, injected, body_done, receive, send)
     finally:
-        await response.aclose()
+        response.close()
 
 
 async def _authorize(request: ProxiedRequest, headers, query) -> keycache.ResolvedToken:
@@ -348,8 +358,8 @@ async def _read_body(request: ProxiedRequest, headers, receive):
     state = {"done": False}
 
     async def rest_of_body():
-        # Raised here, these reach the proxy through httpx unchanged: the half-sent upstream
-        # request is abandoned (its connection closed), never completed.
+        # Raised here, these reach the proxy through the upstream client unchanged: the
+        # half-sent upstream request is abandoned (its connection closed), never completed.
         total = size
         for part in parts:
             yield part
@@ -383,21 +393,20 @@ def _content_length(headers) -> int | None:
 
 async def _relay(request, response, headers_at, injected, body_done, receive, send) -> None:
     adapter = request.adapter
-    request.status = response.status_code
-    content_type = response.headers.get("content-type")
-    content_encoding = response.headers.get("content-encoding")
-    reader = adapter.usage_reader(
-        request.info, response.status_code, content_type, content_encoding
-    )
+    status = response.status
+    request.status = status
+    content_type = _latin1(response.header(b"content-type"))
+    content_encoding = _latin1(response.header(b"content-encoding"))
+    reader = adapter.usage_reader(request.info, status, content_type, content_encoding)
     stream_filter = (
-        adapter.client_stream_filter(
-            request.info, response.status_code, content_type, content_encoding
-        )
+        adapter.client_stream_filter(request.info, status, content_type, content_encoding)
         if injected
         else None
     )
+    # With a filter, the reader is fed through it when it can be: one split per chunk.
+    feed_reader = not (stream_filter is not None and stream_filter.share(reader))
     out_headers = [
-        (name, value) for name, value in response.headers.raw if name.lower() not in HOP_BY_HOP
+        (name, value) for name, value in response.headers if name.lower() not in HOP_BY_HOP
     ]
     if stream_filter is not None:
         out_headers = stream_filter.response_headers(out_headers)
@@ -408,41 +417,44 @@ async def _relay(request, response, headers_at, injected, body_done, receive, se
     # The headers wait for the first body byte (which then goes with them, at once): an upstream
     # that stalls or breaks before sending any body is still answered 504/502 in the provider's
     # shape, rather than with a 200 whose body never comes.
-    chunks = response.aiter_raw()
     try:
-        first = await anext(chunks, b"")
-    except httpx.TimeoutException as error:
-        raise UpstreamFailed(504, "upstream_timeout", error) from error
-    except httpx.TransportError as error:
-        raise UpstreamFailed(502, "upstream_disconnected", error) from error
+        first = await response.read()
+    except UpstreamError as error:
+        raise upstream_failure(error, answered=True) from error
     request.first_byte = time.perf_counter()
     request.response_started = True
-    await send(
-        {"type": "http.response.start", "status": response.status_code, "headers": out_headers}
-    )
+    await send({"type": "http.response.start", "status": status, "headers": out_headers})
 
-    # Once the body is in, the only thing receive() can still report is the client leaving.
+    # Once the request body is in, the only thing receive() can still report is the client
+    # leaving. It is watched only while the upstream still has more to send: a response that
+    # arrived whole (most non-streamed ones) needs no watcher.
     body_complete = body_done is True or (isinstance(body_done, dict) and body_done["done"])
-    disconnected = asyncio.ensure_future(receive()) if body_complete else None
+    disconnected = None
     client_gone = False
     try:
         chunk = first
         while chunk:
-            reader.feed(chunk)
+            if feed_reader:
+                reader.feed(chunk)
             out = stream_filter.feed(chunk) if stream_filter is not None else chunk
             if out:
                 try:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
                 except OSError:
                     client_gone = True
-            if disconnected is not None and disconnected.done():
+            if disconnected is None:
+                if body_complete and not response.complete:
+                    disconnected = asyncio.ensure_future(receive())
+            elif disconnected.done():
                 client_gone = True
             if client_gone:
                 request.outcome = "client_disconnected"
                 if not reader.complete:
-                    await _drain_for_usage(chunks, reader)
+                    await _drain_for_usage(
+                        response, reader, reader.feed if feed_reader else stream_filter.feed
+                    )
                 break
-            chunk = await anext(chunks, b"")
+            chunk = await response.read()
         if not client_gone:
             tail = stream_filter.finish() if stream_filter is not None else b""
             with contextlib.suppress(OSError):
@@ -450,7 +462,7 @@ async def _relay(request, response, headers_at, injected, body_done, receive, se
     except Exception as error:
         # The body is cut short: the client's connection must break too (never a clean end
         # that hides the truncation), and the event records what usage was seen.
-        broken_upstream = isinstance(error, httpx.TransportError)
+        broken_upstream = isinstance(error, UpstreamError)
         request.outcome = "upstream_disconnected" if broken_upstream else "costr_error"
         if not broken_upstream:
             logger.exception("proxy failed mid-response on %s", request.request_id)
@@ -462,16 +474,26 @@ async def _relay(request, response, headers_at, injected, body_done, receive, se
     request.emit(reader.finish())
 
 
-async def _drain_for_usage(chunks, reader) -> None:
-    """Keep reading a response nobody is listening to, until its usage arrives (bounded)."""
+def _latin1(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+async def _drain_for_usage(response, reader, feed) -> None:
+    """Keep reading a response nobody is listening to, until its usage arrives (bounded).
+
+    ``feed`` is how the reader sees the bytes: ``reader.feed``, or the filter that shares its
+    splitter (whose output is dropped)."""
     try:
         async with asyncio.timeout(settings.COSTR_PROXY_DRAIN_SECONDS):
-            async for chunk in chunks:
-                reader.feed(chunk)
+            while chunk := await response.read():
+                feed(chunk)
                 if reader.complete:
                     return
-    except (TimeoutError, httpx.TransportError):
+    except (TimeoutError, UpstreamError):
         return
+    except Exception:
+        # A corrupt compressed body breaks the filter: the usage seen so far is what there is.
+        logger.warning("draining %s for usage failed", type(reader).__name__)
 
 
 async def _upstream_failed(request, send, failure: UpstreamFailed) -> None:

@@ -68,6 +68,9 @@ class SSESplitter:
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Events completed by this chunk, in order."""
+        event = self._whole_event(chunk)
+        if event is not None:
+            return [event]
         return [event for event, _ in self.feed_with_offsets(chunk) if event is not None]
 
     def feed_with_offsets(self, chunk: bytes) -> list[tuple[Event | None, int]]:
@@ -78,6 +81,9 @@ class SSESplitter:
         dispatched nothing (only comments or nothing at all before it). Byte-level filters use
         the offsets to cut the raw stream at event boundaries.
         """
+        event = self._whole_event(chunk)
+        if event is not None:
+            return [(event, len(chunk))]
         boundaries: list[tuple[Event | None, int]] = []
         start = 0
         for match in _LINE_END.finditer(chunk):
@@ -100,6 +106,33 @@ class SSESplitter:
             self._skip_lf = False
             self._append_to_line(chunk, start, len(chunk))
         return boundaries
+
+    def _whole_event(self, chunk: bytes) -> Event | None:
+        """The event when ``chunk`` is exactly one ``data:`` line and its blank line, LF-framed,
+        with nothing pending before it -- how most providers send most chunks -- else None.
+
+        The same event the general path would build, found with a few scans in C instead of a
+        pass through the line machinery (bench/notes.md: CPU per forwarded chunk).
+        """
+        if (
+            self._line
+            or self._has_data
+            or self._skip_lf
+            or self._event_name is not None
+            or self._line_field is not None
+        ):
+            return None
+        size = len(chunk)
+        if (
+            size > self._max
+            or not chunk.startswith(b"data:")
+            or chunk.find(b"\n") != size - 2
+            or not chunk.endswith(b"\n\n")
+            or b"\r" in chunk
+        ):
+            return None
+        start = 6 if chunk[5:6] == b" " else 5
+        return Event(None, chunk[start : size - 2])
 
     def finish(self) -> list[Event]:
         """Events left at the end of the stream, even without their final blank line.

@@ -1,50 +1,26 @@
-"""One pooled async HTTP client per process, created on first use and closed on shutdown."""
+"""The proxy's upstream client: one ``http1.Client`` per process (per event loop), closed on
+shutdown. See ``apps/proxy/http1.py`` for why it is not httpx."""
 
-from http.cookiejar import CookieJar, DefaultCookiePolicy
+import asyncio
 
-import httpx
-from django.conf import settings
+from apps.proxy.http1 import Client
 
-_client: httpx.AsyncClient | None = None
+_client: Client | None = None
+_client_loop: asyncio.AbstractEventLoop | None = None
 
 
-def get_client() -> httpx.AsyncClient:
-    global _client
-    if _client is None or _client.is_closed:
-        _client = _new_client()
+def get_client() -> Client:
+    """The shared client. Its connections belong to one event loop: a request on another loop
+    (a second server in the same process, in tests) gets a client of its own."""
+    global _client, _client_loop
+    loop = asyncio.get_running_loop()
+    if _client is None or _client.is_closed or _client_loop is not loop:
+        _client, _client_loop = Client(), loop
     return _client
 
 
-def upstream_timeout() -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=settings.COSTR_UPSTREAM_CONNECT_TIMEOUT,
-        read=settings.COSTR_UPSTREAM_READ_TIMEOUT,
-        write=settings.COSTR_UPSTREAM_READ_TIMEOUT,
-        pool=settings.COSTR_UPSTREAM_CONNECT_TIMEOUT,
-    )
-
-
-def _new_client() -> httpx.AsyncClient:
-    client = httpx.AsyncClient(
-        timeout=upstream_timeout(),
-        limits=httpx.Limits(
-            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30
-        ),
-        follow_redirects=False,
-        trust_env=False,
-        # One client serves every organization: a cookie an upstream sets for one (Cloudflare's
-        # __cf_bm, say) must never ride along on another's request. This jar accepts none.
-        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-    )
-    # httpx adds Accept, Accept-Encoding, Connection and User-Agent to every request by default;
-    # the upstream must see the client's headers and nothing else.
-    for name in list(client.headers.keys()):
-        del client.headers[name]
-    return client
-
-
 async def close_client() -> None:
-    global _client
+    global _client, _client_loop
     if _client is not None:
         await _client.aclose()
-        _client = None
+    _client, _client_loop = None, None

@@ -36,20 +36,54 @@ class PriceSource(models.TextChoices):
     UNPRICED = "unpriced"
 
 
-class UsageEvent(TenantModel):
-    """One forwarded request: metadata only, never content."""
+def _organization_without_own_index(**kwargs):
+    """The tenant key, for tables whose composite indexes all lead with it: a separate index on
+    it alone would only be one more to maintain on every insert."""
+    return models.ForeignKey(
+        "accounts.Organization",
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        **kwargs,
+    )
 
-    request_id = models.CharField(max_length=64, unique=True)
+
+class UsageEvent(TenantModel):
+    """One forwarded request: metadata only, never content.
+
+    The unique request id is a constraint rather than ``unique=True``, which on PostgreSQL would
+    add a second (``varchar_pattern_ops``) index nothing uses; the writer's ``ON CONFLICT
+    (request_id)`` relies on it.
+
+    Its foreign keys have no constraint in the database (``db_constraint=False``), as is usual
+    for a high-volume append-only table: checking three of them per row at commit was a fifth
+    of the writer's time. Django still applies ``on_delete`` (CASCADE, SET_NULL) itself, and the
+    writer checks organizations and tokens and creates customers in the transaction that uses
+    them; only a deletion racing a write could leave an id pointing nowhere.
+    """
+
+    organization = _organization_without_own_index(db_constraint=False)
+    request_id = models.CharField(max_length=64)
     timestamp = models.DateTimeField()
     token = models.ForeignKey(
-        "keys.ProxyToken", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "keys.ProxyToken",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
     )
     provider = models.CharField(max_length=16)
     endpoint = models.CharField(max_length=16)
     model = models.CharField(max_length=255, blank=True)
     requested_model = models.CharField(max_length=255, blank=True)
     customer = models.ForeignKey(
-        Customer, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        Customer,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
     )
     properties = models.JSONField(default=dict, blank=True)
     status = models.PositiveSmallIntegerField()
@@ -74,6 +108,9 @@ class UsageEvent(TenantModel):
     overhead_ms = models.FloatField(null=True)
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request_id"], name="usage_event_request_id_unique")
+        ]
         indexes = [
             models.Index(fields=["organization", "-timestamp"], name="usage_event_org_time"),
             models.Index(
@@ -125,3 +162,83 @@ class PriceOverride(TenantModel):
             cached_input_per_mtok=self.cached_input_per_mtok,
             cache_write_per_mtok=self.cache_write_per_mtok,
         )
+
+
+class DailyRollup(TenantModel):
+    """Per organization, UTC day, customer, provider and model: the sums dashboards read, so a long
+    range never scans raw events. The writer adds every newly stored event in the transaction that
+    stores it; ``usage_reprice`` rebuilds a day from its events.
+
+    ``customer`` is the customer's external id ("" for requests without one), not a foreign key:
+    the unique key then holds on every database (NULLs never conflict) and reports group by the id
+    people know without a join.
+
+    An error is a request answered with status >= 400, or one that Costr or the upstream broke off
+    (outcome ``upstream_error``, ``upstream_disconnected``, ``costr_error``). A client that stopped
+    reading (``client_disconnected``) with a successful status is not an error: the provider
+    served it and bills it. ``unpriced_requests`` counts events stored without a cost, exactly as
+    filtering events by ``price_source="unpriced"`` would. Token counts reported as null add 0;
+    ``ttfb_count`` counts the requests that had a first byte, so ``ttfb_ms_sum / ttfb_count`` is
+    an honest average.
+
+    The unique key's index, led by (organization, day), is the index for an org's date range.
+    On PostgreSQL the table is kept with free space in each page (fillfactor, migration 0003)
+    so that the writer's constant ``count = count + n`` updates stay HOT: no index touched.
+
+    ``cost_usd`` is exact to 12 places on PostgreSQL (numeric arithmetic in the upsert). SQLite
+    keeps DECIMAL columns with NUMERIC affinity, i.e. as a double: the sum there is exact while a
+    row's total needs at most 15 significant digits (below $1,000 at 12 places), which covers the
+    embedded mode's scale; the events' own costs are unaffected.
+    """
+
+    organization = _organization_without_own_index()
+    day = models.DateField()
+    customer = models.CharField(max_length=255, blank=True, default="")
+    provider = models.CharField(max_length=16)
+    model = models.CharField(max_length=255, blank=True, default="")
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    cache_write_1h_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
+    unpriced_requests = models.BigIntegerField(default=0)
+    latency_ms_sum = models.BigIntegerField(default=0)
+    ttfb_ms_sum = models.BigIntegerField(default=0)
+    ttfb_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "day", "customer", "provider", "model"],
+                name="usage_rollup_unique",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.day} {self.customer or '-'} {self.provider} {self.model}"
+
+
+class RefusalCount(TenantModel):
+    """Requests the proxy refused before forwarding (bad token 401, missing scope 403, no provider
+    key 400, body too large 413), per organization, UTC day, status and error code. Such requests
+    make no usage event (DESIGN.md); the dashboard shows these counts instead."""
+
+    organization = _organization_without_own_index()
+    day = models.DateField()
+    status = models.PositiveSmallIntegerField()
+    code = models.CharField(max_length=64)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "day", "status", "code"], name="usage_refusal_unique"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.day} {self.status} {self.code}: {self.count}"

@@ -1,70 +1,669 @@
-"""Writes for usage: events and the customers they name."""
+"""Writes for usage: events, the daily rollups kept in step with them, the customers they name,
+refusal counts, and re-pricing.
 
-from datetime import datetime
+How a batch is written (``usage_events_write``), in one transaction:
 
-from django.db import transaction
+1. Each record is priced here (never on the proxy's path, never by a client).
+2. The rows are inserted with ``ON CONFLICT (request_id) DO NOTHING RETURNING request_id``
+   (PostgreSQL: COPY into a temporary table, then one ``INSERT … SELECT``; SQLite ≥ 3.35: multi-row
+   ``VALUES``). The ids returned are exactly the rows this transaction stored: a replayed batch, or
+   the same record written by two writers at once, comes back from only one of them.
+3. Those rows, and only those, are summed per (org, day, customer, provider, model) and added to
+   the rollups with one ``INSERT … ON CONFLICT (…) DO UPDATE SET col = col + excluded.col``
+   (PostgreSQL: summed by the database from the staged rows whose ids came back; SQLite: summed
+   here, multi-row ``VALUES``).
 
-from apps.usage.models import Customer, PriceOverride, UsageEvent
-from apps.usage.pricing import TokenCounts, price_usage
+So an event is in its rollup if and only if it is stored, whatever is replayed or raced.
+docs/metering.md has the whole picture.
+"""
 
-EVENT_FIELDS = {
-    f.attname for f in UsageEvent._meta.concrete_fields if f.attname not in ("id", "customer_id")
-}
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from functools import cache
+from operator import itemgetter
+
+from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
+
+from apps.accounts.models import Organization
+from apps.keys.models import ProxyToken
+from apps.usage.models import (
+    Customer,
+    DailyRollup,
+    PriceOverride,
+    RefusalCount,
+    UsageEvent,
+)
+from apps.usage.pricing import Overrides, price_tokens
+
+logger = logging.getLogger("costr.usage")
+
+# Outcomes that make a request an error whatever its status (see DailyRollup).
+ERROR_OUTCOMES = ("upstream_error", "upstream_disconnected", "costr_error")
+# Namespace of the PostgreSQL advisory lock that keeps a rollup rebuild and the writer apart.
+ROLLUP_LOCK_NAMESPACE = 0x5553  # "US"
+REPRICE_BATCH = 2000
+
+_EVENT_FIELDS = [f for f in UsageEvent._meta.concrete_fields if f.attname != "id"]
+EVENT_COLUMNS = [f.column for f in _EVENT_FIELDS]
+# What a record that leaves a field out gets: the model's default, as bulk_create would give.
+_COLUMN_DEFAULTS = [
+    (f.attname, f.get_default() if f.has_default() or f.null or f.empty_strings_allowed else None)
+    for f in _EVENT_FIELDS
+]
+_INDEX = {f.attname: index for index, f in enumerate(_EVENT_FIELDS)}
+# Text fields are cut to their column's length: one over-long model name from a client must not
+# make a whole batch fail again and again. The request id is never cut (it is the dedupe key).
+_MAX_LENGTH_INDEXES = [
+    (index, f.max_length)
+    for index, f in enumerate(_EVENT_FIELDS)
+    if getattr(f, "max_length", None) and f.attname != "request_id"
+]
+_CUSTOMER_MAX_LENGTH = Customer._meta.get_field("external_id").max_length
+
+_ROLLUP_COUNTERS = [
+    "requests",
+    "errors",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_requests",
+    "latency_ms_sum",
+    "ttfb_ms_sum",
+    "ttfb_count",
+]
+_ROLLUP_KEY = ["organization_id", "day", "customer", "provider", "model"]
+_TOKEN_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
 
 
 def usage_events_write(records: list[dict]) -> int:
-    """Store a batch of usage records, priced here (never on the proxy's path, never by a client);
-    a request id already stored is skipped, so a batch written twice is stored once."""
+    """Store a batch of usage records and add them to the daily rollups; returns how many were
+    newly stored.
+
+    Idempotent by ``request_id``: a record already stored (or repeated within the batch) is
+    skipped and not counted again. Customers named for the first time are created. Records of an
+    organization that no longer exists are dropped, and a token deleted since is stored as null
+    (what ``SET_NULL`` would have done): either would otherwise fail the whole batch on every
+    retry. ``timestamp`` may be a datetime or an ISO 8601 string; a naive one is UTC.
+    """
+    records = _unique_by_request_id(records)
+    if not records:
+        return 0
+    organizations = set(
+        Organization.objects.filter(pk__in={r["organization_id"] for r in records}).values_list(
+            "pk", flat=True
+        )
+    )
+    records = [r for r in records if r["organization_id"] in organizations]
+    if not records:
+        return 0
+    # Request-id order: two writers with overlapping batches take the unique index's locks in
+    # the same order, so one waits for the other instead of deadlocking.
+    records.sort(key=itemgetter("request_id"))
+    # Priced before the transaction: locks are held for the writing only.
+    prepared = _prepare(records, _existing_tokens(records), _overrides_for(organizations))
     with transaction.atomic():
-        customers = _customers_for(records)
-        overrides = _overrides_for(records)
-        events = []
-        for record in records:
-            values = {k: v for k, v in record.items() if k in EVENT_FIELDS}
-            if isinstance(values.get("timestamp"), str):
-                values["timestamp"] = datetime.fromisoformat(values["timestamp"])
-            price = price_usage(
-                provider=values["provider"],
-                model=values.get("model") or "",
-                tokens=TokenCounts(
-                    input_tokens=values.get("input_tokens"),
-                    cached_input_tokens=values.get("cached_input_tokens"),
-                    cache_write_tokens=values.get("cache_write_tokens"),
-                    cache_write_1h_tokens=values.get("cache_write_1h_tokens"),
-                    output_tokens=values.get("output_tokens"),
-                ),
-                timestamp=values["timestamp"],
-                service_tier=values.get("service_tier") or "",
-                overrides=overrides.get(values["organization_id"], []),
-            )
-            values["cost_usd"], values["price_source"] = price.cost_usd, price.source
-            external_id = record.get("customer")
-            customer = customers.get((record["organization_id"], external_id))
-            events.append(UsageEvent(customer_id=customer, **values))
-        created = UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
-    return len(created)
+        _lock_rollups_shared(organizations)
+        _name_customers(prepared)
+        if connection.vendor == "postgresql":
+            return _write_postgresql(prepared)
+        inserted = set(_insert_events_values(prepared.rows))
+        if inserted:
+            _rollups_add(prepared, inserted)
+    return len(inserted)
 
 
-def _customers_for(records: list[dict]) -> dict[tuple[int, str], int]:
-    """Ids of the customers the records name, creating the ones seen for the first time."""
-    wanted = {(r["organization_id"], r["customer"]) for r in records if r.get("customer")}
+class _Prepared:
+    """The batch as rows in ``EVENT_COLUMNS`` order, plus what the rollups need of each."""
+
+    def __init__(self):
+        self.rows: list[list] = []
+        self.customers: list[str] = []  # external id, "" for none
+        self.days: list[date] = []
+
+
+def _unique_by_request_id(records: Iterable[dict]) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for record in records:
+        seen.setdefault(record["request_id"], record)
+    return list(seen.values())
+
+
+def _existing_tokens(records: list[dict]) -> set[int]:
+    wanted = {r.get("token_id") for r in records} - {None}
     if not wanted:
-        return {}
-    reason = "a batch of usage spans organizations"
-    Customer.objects.bulk_create(
-        [Customer(organization_id=org, external_id=ext) for org, ext in wanted],
-        ignore_conflicts=True,
+        return set()
+    return set(
+        ProxyToken.objects.unscoped(reason="a batch of usage spans organizations")
+        .filter(pk__in=wanted)
+        .values_list("pk", flat=True)
     )
-    found = Customer.objects.unscoped(reason=reason).filter(
-        organization_id__in={org for org, _ in wanted},
-        external_id__in={ext for _, ext in wanted},
-    )
-    return {(c.organization_id, c.external_id): c.pk for c in found}
 
 
-def _overrides_for(records: list[dict]) -> dict[int, list]:
-    organization_ids = {r["organization_id"] for r in records}
+def _overrides_for(organization_ids: Iterable[int]) -> dict[int, Overrides]:
     found: dict[int, list] = {}
-    for override in PriceOverride.objects.filter(organization_id__in=organization_ids):
+    for override in PriceOverride.objects.filter(organization_id__in=list(organization_ids)):
         found.setdefault(override.organization_id, []).append(override.as_price())
-    return found
+    return {org: Overrides(prices) for org, prices in found.items()}
+
+
+def _json_dumps(value) -> str:
+    """JSON as Django's JSONField would write it; an empty dict (most requests' properties)
+    without going through the encoder."""
+    if value == {} and type(value) is dict:
+        return "{}"
+    return json.dumps(value)
+
+
+def _customer_of(record: dict) -> str:
+    return (record.get("customer") or "")[:_CUSTOMER_MAX_LENGTH]
+
+
+def _prepare(records: list[dict], tokens: set[int], overrides: dict[int, Overrides]) -> _Prepared:
+    """Price each record and lay it out as a row (customer ids come later, from
+    ``_name_customers``). This loop is the writer's hot path: no model instances, no per-field
+    preparation beyond what each column needs."""
+    prepared = _Prepared()
+    sqlite = connection.vendor == "sqlite"
+    adapt_datetime = connection.ops.adapt_datetimefield_value
+    columns = _COLUMN_DEFAULTS
+    cut = _MAX_LENGTH_INDEXES
+    i = _INDEX
+    dumps = _json_dumps
+    for record in records:
+        get = record.get
+        row = [get(name, default) for name, default in columns]
+        timestamp = row[i["timestamp"]]
+        if isinstance(timestamp, str):
+            timestamp = datetime.fromisoformat(timestamp)
+        if timestamp.tzinfo is None:
+            timestamp = timestamp.replace(tzinfo=UTC)
+        elif timestamp.tzinfo is not UTC:
+            timestamp = timestamp.astimezone(UTC)
+        for index, length in cut:
+            text = row[index]
+            if text is not None and len(text) > length:
+                row[index] = text[:length]
+        organization_id = row[i["organization_id"]]
+        row[i["cost_usd"]], row[i["price_source"]] = price_tokens(
+            row[i["provider"]],
+            row[i["model"]] or "",
+            row[i["input_tokens"]],
+            row[i["cached_input_tokens"]],
+            row[i["cache_write_tokens"]],
+            row[i["cache_write_1h_tokens"]],
+            row[i["output_tokens"]],
+            timestamp,
+            row[i["service_tier"]] or "",
+            overrides.get(organization_id),
+        )
+        row[i["timestamp"]] = adapt_datetime(timestamp) if sqlite else timestamp
+        row[i["customer_id"]] = None  # set by _name_customers, in the transaction
+        customer = _customer_of(record)
+        if row[i["token_id"]] not in tokens:
+            row[i["token_id"]] = None
+        row[i["properties"]] = dumps(row[i["properties"]])
+        raw_usage = row[i["raw_usage"]]
+        row[i["raw_usage"]] = None if raw_usage is None else dumps(raw_usage)
+        prepared.rows.append(row)
+        prepared.customers.append(customer)
+        prepared.days.append(timestamp.date())
+    return prepared
+
+
+def _name_customers(prepared: _Prepared) -> None:
+    """Set each row's customer id, creating the customers seen for the first time."""
+    org, column = _INDEX["organization_id"], _INDEX["customer_id"]
+    wanted = {
+        (row[org], customer)
+        for row, customer in zip(prepared.rows, prepared.customers, strict=True)
+        if customer
+    }
+    if not wanted:
+        return
+    ids = _customers_for(wanted)
+    for row, customer in zip(prepared.rows, prepared.customers, strict=True):
+        if customer:
+            row[column] = ids[(row[org], customer)]
+
+
+def _customers_for(wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Ids of the (organization, external id) customers, creating the ones seen for the first
+    time."""
+
+    def lookup() -> dict[tuple[int, str], int]:
+        found = Customer.objects.unscoped(reason="a batch of usage spans organizations").filter(
+            organization_id__in={org for org, _ in wanted},
+            external_id__in={ext for _, ext in wanted},
+        )
+        return {
+            (org, ext): pk
+            for org, ext, pk in found.values_list("organization_id", "external_id", "pk")
+            if (org, ext) in wanted
+        }
+
+    known = lookup()
+    missing = wanted - known.keys()
+    if missing:
+        Customer.objects.bulk_create(
+            [Customer(organization_id=org, external_id=ext) for org, ext in sorted(missing)],
+            ignore_conflicts=True,
+        )
+        known = lookup()
+    return known
+
+
+_INCOMING = "usage_event_incoming"
+
+
+def _write_postgresql(prepared: _Prepared) -> int:
+    """PostgreSQL: COPY the batch into a session-local temporary table; insert the events from
+    it with ``ON CONFLICT (request_id) DO NOTHING RETURNING request_id``; then add the sums of
+    exactly the returned rows to the rollups with one ``INSERT … SELECT … GROUP BY … ON
+    CONFLICT (…) DO UPDATE SET c = c + excluded.c``.
+
+    COPY is the cheapest way in, and summing in the database spares Python a pass over the rows
+    (the sums are defined as ``_rollups_add`` defines them for SQLite; the tests check both
+    against the events). Rows are inserted in request-id order and rollup rows in key order, so
+    concurrent writers lock in the same order. Everything goes through Django's cursor, so
+    execute wrappers and query logging see it.
+    """
+    sql = _statements()
+    with connection.cursor() as cursor:
+        # ON COMMIT DELETE ROWS: empty at the start of every transaction, created once per
+        # connection (and again if a rolled-back transaction took its creation with it).
+        cursor.execute(sql["incoming_create"])
+        with cursor.copy(sql["incoming_copy"]) as copy:
+            for row, customer in zip(prepared.rows, prepared.customers, strict=True):
+                row.append(customer)
+                copy.write_row(row)
+        cursor.execute(sql["events_from_incoming"])
+        inserted = [request_id for (request_id,) in cursor.fetchall()]
+        if inserted:
+            cursor.execute(sql["rollups_from_incoming"], [inserted])
+        # Empty for a caller's transaction that goes on (DELETE, not TRUNCATE: no new file, no
+        # catalog row); commit empties it anyway.
+        cursor.execute(sql["incoming_clear"])
+    return len(inserted)
+
+
+@cache
+def _statements() -> dict[str, str]:
+    """The writer's SQL, built once from the models' own table and column names: nothing from
+    outside reaches these strings, values always go as parameters. Identifiers are quoted the
+    same way on PostgreSQL and SQLite."""
+
+    def quote(name: str) -> str:
+        return f'"{name}"'
+
+    events = quote(UsageEvent._meta.db_table)
+    columns = ", ".join(quote(c) for c in EVENT_COLUMNS)
+    definitions = ", ".join(f"{quote(f.column)} {_incoming_type(f)}" for f in _EVENT_FIELDS)
+    rollups = quote(DailyRollup._meta.db_table)
+    rollup_columns = _ROLLUP_KEY + _ROLLUP_COUNTERS
+    refusals = quote(RefusalCount._meta.db_table)
+    rollups_tail = (
+        f" ON CONFLICT ({', '.join(quote(c) for c in _ROLLUP_KEY)}) DO UPDATE SET "
+        + ", ".join(
+            f"{quote(c)} = {rollups}.{quote(c)} + excluded.{quote(c)}" for c in _ROLLUP_COUNTERS
+        )
+    )
+    return {
+        "incoming_create": (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} ({definitions}, "
+            '"customer_external" text) ON COMMIT DELETE ROWS'
+        ),
+        "incoming_copy": f'COPY {_INCOMING} ({columns}, "customer_external") FROM STDIN',
+        "incoming_clear": f"DELETE FROM {_INCOMING}",  # noqa: S608 - names from the models
+        "events_from_incoming": (
+            f"INSERT INTO {events} ({columns}) "  # noqa: S608
+            f'SELECT {columns} FROM {_INCOMING} ORDER BY "request_id" COLLATE "C" '
+            'ON CONFLICT ("request_id") DO NOTHING RETURNING "request_id"'
+        ),
+        "rollups_from_incoming": (
+            f"INSERT INTO {rollups} ({', '.join(quote(c) for c in rollup_columns)}) "
+            'SELECT "organization_id", ("timestamp" AT TIME ZONE \'UTC\')::date, '
+            '"customer_external" COLLATE "C", "provider" COLLATE "C", "model" COLLATE "C", '
+            'count(*), count(*) FILTER (WHERE "status" >= 400 OR "outcome" IN ('
+            + ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
+            + ")), "
+            + ", ".join(f'coalesce(sum("{name}"), 0)' for name in _TOKEN_FIELDS)
+            + ', coalesce(sum("cost_usd"), 0), count(*) FILTER (WHERE "cost_usd" IS NULL), '
+            'sum("latency_ms"), coalesce(sum("ttfb_ms"), 0), count("ttfb_ms") '
+            f'FROM {_INCOMING} WHERE "request_id" = ANY(%s::text[]) '
+            "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5" + rollups_tail
+        ),
+        "events_values": f"INSERT INTO {events} ({columns}) VALUES ",  # noqa: S608
+        "events_values_tail": ' ON CONFLICT ("request_id") DO NOTHING RETURNING "request_id"',
+        "event_placeholder": "(" + ", ".join(["%s"] * len(EVENT_COLUMNS)) + ")",
+        "rollups_values": (
+            f"INSERT INTO {rollups} ({', '.join(quote(c) for c in rollup_columns)}) VALUES "  # noqa: S608
+        ),
+        "rollups_tail": rollups_tail,
+        "rollup_placeholder": "(" + ", ".join(["%s"] * len(rollup_columns)) + ")",
+        "refusals_values": (
+            f'INSERT INTO {refusals} ("organization_id", "day", "status", "code", "count") '  # noqa: S608
+            "VALUES "
+        ),
+        "refusals_tail": (
+            ' ON CONFLICT ("organization_id", "day", "status", "code") DO UPDATE SET '
+            f'"count" = {refusals}."count" + excluded."count"'
+        ),
+    }
+
+
+def _incoming_type(field) -> str:
+    """The staging column's type: the event column's type, without its checks."""
+    return field.db_type(connection)
+
+
+def _insert_events_values(rows: list[list]) -> list[str]:
+    """Multi-row INSERT … VALUES … ON CONFLICT DO NOTHING RETURNING (SQLite ≥ 3.35), as many
+    rows a statement as the database takes parameters."""
+    sql = _statements()
+    per_statement = max(1, _max_query_params() // len(EVENT_COLUMNS))
+    inserted: list[str] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            cursor.execute(
+                sql["events_values"]
+                + ", ".join([sql["event_placeholder"]] * len(chunk))
+                + sql["events_values_tail"],
+                [value for row in chunk for value in row],
+            )
+            inserted.extend(request_id for (request_id,) in cursor.fetchall())
+    return inserted
+
+
+def _max_query_params() -> int:
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        try:
+            return connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        except AttributeError:  # pragma: no cover - Python < 3.11
+            return connection.features.max_query_params
+    return connection.features.max_query_params or 65535
+
+
+def _rollups_add(prepared: _Prepared, inserted: set[str]) -> None:
+    """SQLite: sum the newly stored rows per rollup key here and add the sums in one upsert.
+    (PostgreSQL sums in the database: ``rollups_from_incoming``, with the same definitions.)"""
+    index = {name: EVENT_COLUMNS.index(name) for name in EVENT_COLUMNS}
+    i_request, i_org = index["request_id"], index["organization_id"]
+    i_provider, i_model = index["provider"], index["model"]
+    i_status, i_outcome = index["status"], index["outcome"]
+    token_indexes = [
+        index[name]
+        for name in (
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "cache_write_1h_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+        )
+    ]
+    i_cost, i_latency, i_ttfb = index["cost_usd"], index["latency_ms"], index["ttfb_ms"]
+    sums: dict[tuple, list] = {}
+    for row, customer, day in zip(prepared.rows, prepared.customers, prepared.days, strict=True):
+        if row[i_request] not in inserted:
+            continue
+        key = (row[i_org], day, customer, row[i_provider], row[i_model])
+        total = sums.get(key)
+        if total is None:
+            total = sums[key] = [0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0, 0, 0, 0]
+        total[0] += 1
+        if row[i_status] >= 400 or row[i_outcome] in ERROR_OUTCOMES:
+            total[1] += 1
+        for position, column in enumerate(token_indexes, start=2):
+            value = row[column]
+            if value:
+                total[position] += value
+        cost = row[i_cost]
+        if cost is None:
+            total[9] += 1
+        else:
+            total[8] += cost
+        total[10] += row[i_latency]
+        ttfb = row[i_ttfb]
+        if ttfb is not None:
+            total[11] += ttfb
+            total[12] += 1
+    _rollups_upsert(sorted(sums.items()))
+
+
+def _rollups_upsert(rows: list[tuple[tuple, list]]) -> None:
+    """One multi-row ``INSERT … VALUES … ON CONFLICT (key) DO UPDATE SET c = c + excluded.c``
+    (as many rows a statement as SQLite takes parameters), in key order."""
+    if not rows:
+        return
+    sql = _statements()
+    with connection.cursor() as cursor:
+        per_statement = max(1, _max_query_params() // (len(_ROLLUP_KEY) + len(_ROLLUP_COUNTERS)))
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            params = []
+            for (organization_id, day, customer, provider, model), total in chunk:
+                params += [organization_id, day.isoformat(), customer, provider, model, *total]
+            cursor.execute(
+                sql["rollups_values"]
+                + ", ".join([sql["rollup_placeholder"]] * len(chunk))
+                + sql["rollups_tail"],
+                params,
+            )
+
+
+def _lock_rollups_shared(organization_ids: Iterable[int]) -> None:
+    """Writers share a per-organization lock that a rollup rebuild takes exclusively (see
+    ``rollups_rebuild_day``). Writers never wait for each other on it. SQLite needs none: its
+    writers are serialised by the database lock."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock_shared(%s, (x %% 2147483647)::int) "
+            "FROM unnest(%s::bigint[]) AS x ORDER BY x",
+            [ROLLUP_LOCK_NAMESPACE, sorted(organization_ids)],
+        )
+
+
+def _lock_rollups_exclusive(organization_id: int) -> None:
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, (%s::bigint %% 2147483647)::int)",
+            [ROLLUP_LOCK_NAMESPACE, organization_id],
+        )
+
+
+def rollups_rebuild_day(*, organization: Organization, day: date) -> int:
+    """Replace one organization's rollups of one UTC day with sums computed from its events;
+    returns the number of rollup rows written.
+
+    Runs in one transaction holding the organization's rollup lock exclusively, while writers
+    hold it shared for their whole transaction. So every writer transaction either committed
+    before the rebuild looked at the events (its events are in the sums, and the rollup rows it
+    added are among those deleted) or starts its rollup work after the rebuild committed (its
+    events were invisible to the sums, and it adds them itself): nothing is counted twice or
+    missed. On SQLite, transactions that write are serialised anyway.
+    """
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    with transaction.atomic():
+        _lock_rollups_exclusive(organization.pk)
+        DailyRollup.objects.for_org(organization).filter(day=day).delete()
+        sums = (
+            UsageEvent.objects.for_org(organization)
+            .filter(timestamp__gte=start, timestamp__lt=start + timedelta(days=1))
+            .values("customer__external_id", "provider", "model")
+            .annotate(**_rollup_aggregates())
+            .order_by()
+        )
+        rollups = [
+            DailyRollup(
+                organization=organization,
+                day=day,
+                customer=row.pop("customer__external_id") or "",
+                **row,
+            )
+            for row in sums
+        ]
+        DailyRollup.objects.bulk_create(rollups)
+    return len(rollups)
+
+
+def _rollup_aggregates() -> dict:
+    """The rollup's counters as aggregates over events: the same definitions as the writer's."""
+    zero = 0
+    return {
+        "requests": Count("id"),
+        "errors": Count("id", filter=Q(status__gte=400) | Q(outcome__in=ERROR_OUTCOMES)),
+        **{
+            name: Coalesce(Sum(name), zero)
+            for name in (
+                "input_tokens",
+                "cached_input_tokens",
+                "cache_write_tokens",
+                "cache_write_1h_tokens",
+                "output_tokens",
+                "reasoning_tokens",
+            )
+        },
+        # Before cost_usd, whose annotation would otherwise stand for the field here.
+        "unpriced_requests": Count("id", filter=Q(cost_usd__isnull=True)),
+        "cost_usd": Coalesce(
+            Sum("cost_usd"), Decimal(0), output_field=DailyRollup._meta.get_field("cost_usd")
+        ),
+        "latency_ms_sum": Coalesce(Sum("latency_ms"), zero),
+        "ttfb_ms_sum": Coalesce(Sum("ttfb_ms"), zero),
+        "ttfb_count": Count("ttfb_ms"),
+    }
+
+
+def usage_reprice(organization: Organization, since: datetime | None = None) -> int:
+    """Price the organization's events again (all, or those from ``since``) from their stored
+    token counts, model, tier and timestamp, with today's catalog and overrides; then rebuild the
+    rollups of every day where a cost changed. Returns the number of events re-priced.
+
+    Events are read and updated in batches by id, each batch its own transaction, so a large
+    organization never holds long locks. The writer never updates an event, so the two do not
+    meet on event rows; they meet on rollups, which ``rollups_rebuild_day`` handles. An event
+    written while a reprice runs was priced with the overrides its writer read; if that was
+    before the change that prompted the reprice, run it again (the settings page does, on every
+    change).
+    """
+    overrides = _overrides_for([organization.pk]).get(organization.pk)
+    events = UsageEvent.objects.for_org(organization)
+    if since is not None:
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        events = events.filter(timestamp__gte=since)
+    fields = (
+        "id",
+        "timestamp",
+        "provider",
+        "model",
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "cache_write_1h_tokens",
+        "output_tokens",
+        "service_tier",
+        "cost_usd",
+        "price_source",
+    )
+    repriced = 0
+    changed_days: set[date] = set()
+    last_id = 0
+    while True:
+        batch = list(events.filter(id__gt=last_id).order_by("id").only(*fields)[:REPRICE_BATCH])
+        if not batch:
+            break
+        last_id = batch[-1].id
+        changed = []
+        for event in batch:
+            cost, source = price_tokens(
+                event.provider,
+                event.model,
+                event.input_tokens,
+                event.cached_input_tokens,
+                event.cache_write_tokens,
+                event.cache_write_1h_tokens,
+                event.output_tokens,
+                event.timestamp,
+                event.service_tier,
+                overrides,
+            )
+            if (cost, source) != (event.cost_usd, event.price_source):
+                event.cost_usd, event.price_source = cost, source
+                changed.append(event)
+                changed_days.add(event.timestamp.astimezone(UTC).date())
+        with transaction.atomic():
+            events.bulk_update(changed, ["cost_usd", "price_source"], batch_size=500)
+        repriced += len(batch)
+    for day in sorted(changed_days):
+        rollups_rebuild_day(organization=organization, day=day)
+    logger.info(
+        "re-priced %d events of %s; %d days of rollups rebuilt",
+        repriced,
+        organization.slug,
+        len(changed_days),
+    )
+    return repriced
+
+
+def refusals_record(counts: list[dict]) -> int:
+    """Add counts of requests refused before forwarding (DESIGN.md: counted per org for the
+    dashboard). Each item: ``{"org_slug", "day": "YYYY-MM-DD", "status", "code", "count"}``.
+    Items naming an unknown organization are dropped. Returns the number of refusals added.
+
+    One upsert adds to the existing counts, so two processes reporting the same day both count.
+    """
+    slugs = {item["org_slug"] for item in counts}
+    if not slugs:
+        return 0
+    organizations = dict(Organization.objects.filter(slug__in=slugs).values_list("slug", "pk"))
+    sums: dict[tuple[int, date, int, str], int] = {}
+    for item in counts:
+        organization_id = organizations.get(item["org_slug"])
+        if organization_id is None or item["count"] <= 0:
+            continue
+        key = (
+            organization_id,
+            date.fromisoformat(item["day"]),
+            int(item["status"]),
+            str(item["code"])[:64],
+        )
+        sums[key] = sums.get(key, 0) + int(item["count"])
+    if not sums:
+        return 0
+    sql = _statements()
+    sqlite = connection.vendor == "sqlite"
+    params = []
+    for (organization_id, day, status, code), count in sorted(sums.items()):
+        params += [organization_id, day.isoformat() if sqlite else day, status, code, count]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            sql["refusals_values"]
+            + ", ".join(["(%s, %s, %s, %s, %s)"] * len(sums))
+            + sql["refusals_tail"],
+            params,
+        )
+    return sum(sums.values())

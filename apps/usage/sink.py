@@ -1,101 +1,281 @@
-"""Where the proxy hands usage records. Returns at once and never raises into the proxy.
+"""Where the proxy hands usage records and refusal counts. Returns at once and never raises.
 
-A record is a plain dict of primitives (JSON-able): it crosses threads now and, once metering is
-durable, processes. In this embedded form records wait in an in-process queue that a background
-thread writes to the database in batches; the proxy never waits for the database.
+``emit()`` and ``emit_refusal()`` only touch memory on the caller's thread: a put into an
+in-process queue, a counter under a lock. No socket, file or database is touched there, so the
+proxy's event loop never waits for metering, whatever state Redis or the database are in. A
+record is a plain dict of primitives (JSON-able): it crosses threads and, in the Redis mode,
+processes.
+
+One background thread per process ("usage-writer") takes records in batches (up to BATCH_SIZE,
+lingering LINGER_SECONDS for company) and refusal counts aggregated per (org, UTC day, status,
+code), and delivers them by the transport the settings name:
+
+- **embedded** (``COSTR_USAGE_REDIS_URL`` empty): stored in the database by this thread
+  (``apps.usage.writer``), retried with capped backoff for as long as the database is down.
+  Meanwhile records wait in memory: a process stopped during the outage loses what flush()
+  could not store in its timeout. Durability beyond the process is what the Redis mode adds;
+- **redis**: appended to the Redis stream ``COSTR_USAGE_STREAM`` (one XADD per batch) for
+  ``manage.py run_usage_writer``; this process never writes usage to the database. While Redis
+  does not answer, batches go to the spool under ``COSTR_USAGE_SPOOL_DIR`` (``apps.usage.spool``)
+  and are replayed into the stream when it answers again.
+
+``flush()`` waits until everything handed over before the call has been delivered: stored
+(embedded), or in the stream or the spool (redis). The ASGI lifespan calls it on shutdown, so a
+web process stopped with SIGTERM hands over what it served; with Redis down that takes one
+connect timeout (1 s) before the spool. Only a process killed outright (SIGKILL, OOM) loses what
+is still in its memory, normally the last LINGER_SECONDS of traffic.
 """
 
 import logging
 import queue
 import threading
-import time
+from datetime import UTC, datetime
 
 logger = logging.getLogger("costr.usage.sink")
 
 BATCH_SIZE = 500
-# A record waits at most this long for others to share its transaction: at low traffic one write
-# per event would cost more CPU than the proxying itself.
+# A record waits at most this long for others to share its batch: at low traffic one write per
+# event would cost more CPU than the proxying itself.
 LINGER_SECONDS = 0.2
-RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+# The thread wakes this often with nothing to do: to hand over refusal counts and to retry a
+# spool whose Redis was down.
+TICK_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 10.0
+# Distinct (org, day, status, code) counters kept between two hand-overs. The slug comes from the
+# URL, so a flood of requests naming random organizations must not grow memory without bound;
+# beyond this, new keys are dropped (and the drop logged) until the next hand-over.
+MAX_REFUSAL_KEYS = 10_000
 
-_queue: "queue.SimpleQueue[dict]" = queue.SimpleQueue()
-_writer_lock = threading.Lock()
-_writer: threading.Thread | None = None
-_idle = threading.Event()
-_idle.set()
-# Put in the queue by flush(): ends the current linger so waiting records are written at once.
-_FLUSH = object()
+_queue: "queue.SimpleQueue[dict | _FlushRequest]" = queue.SimpleQueue()
+_thread_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_flush_requested = threading.Event()
+_refusals_lock = threading.Lock()
+_refusals: dict[tuple[str, str, int, str], int] = {}
+_refusals_dropped = 0
+
+
+class _FlushRequest:
+    """Queued by flush(): set once every item queued before it has been delivered."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
 
 
 def emit(record: dict) -> None:
-    """Hand one usage record over. O(1), no I/O, never raises."""
+    """Hand one usage record over. O(1), memory only, never raises."""
     try:
-        # Put before clearing: a stale "busy" is resolved by flush()'s marker, a stale "idle" is
-        # not.
         _queue.put(record)
-        _idle.clear()
-        _ensure_writer()
-    except Exception:  # pragma: no cover - a full failure of the queue is not expected
+        _ensure_thread()
+    except Exception:  # pragma: no cover - a failure of the queue itself is not expected
         logger.exception("usage record dropped by the sink")
 
 
-def _ensure_writer() -> None:
-    global _writer
-    if _writer is not None and _writer.is_alive():
-        return
-    with _writer_lock:
-        if _writer is None or not _writer.is_alive():
-            _writer = threading.Thread(target=_write_forever, name="usage-writer", daemon=True)
-            _writer.start()
-
-
-def _take_batch() -> list[dict]:
-    while (first := _queue.get()) is _FLUSH:
-        # A marker with nothing behind it: everything handed over has been written.
-        if _queue.empty():
-            _idle.set()
-    batch = [first]
-    deadline = time.monotonic() + LINGER_SECONDS
-    while len(batch) < BATCH_SIZE:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            record = _queue.get(timeout=remaining)
-        except queue.Empty:
-            break
-        if record is _FLUSH:
-            break
-        batch.append(record)
-    return batch
-
-
-def _write_forever() -> None:
-    from django.db import close_old_connections, connection
-
-    from apps.usage.services import usage_events_write
-
-    while True:
-        batch = _take_batch()
-        for attempt, delay in enumerate((*RETRY_SECONDS, None)):
-            try:
-                close_old_connections()
-                usage_events_write(batch)
-                break
-            except Exception:
-                if delay is None:
-                    logger.exception("usage batch of %d could not be written", len(batch))
-                    break
-                logger.warning("usage batch write failed (attempt %d), retrying", attempt + 1)
-                time.sleep(delay)
-        if _queue.empty():
-            # Nothing waiting: hand the connection back rather than hold it while idle.
-            connection.close()
-            _idle.set()
+def emit_refusal(org_slug: str, status: int, code: str) -> None:
+    """Count one request refused before forwarding (401/403/400/413), per org and UTC day.
+    O(1), memory only, never raises."""
+    global _refusals_dropped
+    try:
+        key = (str(org_slug)[:100], datetime.now(UTC).date().isoformat(), int(status), str(code))
+        with _refusals_lock:
+            if key in _refusals or len(_refusals) < MAX_REFUSAL_KEYS:
+                _refusals[key] = _refusals.get(key, 0) + 1
+            else:
+                _refusals_dropped += 1
+        _ensure_thread()
+    except Exception:  # pragma: no cover - bad arguments from a caller
+        logger.exception("refusal count dropped by the sink")
 
 
 def flush(timeout: float = 10.0) -> bool:
-    """Wait until every record handed over so far is written (tests, graceful shutdown)."""
-    if not _idle.is_set():
-        _queue.put(_FLUSH)
-    return _idle.wait(timeout)
+    """Wait until every record and count handed over so far is delivered (tests, graceful
+    shutdown). False if that took longer than ``timeout``; nothing is dropped either way."""
+    if _thread is None:
+        return True  # nothing was ever handed over in this process
+    request = _FlushRequest()
+    _queue.put(request)
+    _flush_requested.set()
+    _ensure_thread()
+    return request.done.wait(timeout)
+
+
+def _ensure_thread() -> None:
+    global _thread
+    if _thread is not None and _thread.is_alive():
+        return
+    with _thread_lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="usage-writer", daemon=True)
+            _thread.start()
+
+
+# The background thread: everything below runs there, never on a caller's thread.
+
+
+def _run() -> None:
+    while True:
+        try:
+            records, flushes = _take_batch()
+            counts = _take_refusals()
+            if records or counts:
+                _deliver(records, counts)
+            else:
+                _current_transport().idle()
+            for request in flushes:
+                request.done.set()
+        except Exception:  # pragma: no cover - the thread must outlive any bug
+            logger.exception("usage sink thread error")
+
+
+def _take_batch() -> tuple[list[dict], list[_FlushRequest]]:
+    try:
+        first = _queue.get(timeout=TICK_SECONDS)
+    except queue.Empty:
+        return [], []
+    if isinstance(first, _FlushRequest):
+        return [], [first]
+    if _queue.qsize() < BATCH_SIZE - 1:
+        # Linger for company by sleeping, not by waking for each record that arrives: a wake-up
+        # per record would cost this thread (and the event loop, through the GIL) more than the
+        # batch saves. flush() cuts it short.
+        _flush_requested.wait(LINGER_SECONDS)
+        _flush_requested.clear()
+    batch = [first]
+    while len(batch) < BATCH_SIZE:
+        try:
+            item = _queue.get_nowait()
+        except queue.Empty:
+            break
+        if isinstance(item, _FlushRequest):
+            return batch, [item]  # deliver now: someone is waiting
+        batch.append(item)
+    return batch, []
+
+
+def _take_refusals() -> list[dict]:
+    global _refusals, _refusals_dropped
+    with _refusals_lock:
+        taken, _refusals = _refusals, {}
+        dropped, _refusals_dropped = _refusals_dropped, 0
+    if dropped:
+        logger.warning("%d refusal counts dropped: over %d distinct keys", dropped, len(taken))
+    return [
+        {"org_slug": slug, "day": day, "status": status, "code": code, "count": count}
+        for (slug, day, status, code), count in taken.items()
+    ]
+
+
+def _deliver(records: list[dict], counts: list[dict]) -> None:
+    """Deliver by the current transport, retrying until it succeeds: a batch is never dropped."""
+    from apps.usage.writer import backoff_delays
+
+    delays = None
+    while True:
+        try:
+            _current_transport().deliver(records, counts)
+            return
+        except Exception as error:
+            delays = delays or backoff_delays(MAX_BACKOFF_SECONDS)
+            delay = next(delays)
+            logger.warning(
+                "usage batch of %d not delivered (%s: %s), retrying in %.1fs",
+                len(records),
+                type(error).__name__,
+                error,
+                delay,
+            )
+            threading.Event().wait(delay)
+
+
+_transports: dict[tuple, object] = {}
+
+
+def _current_transport():
+    """The transport the settings name now (tests switch between them)."""
+    from django.conf import settings
+
+    url = settings.COSTR_USAGE_REDIS_URL
+    if not url:
+        key = ("embedded",)
+    else:
+        key = (
+            "redis",
+            url,
+            settings.COSTR_USAGE_STREAM,
+            str(settings.COSTR_USAGE_SPOOL_DIR),
+            settings.COSTR_USAGE_SPOOL_SEGMENT_BYTES,
+        )
+    transport = _transports.get(key)
+    if transport is None:
+        for old in _transports.values():
+            old.close()
+        _transports.clear()
+        transport = _transports[key] = (
+            _DatabaseTransport() if key[0] == "embedded" else _RedisTransport(*key[1:])
+        )
+    return transport
+
+
+class _DatabaseTransport:
+    """Embedded mode: this thread stores the batch itself."""
+
+    def deliver(self, records: list[dict], counts: list[dict]) -> None:
+        from django.db import close_old_connections, connection
+
+        from apps.usage.writer import UNREACHABLE, forget_connection, store_events, store_refusals
+
+        try:
+            close_old_connections()
+            store_events(records, dead_letter=_log_dead_letter)
+            store_refusals(counts, dead_letter=_log_dead_letter)
+        except UNREACHABLE:
+            forget_connection()
+            raise
+        if _queue.empty():
+            connection.close()  # nothing waiting: do not hold a connection while idle
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _RedisTransport:
+    """Redis mode: to the stream, or to the spool while Redis does not answer."""
+
+    def __init__(self, url: str, stream: str, spool_dir: str, segment_bytes: int) -> None:
+        from apps.usage.stream import StreamProducer
+
+        self.producer = StreamProducer(
+            url=url, stream=stream, spool_dir=spool_dir, segment_bytes=segment_bytes
+        )
+
+    def deliver(self, records: list[dict], counts: list[dict]) -> None:
+        from apps.usage.stream import KIND_EVENTS, KIND_REFUSALS, encode
+
+        entries = []
+        if records:
+            entries.append(encode(KIND_EVENTS, records))
+        if counts:
+            entries.append(encode(KIND_REFUSALS, counts))
+        self.producer.send(entries)
+
+    def idle(self) -> None:
+        self.producer.retry_pending()
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def _log_dead_letter(kind: str, items: list[dict], error: BaseException) -> None:
+    """Embedded mode has no dead-letter stream: the log keeps what could not be stored."""
+    import json
+
+    logger.error(
+        "usage %s could not be stored and were set aside (%s: %s): %s",
+        kind,
+        type(error).__name__,
+        error,
+        json.dumps(items, default=str),
+    )

@@ -11,6 +11,7 @@ from costr.env import (
     read_or_create_secret_file,
 )
 from costr.settings.celery import *  # noqa: F403
+from costr.settings.stripe import *  # noqa: F403
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or read_or_create_secret_file(
     "secret_key", generate_secret_key
@@ -71,6 +72,8 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.keys",
     "apps.usage",
+    "apps.billing",
+    "apps.reporting",
 ]
 
 MIDDLEWARE = [
@@ -133,6 +136,19 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# Usage metering transport (apps/usage/sink.py, `manage.py run_usage_writer`). With a Redis URL
+# the web process appends usage records to a Redis stream and never writes them to the database
+# itself; with "" an in-process writer thread stores them (the embedded mode). Its own setting so
+# the stream can live on a Redis that never evicts (noeviction, AOF) apart from a cache Redis.
+COSTR_USAGE_REDIS_URL = env.str("COSTR_USAGE_REDIS_URL", default=REDIS_URL)
+COSTR_USAGE_STREAM = env.str("COSTR_USAGE_STREAM", default="costr:usage")
+# Where a web process appends records while Redis does not answer (one file per process, replayed
+# into the stream when Redis is back); local to the host, so keep it on a persistent volume.
+COSTR_USAGE_SPOOL_DIR = env.str("COSTR_USAGE_SPOOL_DIR", default=str(VAR_DIR / "spool"))
+COSTR_USAGE_SPOOL_SEGMENT_BYTES = env.int(
+    "COSTR_USAGE_SPOOL_SEGMENT_BYTES", default=64 * 1024 * 1024
+)
+
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -162,18 +178,35 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Token first: its WWW-Authenticate header is what a 401 carries.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.keys.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "apps.accounts.api.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Costr API",
-    "DESCRIPTION": "Reporting and ingest API for AI spend per customer.",
+    "DESCRIPTION": (
+        "Reporting and ingest API for AI spend per customer.\n\n"
+        "**Authentication.** Send a Costr token: `Authorization: Bearer costr_…`, with the "
+        "`read` scope for reporting endpoints and the `ingest` scope for `POST /api/v1/ingest/`. "
+        "A person logged in to the dashboards may call the reporting endpoints with their "
+        "session instead; API URLs name no organization, so they add `?org=<slug>` (needed "
+        "only when they belong to more than one organization; an organization they are not a "
+        "member of answers 404).\n\n"
+        "**Errors.** Every error has the body "
+        '`{"error": {"code": "…", "message": "…", "details": …}}`; `details` is present for '
+        "validation errors (field → messages) and a few others. Another organization's objects "
+        "answer 404, as if they did not exist."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 LOGGING = {
@@ -188,6 +221,8 @@ LOGGING = {
         # Gemini URL may carry the provider key in ?key=.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # The Stripe SDK logs every response body at DEBUG (customers' names and e-mails).
+        "stripe": {"level": "WARNING"},
     },
 }
 

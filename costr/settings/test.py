@@ -14,6 +14,9 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# The usage sink stays embedded even when REDIS_URL is set, so a test reads its events back after
+# sink.flush(); the tests of the Redis transport set COSTR_USAGE_REDIS_URL themselves.
+COSTR_USAGE_REDIS_URL = env.str("COSTR_USAGE_REDIS_URL", default="")  # noqa: F405
 if CACHES["default"]["BACKEND"].endswith("RedisCache"):  # noqa: F405
     CACHES["default"]["KEY_PREFIX"] = "costr-test"  # noqa: F405
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405

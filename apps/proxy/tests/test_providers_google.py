@@ -292,6 +292,32 @@ def test_large_body_past_the_cap():
     assert read(reader, in_chunks(body, 65536)) == BODY_USAGE
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Read from its end: the model version follows usageMetadata.
+        BODY.replace(b'"text": "Hello"', b'"text": "' + b"lorem ipsum " * 3000 + b'"'),
+        # A function call whose arguments hold a usageMetadata-named object, after the real
+        # one: parsed whole.
+        BODY.replace(
+            b'"responseId": "abc"}',
+            b'"responseId": "abc","extra": [{"functionCall": {"args": {"usageMetadata": '
+            b'{"promptTokenCount": 9}}}}], "pad": "' + b"x" * 20_000 + b'"}',
+        ),
+        # A JSON array of chunks (streamGenerateContent without alt=sse): parsed whole.
+        ("[" + ",".join(_CHUNKS) + "," + json.dumps({"pad": "x" * 20_000}) + "]").encode(),
+    ],
+    ids=["tail", "nested-after", "array"],
+)
+def test_a_large_body_gives_what_parsing_it_whole_gives(body):
+    from apps.proxy.providers.google import usage_from_gemini_body
+
+    expected = usage_from_gemini_body(json.loads(body))
+    assert expected is not None and expected.input_tokens
+    reader = adapter.usage_reader(RequestInfo("generate"), 200, JSON, None)
+    assert read(reader, in_chunks(body, 4096)) == expected
+
+
 def test_embed_without_usage_and_errors_and_count_tokens_have_no_usage():
     embed = b'{"embedding": {"values": [0.1, -0.2, 0.3]}}'
     assert read(adapter.usage_reader(RequestInfo("embed"), 200, JSON, None), [embed]) is None

@@ -9,7 +9,7 @@ import pytest
 
 from apps.proxy.providers import base
 from apps.proxy.providers.base import RequestInfo, Usage, content_decoder
-from apps.proxy.providers.openai import adapter
+from apps.proxy.providers.openai import adapter, usage_from_openai_body
 from apps.proxy.tests import byte_by_byte, encode, every_split, in_chunks, read, sse, whole
 
 CHAT_STREAM_INFO = RequestInfo("chat", "gpt-4o", True)
@@ -470,6 +470,94 @@ def test_small_embeddings_body():
     )
 
 
+# Kept bodies from JSON_TAIL_FIRST_BYTES up are read from their end when that is provably the
+# same as parsing them whole; json.loads is the oracle below.
+
+PADDING = "word " * 4000  # 20 KB: past JSON_TAIL_FIRST_BYTES, below the cap
+
+
+def tail_cases() -> dict[str, bytes]:
+    usage = '{"input_tokens":10,"output_tokens":5}'
+    return {
+        # Nothing of interest after the usage object: every field from before it.
+        "embeddings-6": embeddings_body(6),
+        "chat-long-answer": CHAT_BODY.replace(b'"Hi"', json.dumps(PADDING).encode()),
+        # The tier between the bulky output and the usage object, and a usage-named object in
+        # a tool schema after it: the nested one is not the usage.
+        "responses-tool-schema-after-usage": (
+            '{"model":"gpt-5","output":[{"content":' + json.dumps(PADDING) + "}],"
+            '"service_tier":"flex","usage":' + usage + ","
+            '"tools":[{"type":"function","parameters":{"properties":{"usage":'
+            '{"type":"object","description":"x"}}}}],"user":null}'
+        ).encode(),
+        # The tier between the bulky output and the usage object, found by the scan before it.
+        "responses-tier-before-usage": (
+            '{"model":"gpt-5","output":[{"content":' + json.dumps(PADDING) + "}],"
+            '"service_tier":"flex","usage":' + usage + ',"user":null}'
+        ).encode(),
+        # The real usage object comes first; the last one near the end is nested.
+        "usage-before-a-nested-usage": (
+            '{"model":"gpt-5","usage":'
+            + usage
+            + ',"output":[{"content":'
+            + json.dumps(PADDING)
+            + ',"meta":{"usage":{"input_tokens":999}}}]}'
+        ).encode(),
+        # A key that only ends in "usage", its quote escaped.
+        "escaped-key": (
+            '{"model":"m","usage":' + usage + ',"pad":' + json.dumps(PADDING) + ","
+            '"a\\"usage":{"input_tokens":7}}'
+        ).encode(),
+        "null-tier": (
+            '{"model":"m","output":' + json.dumps(PADDING) + ',"service_tier":null,'
+            '"usage":' + usage + "}"
+        ).encode(),
+        "no-usage": ('{"model":"m","output":' + json.dumps(PADDING) + "}").encode(),
+        "array": (
+            "[" + '{"model":"m","output":' + json.dumps(PADDING) + ',"usage":' + usage + "}]"
+        ).encode(),
+        "cut-short": CHAT_BODY.replace(b'"Hi"', json.dumps(PADDING).encode())[:-3],
+    }
+
+
+@pytest.mark.parametrize("name", list(tail_cases()))
+def test_a_body_read_from_its_end_gives_what_parsing_it_whole_gives(name):
+    body = tail_cases()[name]
+    assert len(body) >= base.JSON_TAIL_FIRST_BYTES
+    info = RequestInfo("responses")
+    expected = usage_from_openai_body(base.loads_or_none(body))
+    assert read(adapter.usage_reader(info, 200, JSON, None), in_chunks(body, 4096)) == expected
+
+
+def test_the_tail_read_takes_the_usage_only_where_it_is_provably_top_level():
+    cases = tail_cases()
+    usage = {"input_tokens": 10, "output_tokens": 5}
+    keys = ("model", "service_tier")
+    read_from_tail = {
+        name: base.usage_document_from_tail(body, "usage", keys) for name, body in cases.items()
+    }
+    assert read_from_tail["embeddings-6"] == {
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8123, "total_tokens": 8123},
+    }
+    assert read_from_tail["responses-tier-before-usage"] == {
+        "model": "gpt-5",
+        "service_tier": "flex",
+        "usage": usage,
+    }
+    assert read_from_tail["null-tier"] == {"model": "m", "usage": usage}
+    # Where the end proves nothing, the caller parses the whole body.
+    for name in (
+        "responses-tool-schema-after-usage",
+        "usage-before-a-nested-usage",
+        "escaped-key",
+        "no-usage",
+        "array",
+        "cut-short",
+    ):
+        assert read_from_tail[name] is None, name
+
+
 def test_truncated_or_garbled_body_has_no_usage():
     reader = adapter.usage_reader(RequestInfo("chat"), 200, JSON, None)
     assert read(reader, [CHAT_BODY[: len(CHAT_BODY) // 2]]) is None
@@ -631,6 +719,81 @@ def test_usage_reader_fed_upstream_bytes_still_sees_the_hidden_chunk():
         to_client += stream_filter.feed(chunk)
     assert to_client + stream_filter.finish() == CHAT_STREAM_WITHOUT_USAGE_EVENT
     assert reader.finish() == CHAT_STREAM_USAGE
+
+
+# The proxy feeds the reader through the filter (one split per chunk): the client must get the
+# same bytes and the event the same usage as when each is fed on its own.
+
+
+def shared(content_encoding=None):
+    stream_filter, reader = (
+        client_filter(content_encoding),
+        chat_reader(content_encoding=content_encoding),
+    )
+    assert stream_filter.share(reader)
+    return stream_filter, reader
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+@pytest.mark.parametrize("cut", [whole, byte_by_byte, every_split])
+def test_a_reader_fed_through_the_filter_sees_the_usage_the_client_does_not(cut, newline):
+    stream = sse(*CONTENT_EVENTS, USAGE_EVENT, "data: [DONE]", newline=newline)
+    expected = sse(*CONTENT_EVENTS, "data: [DONE]", newline=newline)
+    for chunks in cut(stream):
+        stream_filter, reader = shared()
+        assert run_filter(stream_filter, chunks) == expected
+        assert reader.finish() == CHAT_STREAM_USAGE
+
+
+def test_a_reader_fed_through_the_filter_event_by_event_is_complete_at_the_usage_chunk():
+    stream_filter, reader = shared()
+    for event in (*CONTENT_EVENTS, USAGE_EVENT):
+        assert not reader.complete
+        stream_filter.feed(sse(event))
+    assert reader.complete
+    assert stream_filter.feed(b"data: [DONE]\n\n") == b"data: [DONE]\n\n"
+    assert reader.finish() == CHAT_STREAM_USAGE
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_a_reader_fed_through_the_filter_of_a_compressed_stream(encoding):
+    stream_filter, reader = shared(encoding)
+    output = run_filter(stream_filter, in_chunks(encode(CHAT_STREAM, encoding), 50))
+    assert output == CHAT_STREAM_WITHOUT_USAGE_EVENT
+    assert reader.finish() == CHAT_STREAM_USAGE
+
+
+def test_a_stream_broken_off_after_an_unterminated_usage_event_still_gives_its_usage():
+    """No filter ``finish`` when the upstream breaks: the reader's own finish takes the
+    unterminated last event from the splitter they share."""
+    stream_filter, reader = shared()
+    stream = sse(*CONTENT_EVENTS) + USAGE_EVENT.encode() + b"\n"
+    for chunk in in_chunks(stream, 100):
+        stream_filter.feed(chunk)
+    assert reader.finish() == CHAT_STREAM_USAGE
+
+
+def test_an_unterminated_usage_event_at_a_clean_end_reaches_the_reader_through_the_filter():
+    stream_filter, reader = shared()
+    stream = sse(*CONTENT_EVENTS) + USAGE_EVENT.encode()
+    assert run_filter(stream_filter, [stream]) == sse(*CONTENT_EVENTS)
+    assert reader.finish() == CHAT_STREAM_USAGE
+
+
+def test_an_event_too_big_to_hold_is_forwarded_even_when_it_arrives_whole():
+    """Past FILTER_EVENT_BYTES an event is passed on rather than held, so even a usage chunk
+    that large reaches the client, in one network chunk or in many alike."""
+    huge_usage = USAGE_EVENT[:-1] + ',"padding":"' + "p" * 70_000 + '"}'
+    stream = sse(CONTENT_EVENTS[0], huge_usage)
+    for chunks in ([sse(CONTENT_EVENTS[0]), sse(huge_usage)], in_chunks(stream, 1000)):
+        stream_filter, _ = shared()
+        assert run_filter(stream_filter, chunks) == stream
+
+
+def test_the_filter_shares_only_with_an_event_stream_reader_of_the_same_coding():
+    assert not client_filter().share(chat_reader(content_encoding="gzip"))
+    assert not client_filter().share(chat_reader(status=500))  # reads nothing
+    assert not client_filter("br").share(chat_reader())
 
 
 @pytest.mark.parametrize("method", ["credential_from", "swap_credential"])

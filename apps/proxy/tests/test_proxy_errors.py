@@ -349,6 +349,43 @@ def test_a_255_character_customer_and_20_properties_are_accepted_and_recorded(sd
     assert not any(name.startswith(b"x-costr-") for name, _ in proxy.fake.last_request.headers)
 
 
+def test_refused_requests_are_counted_per_organization_and_code(http, proxy, settings):
+    """No usage event, but a count the dashboard shows: one per refused request, by the
+    status and the X-Costr-Error code it was answered with. A forwarded request adds none."""
+    from apps.usage import sink
+    from apps.usage.models import RefusalCount
+
+    assert _raw_generate(http, proxy, "openai", proxy.token).status_code == 200
+    answers = [
+        _raw_generate(http, proxy, "openai", "costr_not-a-token"),
+        _raw_generate(http, proxy, "anthropic", "costr_not-a-token"),
+        _raw_generate(http, proxy, "google", None),
+        _raw_generate(http, proxy, "openai", proxy.token, headers={"x-costr-customer": "c" * 256}),
+    ]
+    settings.COSTR_PROXY_MAX_BODY_BYTES = 10
+    answers.append(_raw_generate(http, proxy, "openai", proxy.token))
+    assert sink.flush(timeout=10)
+
+    answered = sorted((a.status_code, a.headers["x-costr-error"]) for a in answers)
+    assert answered == [
+        (400, "invalid_customer"),
+        (401, "invalid_token"),
+        (401, "invalid_token"),
+        (401, "missing_token"),
+        (413, "body_too_large"),
+    ]
+    counts = {
+        (row.status, row.code): row.count
+        for row in RefusalCount.objects.for_org(proxy.organization)
+    }
+    assert counts == {
+        (400, "invalid_customer"): 1,
+        (401, "invalid_token"): 2,
+        (401, "missing_token"): 1,
+        (413, "body_too_large"): 1,
+    }
+
+
 def test_an_unknown_provider_segment_is_404_and_forwards_nothing(http, proxy):
     for path in ("/azure/v1/models", "", "/"):
         response = http.get(proxy.base + path, headers={"authorization": f"Bearer {proxy.token}"})
@@ -473,7 +510,9 @@ def test_a_costr_failure_mid_stream_breaks_the_connection_and_still_records(
         http.stream(
             "POST",
             f"{proxy.url('openai')}/chat/completions",
-            headers=_credential_headers("openai", proxy.token),
+            # Spaced out, so the stream reaches Costr in several reads (it joins what arrived
+            # together) and the filter fails after the response has started.
+            headers=_credential_headers("openai", proxy.token) | {"x-fake-delay-ms": "5"},
             json=body,
         ) as response,
     ):

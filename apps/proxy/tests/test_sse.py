@@ -125,3 +125,49 @@ def test_memory_stays_bounded_while_a_huge_event_streams_through():
 
 def test_invalid_utf8_in_event_name_does_not_raise():
     assert split_all([b"event: \xff\xfe\ndata: 1\n\n"]) == [Event("\ufffd\ufffd", b"1")]
+
+
+# One single-line ``data:`` event per chunk is the common case and takes a shorter path; each
+# case below must come out as the line-by-line path gives it (fed byte by byte, it never can).
+ONE_EVENT_CHUNKS = [
+    (b'data: {"a":1}\n\n', Event(None, b'{"a":1}')),
+    (b"data:no-space\n\n", Event(None, b"no-space")),
+    (b"data:  two\n\n", Event(None, b" two")),
+    (b"data:\n\n", Event(None, b"")),
+    (b"data: \n\n", Event(None, b"")),
+    (b"data: [DONE]\n\n", Event(None, b"[DONE]")),
+]
+
+
+@pytest.mark.parametrize(("chunk", "expected"), ONE_EVENT_CHUNKS)
+def test_a_chunk_holding_one_whole_data_event_gives_that_event(chunk, expected):
+    assert SSESplitter().feed(chunk) == [expected]
+    assert SSESplitter().feed_with_offsets(chunk) == [(expected, len(chunk))]
+    assert split_all(byte_by_byte(chunk)[0]) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("before", "chunk", "expected"),
+    [
+        # Pending state from earlier chunks belongs to the event the chunk completes.
+        (b"event: delta\n", b"data: x\n\n", [Event("delta", b"x")]),
+        (b"data: first\n", b"data: second\n\n", [Event(None, b"first\nsecond")]),
+        (b"da", b"ta: x\n\n", [Event(None, b"x")]),
+        (b"data: a\r", b"\ndata: b\n\n", [Event(None, b"a\nb")]),
+        (b"data: a\r\n\r", b"\ndata: b\n\n", [Event(None, b"a"), Event(None, b"b")]),
+        (b"", b"data: a\r\n\n", [Event(None, b"a")]),
+        (b"", b"data: a\ndata: b\n\n", [Event(None, b"a\nb")]),
+        (b"", b"event: e\ndata: a\n\n", [Event("e", b"a")]),
+    ],
+)
+def test_one_event_chunks_after_pending_bytes_are_split_in_full(before, chunk, expected):
+    splitter = SSESplitter()
+    events = splitter.feed(before)
+    assert events + splitter.feed(chunk) + splitter.finish() == expected
+    assert split_all(byte_by_byte(before + chunk)[0]) == expected
+
+
+def test_a_one_line_event_over_the_size_limit_is_still_truncated():
+    chunk = b"data: " + b"x" * 100 + b"\n\n"
+    [event] = SSESplitter(max_event_bytes=50, tail_bytes=10).feed(chunk)
+    assert event == Event(None, b"x" * 10, truncated=True)

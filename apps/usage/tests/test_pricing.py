@@ -5,7 +5,14 @@ from decimal import Decimal
 
 import pytest
 
-from apps.usage.pricing import OverridePrice, TokenCounts, price_usage
+from apps.usage.pricing import (
+    COST_PLACES,
+    UNPRICED,
+    OverridePrice,
+    TokenCounts,
+    catalog_cost,
+    price_usage,
+)
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 M = Decimal(1_000_000)
@@ -141,3 +148,88 @@ def test_costs_carry_twelve_decimal_places(places):
     price = _price("openai", "gpt-4o-mini", TokenCounts(input_tokens=1, output_tokens=1))
 
     assert -price.cost_usd.as_tuple().exponent == places
+
+
+# The writer's fast path against genai-prices itself, over the whole bundled catalog of the three
+# providers Costr proxies: every model, tiers, dates on both sides of price changes, usages with
+# and without cache reads and writes, across tier thresholds.
+
+CATALOG_DATES = [datetime(2025, 3, 1, tzinfo=UTC), datetime(2026, 11, 1, 15, 30, tzinfo=UTC)]
+
+
+def _catalog_models():
+    from genai_prices.data_snapshot import get_snapshot
+
+    return [
+        (provider.id, model.id)
+        for provider in get_snapshot().providers
+        if provider.id in ("openai", "anthropic", "google")
+        for model in provider.models
+    ]
+
+
+def _library_price(provider, model, tokens, timestamp, tier):
+    import warnings
+
+    from genai_prices import Usage, calc_price
+
+    inputs, cached, writes, writes_1h, output = tokens
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calculation = calc_price(
+                Usage(
+                    input_tokens=inputs,
+                    cache_read_tokens=cached,
+                    cache_write_tokens=writes,
+                    cache_write_1h_tokens=writes_1h,
+                    output_tokens=output,
+                ),
+                model,
+                provider_id=provider,
+                genai_request_timestamp=timestamp,
+                price_context={"service_tier": tier} if tier else None,
+            )
+    except (LookupError, ValueError):
+        return None
+    return Decimal(calculation.total_price)
+
+
+def test_the_fast_catalog_path_prices_every_model_as_genai_prices_does():
+    import random
+
+    from apps.usage.pricing import _catalog_entry
+
+    rng = random.Random(7)
+    compared = fast = 0
+    for provider, model in _catalog_models():
+        entry = _catalog_entry(provider, model)
+        if entry is None:  # an id its own match rules do not accept (e.g. ft:gpt-4o)
+            assert _library_price(provider, model, (1, 0, 0, 0, 1), CATALOG_DATES[0], "") is None
+            continue
+        for timestamp in CATALOG_DATES:
+            for tier in ("", "flex", "priority"):
+                compiled = entry.compiled_for(timestamp, tier)
+                fast += compiled.fast
+                for _ in range(4):
+                    inputs = rng.choice([rng.randint(0, 5_000), rng.randint(150_000, 400_000)])
+                    cached = rng.randint(0, inputs // 2)
+                    writes = rng.randint(0, inputs - cached)
+                    tokens = (inputs, cached, writes, rng.randint(0, writes), rng.randint(0, 9_999))
+                    expected = _library_price(provider, model, tokens, timestamp, tier)
+                    if compiled.fast:
+                        # The arithmetic itself, not only through the guard that checks it.
+                        assert compiled.cost(*tokens) == expected, (model, tier, tokens)
+                    got = catalog_cost(provider, model, *tokens, timestamp, tier)
+                    assert got == (None if expected is None else expected.quantize(COST_PLACES))
+                    compared += 1
+    assert compared > 1000
+    # Nearly every entry takes the fast path; the rest are priced by the library itself.
+    assert fast > 0.9 * compared / 4
+
+
+def test_usage_the_catalog_rejects_is_unpriced():
+    # More cache reads than input in total cannot be decomposed.
+    tokens = TokenCounts(input_tokens=100, cached_input_tokens=500, output_tokens=10)
+
+    assert _price("openai", "gpt-4o-mini", tokens) == UNPRICED

@@ -1,12 +1,22 @@
-"""The in-process sink: records handed over are all written, once, and flush() waits for them."""
+"""The sink: records and refusal counts handed over are all delivered, once; flush() waits for
+them; the caller's thread never does I/O, whether the transport is the database (embedded),
+Redis, or the spool while Redis does not answer."""
+
+import fcntl
+import json
+import sys
+import threading
 
 import pytest
 
 from apps.usage import sink
-from apps.usage.models import UsageEvent
+from apps.usage import stream as usage_stream
+from apps.usage.models import RefusalCount, UsageEvent
+from apps.usage.spool import Spool
 from apps.usage.tests.test_writer import _record
+from tests.outage import drop_usage_stream, free_port, use_usage_stream
 
-# The writer thread uses its own connection: it only sees committed rows.
+# The sink's thread uses its own connection: it only sees committed rows.
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -28,3 +38,193 @@ def test_flush_with_nothing_pending_returns_at_once_and_again_after_more_work(or
     assert sink.flush(timeout=10)
 
     assert UsageEvent.objects.for_org(org).filter(request_id="req_late").count() == 1
+
+
+def test_refusals_are_counted_per_org_day_status_and_code(org, other_org):
+    for _ in range(4):
+        sink.emit_refusal(org.slug, 401, "invalid_token")
+    sink.emit_refusal(org.slug, 403, "missing_scope")
+    sink.emit_refusal(other_org.slug, 401, "invalid_token")
+
+    assert sink.flush(timeout=10)
+
+    mine = {(r.status, r.code): r.count for r in RefusalCount.objects.for_org(org).all()}
+    assert mine == {(401, "invalid_token"): 4, (403, "missing_scope"): 1}
+    assert RefusalCount.objects.for_org(other_org).get().count == 1
+
+
+def test_refusal_counters_are_bounded_between_hand_overs(org, other_org, monkeypatch, caplog):
+    # The slug comes from the URL: a flood naming random organizations must not grow memory.
+    assert sink.flush(timeout=10)
+    monkeypatch.setattr(sink, "MAX_REFUSAL_KEYS", 1)
+    sink.emit_refusal(org.slug, 401, "invalid_token")
+    sink.emit_refusal(other_org.slug, 401, "invalid_token")
+    sink.emit_refusal(org.slug, 401, "invalid_token")
+
+    assert sink.flush(timeout=10)
+
+    assert RefusalCount.objects.for_org(org).get().count == 2
+    assert not RefusalCount.objects.for_org(other_org).exists()
+    assert any("1 refusal counts dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_record_that_cannot_be_stored_is_logged_and_the_others_are_stored(org, caplog):
+    broken = _record(org, "req_broken", timestamp="not a timestamp")
+    sink.emit(_record(org, "req_fine_1"))
+    sink.emit(broken)
+    sink.emit(_record(org, "req_fine_2"))
+
+    assert sink.flush(timeout=10)
+
+    stored = sorted(UsageEvent.objects.for_org(org).values_list("request_id", flat=True))
+    assert stored == ["req_fine_1", "req_fine_2"]
+    set_aside = [r for r in caplog.records if r.name == "costr.usage.sink"]
+    assert len(set_aside) == 1
+    assert "req_broken" in set_aside[0].getMessage()
+
+
+def test_bad_arguments_never_raise_into_the_caller(org):
+    sink.emit_refusal(org.slug, "not a status", "x")
+    sink.emit({"organization_id": org.pk, "unserialisable": {1, 2}})
+
+    assert sink.flush(timeout=10)
+
+
+@pytest.fixture
+def redis_stream(settings, redis_url, tmp_path):
+    stream = use_usage_stream(settings, redis_url, tmp_path / "spool")
+    yield stream
+    sink.flush(timeout=10)
+    drop_usage_stream(redis_url, stream)
+
+
+def test_in_the_redis_mode_records_and_counts_go_to_the_stream_not_the_database(
+    org, redis_stream, redis_url
+):
+    import redis
+
+    sink.emit(_record(org, "req_to_stream_1"))
+    sink.emit(_record(org, "req_to_stream_2"))
+    sink.emit_refusal(org.slug, 401, "invalid_token")
+
+    assert sink.flush(timeout=10)
+
+    entries = [
+        usage_stream.decode(fields)
+        for _, fields in redis.Redis.from_url(redis_url).xrange(redis_stream)
+    ]
+    events = [r["request_id"] for kind, items in entries if kind == "events" for r in items]
+    refusals = [item for kind, items in entries if kind == "refusals" for item in items]
+    assert sorted(events) == ["req_to_stream_1", "req_to_stream_2"]
+    assert [(r["org_slug"], r["status"], r["code"], r["count"]) for r in refusals] == [
+        (org.slug, 401, "invalid_token", 1)
+    ]
+    assert not UsageEvent.objects.for_org(org).exists()
+    assert not RefusalCount.objects.for_org(org).exists()
+
+
+class _ThreadIO:
+    """Socket and file activity per thread while recording, seen through Python's audit hooks."""
+
+    EVENTS = ("socket.", "open", "os.")
+    installed = False
+    recording = False
+    seen: list[tuple[int, str]] = []
+
+    @classmethod
+    def start(cls) -> None:
+        if not cls.installed:  # an audit hook cannot be removed: one per process, switched
+            sys.addaudithook(cls._hook)
+            cls.installed = True
+        cls.seen = []
+        cls.recording = True
+
+    @classmethod
+    def stop(cls) -> list[tuple[int, str]]:
+        cls.recording = False
+        return cls.seen
+
+    @classmethod
+    def _hook(cls, event: str, args) -> None:
+        if cls.recording and event.startswith(cls.EVENTS):
+            cls.seen.append((threading.get_ident(), event))
+
+
+def test_with_redis_unreachable_emit_does_no_io_on_the_calling_thread_and_records_are_spooled(
+    org, settings, tmp_path
+):
+    spool_dir = tmp_path / "spool"
+    use_usage_stream(settings, f"redis://127.0.0.1:{free_port()}/0", spool_dir)  # nobody there
+    caller = threading.get_ident()
+
+    _ThreadIO.start()
+    try:
+        for index in range(200):
+            sink.emit(_record(org, f"req_spooled_{index}"))
+            sink.emit_refusal(org.slug, 401, "invalid_token")
+        during_emit = [event for thread, event in _ThreadIO.seen if thread == caller]
+        assert sink.flush(timeout=30)
+    finally:
+        seen = _ThreadIO.stop()
+
+    # Not one socket or file call on the caller's thread, while the sink's thread tried Redis
+    # and wrote the spool (and so would have been seen doing it here, had emit() done it inline).
+    assert during_emit == []
+    elsewhere = {event for thread, event in seen if thread != caller}
+    assert {"socket.connect", "open"} <= elsewhere
+    spooled = [
+        json.loads(line)
+        for path in sorted(spool_dir.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    decoded = [usage_stream.decode(entry) for entry in spooled]
+    events = [r["request_id"] for kind, items in decoded if kind == "events" for r in items]
+    refused = sum(i["count"] for kind, items in decoded if kind == "refusals" for i in items)
+    assert sorted(events) == sorted(f"req_spooled_{index}" for index in range(200))
+    assert refused == 200
+    assert not UsageEvent.objects.for_org(org).exists()
+
+
+def test_the_spool_rotates_past_its_segment_size_and_replays_every_entry_in_order(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=300)
+    entries = [usage_stream.encode("events", [{"request_id": f"req_{n}"}]) for n in range(12)]
+    for entry in entries:
+        spool.append([entry])
+
+    files = sorted(tmp_path.glob("*.jsonl"))
+    assert len(files) > 1
+    # Only the file being appended to is held; a rotated one is free for anyone to replay.
+    assert [_held(path) for path in files] == [False] * (len(files) - 1) + [True]
+
+    sent: list[dict] = []
+    assert spool.replay(sent.extend) == 12
+
+    assert sent == entries
+    assert not list(tmp_path.glob("*.jsonl"))
+    assert not spool.pending
+
+
+def test_a_torn_last_line_is_logged_and_the_rest_of_the_file_replayed(tmp_path, caplog):
+    spool = Spool(tmp_path)
+    entry = usage_stream.encode("events", [{"request_id": "req_whole"}])
+    spool.append([entry])
+    spool.close()
+    [path] = tmp_path.glob("*.jsonl")
+    with open(path, "ab") as handle:
+        handle.write(b'{"kind":"events","v":"1","da')  # power lost mid-append
+
+    sent: list[dict] = []
+    spool.replay(sent.extend)
+
+    assert sent == [entry]
+    assert any("unreadable line 2" in r.getMessage() for r in caplog.records)
+
+
+def _held(path) -> bool:
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

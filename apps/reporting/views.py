@@ -1,0 +1,724 @@
+"""The dashboards: overview, customers, models, properties and the events explorer.
+
+Every number comes from ``apps.reporting.selectors`` (usage) and ``apps.billing.selectors``
+(revenue, margin); the views only choose the period, put rows side by side with the previous
+period and shape them for templates and charts. Each page asks a fixed number of queries, however
+many customers or events the organization has: grouping happens in the database, and the Python
+here walks groups (customers, models, days), never events.
+"""
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+from django.views import View
+from django.views.generic import TemplateView
+
+from apps.accounts.services import audit_event_record, client_ip
+from apps.accounts.tenancy import OrganizationViewMixin
+from apps.billing import selectors as billing
+from apps.reporting import selectors
+from apps.reporting.forms import (
+    CustomerListForm,
+    EventFilterForm,
+    PeriodForm,
+    PropertyForm,
+    SplitForm,
+)
+from apps.reporting.periods import DEFAULT_PERIOD, Period
+from apps.reporting.selectors import Totals
+
+TOP = 10
+CHART_SERIES = 8
+CUSTOMERS_PER_PAGE = 50
+EVENTS_PER_PAGE = 50
+NO_CUSTOMER = "(no customer)"
+NO_MODEL = "(no model)"
+NO_VALUE = "(not set)"
+
+
+# Shaping ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of a breakdown: this period's totals and the previous period's (zero if none)."""
+
+    key: str
+    label: str
+    current: Totals
+    previous: Totals = field(default_factory=Totals)
+    share: float | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.current.input_tokens + self.current.output_tokens
+
+
+def _rows(current: dict[str, Totals], previous: dict[str, Totals], empty_label: str) -> list[Row]:
+    """Rows by spend (then requests), with each one's share of the period's spend."""
+    total_cost = sum((t.cost for t in current.values()), Decimal(0))
+    rows = [
+        Row(
+            key=key,
+            label=key or empty_label,
+            current=totals,
+            previous=previous.get(key, Totals()),
+            share=float(totals.cost / total_cost) if total_cost else None,
+        )
+        for key, totals in current.items()
+    ]
+    rows.sort(key=lambda row: (-row.current.cost, -row.current.requests, row.key))
+    return rows
+
+
+def _money(value: Decimal) -> float:
+    """A cost for a chart (the tables carry the exact figure)."""
+    return float(round(value, 6))
+
+
+def _spend_chart(by_day: dict, days: list[date], empty_label: str) -> dict:
+    """Series of spend per local day, one per group (the top ones by spend, the rest as one
+    "Other"), for a stacked bar chart."""
+    spend: dict[str, Decimal] = defaultdict(Decimal)
+    for (_day, key), totals in by_day.items():
+        spend[key] += totals.cost
+    ranked = sorted(spend, key=lambda key: (-spend[key], key))
+    # An "Other" standing for a single group would hide its name for nothing.
+    shown = ranked if len(ranked) <= CHART_SERIES + 1 else ranked[:CHART_SERIES]
+    other = [key for key in ranked if key not in shown]
+    series = {key: defaultdict(Decimal) for key in shown}
+    if other:
+        series["\0other"] = defaultdict(Decimal)
+    for (day, key), totals in by_day.items():
+        series[key if key in series else "\0other"][day] += totals.cost
+    return {
+        "labels": [day.isoformat() for day in days],
+        "datasets": [
+            {
+                "label": "Other" if key == "\0other" else (key or empty_label),
+                "data": [_money(values.get(day, Decimal(0))) for day in days],
+            }
+            for key, values in series.items()
+        ],
+    }
+
+
+def _daily_rows(by_day: dict, days: list[date]) -> list[dict]:
+    """Per local day: requests, spend and unpriced requests (the chart's numbers, as a table)."""
+    totals: dict[date, Totals] = defaultdict(Totals)
+    for (day, _key), values in by_day.items():
+        totals[day].add(values)
+    return [{"day": day, "totals": totals.get(day, Totals())} for day in days]
+
+
+def _zone(organization) -> ZoneInfo:
+    return ZoneInfo(organization.time_zone)
+
+
+class ReportPageMixin(OrganizationViewMixin):
+    """A dashboard page over a period chosen in the query string (30 days by default). A period
+    that cannot be shown is reported on the page, which then shows the default period, with
+    status 400."""
+
+    def setup_period(self):
+        self.zone = _zone(self.organization)
+        now = timezone.now()
+        self.period_form = PeriodForm(self.request.GET)
+        self.period = self.period_form.period_for(zone=self.zone, now=now)
+        self.period_ok = self.period is not None
+        if self.period is None:
+            self.period = PeriodForm.default_period(zone=self.zone, now=now)
+
+    def get(self, request, *args, **kwargs):
+        self.setup_period()
+        context = self.get_context_data(**kwargs)
+        return self.render_to_response(context, status=200 if self.period_ok else 400)
+
+    # Query parameters the period picker carries along on each page.
+    kept_parameters: tuple[str, ...] = ()
+
+    def _local_days(self, start: datetime, end: datetime) -> tuple[date, date]:
+        """First and last local day of [start, end)."""
+        last = max(start, end - timedelta(microseconds=1))
+        return start.astimezone(self.zone).date(), last.astimezone(self.zone).date()
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        period: Period = self.period
+        data = self.period_form.data
+        name = data.get("period") or ("custom" if data.get("start") or data.get("end") else "")
+        context.update(
+            period=period,
+            period_form=self.period_form,
+            period_name=name if self.period_ok and name else DEFAULT_PERIOD,
+            period_days=self._local_days(period.start, period.end),
+            previous_days=self._local_days(period.previous_start, period.previous_end),
+            period_ongoing=period.end.astimezone(self.zone).time() != datetime.min.time(),
+            zone_name=self.organization.time_zone,
+            keep=[
+                (key, value)
+                for key in self.kept_parameters
+                for value in self.request.GET.getlist(key)
+            ],
+            period_query=_query(self.request.GET, only=("period", "start", "end")),
+        )
+        return context
+
+
+def _query(params, *, only=None, without=()) -> str:
+    """``params`` as a query string, narrowed to ``only`` or without ``without``."""
+    kept = params.copy()
+    for key in list(kept):
+        if (only is not None and key not in only) or key in without:
+            kept.pop(key)
+    return kept.urlencode()
+
+
+# Overview -----------------------------------------------------------------------------------
+
+
+def proxy_base_urls(organization) -> dict[str, str]:
+    """What each SDK takes as its base URL, on the address Costr is served at."""
+    root = f"{settings.COSTR_BASE_URL}/p/{organization.slug}"
+    return {
+        "openai": f"{root}/openai/v1",
+        "anthropic": f"{root}/anthropic",
+        "google": f"{root}/google",
+    }
+
+
+def _margin_summary(organization, period: Period, by_customer: dict[str, Totals]):
+    """The overview's margin card: USD revenue against the AI cost of the customers it came
+    from, how many of them cost more than they paid, and the revenue left unconverted."""
+    revenue = billing.revenue_by_customer(
+        organization=organization, start=period.start, end=period.end
+    )
+    known = selectors.customers_by_external_id(organization=organization)
+    customers = {customer.pk: customer for customer in known.values()}
+    usd_revenue, usd_cost, unprofitable = [], Decimal(0), 0
+    unconverted: dict[str, Decimal] = defaultdict(Decimal)
+    paying_keys = set()
+    for pk, entries in revenue.items():
+        customer = customers.get(pk)
+        if customer is None:
+            continue
+        cost = by_customer.get(customer.external_id, Totals()).cost
+        result = billing.margin(cost, entries)
+        if result.revenue_usd is not None:
+            usd_revenue.extend(r for r in entries if r.currency.lower() == billing.USD)
+            usd_cost += cost
+            paying_keys.add(customer.external_id)
+        if result.unprofitable:
+            unprofitable += 1
+        for other in result.unconverted:
+            unconverted[other.currency.upper()] += other.net
+    total = billing.margin(usd_cost, usd_revenue) if usd_revenue else None
+    other_cost = sum(
+        (t.cost for key, t in by_customer.items() if key not in paying_keys), Decimal(0)
+    )
+    return {
+        "margin": total,
+        "unprofitable": unprofitable,
+        "unconverted": sorted(unconverted.items()),
+        "cost_without_usd_revenue": other_cost,
+    }
+
+
+class OverviewView(ReportPageMixin, TemplateView):
+    """``/app/<org>/``: the period at a glance, or how to start when no request came yet."""
+
+    template_name = "reporting/overview.html"
+    kept_parameters = ("split", "property")
+
+    def get(self, request, *args, **kwargs):
+        if not selectors.organization_has_usage(organization=self.organization):
+            self.template_name = "reporting/getting_started.html"
+            context = super(ReportPageMixin, self).get_context_data(**kwargs)
+            context["base_urls"] = proxy_base_urls(self.organization)
+            return self.render_to_response(context)
+        return super().get(request, *args, **kwargs)
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        org, period = self.organization, self.period
+        current = dict(organization=org, start=period.start, end=period.end)
+        previous = dict(organization=org, start=period.previous_start, end=period.previous_end)
+        options = SplitForm(self.request.GET)
+        options.is_valid()
+        split = options.cleaned_data.get("split") or "provider"
+
+        totals = selectors.usage_totals(**current)
+        before = selectors.usage_totals(**previous)
+        latency, latency_before = selectors.latency_percentiles_compared(
+            organization=org,
+            current=(period.start, period.end),
+            previous=(period.previous_start, period.previous_end),
+        )
+        by_day = selectors.usage_by_day(**current, zone=self.zone, split_by=split)
+        days = period.local_days()
+        customers = selectors.usage_by(**current, group_by="customer")
+        models = selectors.usage_by(**current, group_by="model")
+        customer_rows = _rows(
+            customers, selectors.usage_by(**previous, group_by="customer"), NO_CUSTOMER
+        )
+        model_rows = _rows(models, selectors.usage_by(**previous, group_by="model"), NO_MODEL)
+
+        names = selectors.property_names_recent(**current)
+        chosen = options.cleaned_data.get("property") or ""
+        if not chosen:
+            chosen = "feature" if "feature" in names else (names[0] if names else "")
+        elif chosen not in names:
+            names = sorted([*names, chosen])
+        property_rows = []
+        if chosen:
+            property_rows = _rows(
+                *selectors.usage_by_property_compared(
+                    organization=org,
+                    current=(period.start, period.end),
+                    previous=(period.previous_start, period.previous_end),
+                    name=chosen,
+                ),
+                NO_VALUE,
+            )
+        refused = selectors.refused_requests(**current)
+        connected = billing.stripe_connection_for(organization=org) is not None
+        context.update(
+            totals=totals,
+            before=before,
+            latency=latency,
+            latency_before=latency_before,
+            split=split,
+            chart=_spend_chart(by_day, days, NO_MODEL),
+            daily=_daily_rows(by_day, days),
+            top_customers=customer_rows[:TOP],
+            customer_count=len(customers),
+            top_models=model_rows[:TOP],
+            model_count=len(models),
+            property_names=names,
+            property_name=chosen,
+            top_properties=property_rows[:TOP],
+            refused_total=sum(refused.values()),
+            refused=sorted(refused.items()),
+            stripe_connected=connected,
+            margin=_margin_summary(org, period, customers) if connected else None,
+        )
+        return context
+
+
+# Customers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class CustomerRow:
+    external_id: str
+    name: str
+    totals: Totals
+    last_seen: date | None
+    margin: billing.Margin | None
+
+    @property
+    def label(self) -> str:
+        return self.external_id or NO_CUSTOMER
+
+    @property
+    def tokens(self) -> int:
+        return self.totals.input_tokens + self.totals.output_tokens
+
+
+def _sorted_rows(rows: list[CustomerRow], sort: str) -> list[CustomerRow]:
+    """Rows in the chosen order (ties by external id); rows without a value (no margin, never
+    seen) go last in either direction."""
+    name, descending = sort.lstrip("-"), sort.startswith("-")
+
+    def value(row: CustomerRow):
+        return {
+            "spend": row.totals.cost,
+            "requests": row.totals.requests,
+            "tokens": row.tokens,
+            "last_seen": row.last_seen,
+            "margin": row.margin.margin_usd if row.margin else None,
+            "customer": row.external_id.casefold(),
+        }[name]
+
+    present = sorted((row for row in rows if value(row) is not None), key=lambda r: r.external_id)
+    present.sort(key=value, reverse=descending)
+    missing = sorted((row for row in rows if value(row) is None), key=lambda r: r.external_id)
+    return present + missing
+
+
+class CustomersView(ReportPageMixin, TemplateView):
+    """Every customer with its usage over the period, and its margin when Stripe is connected."""
+
+    template_name = "reporting/customers.html"
+    kept_parameters = ("q", "sort")
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        org, period = self.organization, self.period
+        form = CustomerListForm(self.request.GET)
+        form.is_valid()
+        search = (form.cleaned_data.get("q") or "").strip()
+        sort = form.cleaned_data.get("sort") or "-spend"
+
+        usage = selectors.usage_by(
+            organization=org, start=period.start, end=period.end, group_by="customer"
+        )
+        customers = selectors.customers_by_external_id(organization=org)
+        last_seen = selectors.customers_last_seen(organization=org)
+        connected = billing.stripe_connection_for(organization=org) is not None
+        revenue = (
+            billing.revenue_by_customer(organization=org, start=period.start, end=period.end)
+            if connected
+            else {}
+        )
+        rows = []
+        for external_id in set(customers) | set(usage):
+            customer = customers.get(external_id)
+            totals = usage.get(external_id, Totals())
+            entries = revenue.get(customer.pk, []) if customer else []
+            rows.append(
+                CustomerRow(
+                    external_id=external_id,
+                    name=customer.name if customer else "",
+                    totals=totals,
+                    last_seen=last_seen.get(external_id),
+                    margin=billing.margin(totals.cost, entries) if entries else None,
+                )
+            )
+        if search:
+            needle = search.casefold()
+            rows = [
+                row
+                for row in rows
+                if needle in row.external_id.casefold() or needle in row.name.casefold()
+            ]
+        rows = _sorted_rows(rows, sort)
+        page = Paginator(rows, CUSTOMERS_PER_PAGE).get_page(self.request.GET.get("page"))
+        query = self.request.GET.copy()
+        query.pop("page", None)
+        sort_query = query.copy()
+        sort_query.pop("sort", None)
+        context.update(
+            form=form,
+            search=search,
+            sort=sort,
+            page=page,
+            page_query=query.urlencode(),
+            sort_query=sort_query.urlencode(),
+            stripe_connected=connected,
+            unprofitable=sum(1 for row in rows if row.margin and row.margin.unprofitable),
+        )
+        return context
+
+
+class CustomerDetailView(ReportPageMixin, TemplateView):
+    """One customer: spend by day and by model, and revenue and margin by month."""
+
+    template_name = "reporting/customer.html"
+
+    def get(self, request, *args, **kwargs):
+        self.customer = billing.costr_customer_by_external_id(
+            organization=self.organization, external_id=kwargs["external_id"]
+        )
+        if self.customer is None:
+            raise Http404("No such customer")
+        return super().get(request, *args, **kwargs)
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        org, period, customer = self.organization, self.period, self.customer
+        scope = dict(
+            organization=org, customer=customer.external_id, start=period.start, end=period.end
+        )
+        by_model = selectors.customer_usage_by(**scope, group_by="model")
+        by_day = selectors.customer_usage_by(**scope, group_by="day", zone=self.zone)
+        days = period.local_days()
+        totals = Totals()
+        for values in by_model.values():
+            totals.add(values)
+        connected = billing.stripe_connection_for(organization=org) is not None
+        months, revenue, margin = [], [], None
+        if connected:
+            revenue = billing.revenue_for_customer(
+                organization=org, customer_id=customer.pk, start=period.start, end=period.end
+            )
+            margin = billing.margin(totals.cost, revenue) if revenue else None
+            by_month = billing.revenue_by_customer_month(
+                organization=org, start=period.start, end=period.end, customer_ids=[customer.pk]
+            ).get(customer.pk, {})
+            costs = selectors.customer_usage_by_month(
+                organization=org,
+                customer=customer.external_id,
+                start=period.start,
+                end=period.end,
+            )
+            for month in sorted(set(by_month) | set(costs)):
+                cost = costs.get(month, Totals())
+                entries = by_month.get(month, [])
+                months.append(
+                    {
+                        "month": month,
+                        "totals": cost,
+                        "revenue": entries,
+                        "margin": billing.margin(cost.cost, entries),
+                    }
+                )
+        context.update(
+            customer=customer,
+            totals=totals,
+            model_rows=_rows(by_model, {}, NO_MODEL),
+            chart=_spend_chart({(day, ""): t for day, t in by_day.items()}, days, "Spend"),
+            daily=_daily_rows({(day, ""): t for day, t in by_day.items()}, days),
+            stripe_connected=connected,
+            revenue=revenue,
+            margin=margin,
+            months=months,
+        )
+        return context
+
+
+# Models and properties ----------------------------------------------------------------------
+
+
+class ModelsView(ReportPageMixin, TemplateView):
+    template_name = "reporting/models.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        org, period = self.organization, self.period
+        current = selectors.usage_by(
+            organization=org, start=period.start, end=period.end, group_by="model"
+        )
+        previous = selectors.usage_by(
+            organization=org,
+            start=period.previous_start,
+            end=period.previous_end,
+            group_by="model",
+        )
+        by_day = selectors.usage_by_day(
+            organization=org, start=period.start, end=period.end, zone=self.zone, split_by="model"
+        )
+        context.update(
+            rows=_rows(current, previous, NO_MODEL),
+            chart=_spend_chart(by_day, period.local_days(), NO_MODEL),
+        )
+        return context
+
+
+class PropertiesView(ReportPageMixin, TemplateView):
+    template_name = "reporting/properties.html"
+    kept_parameters = ("name",)
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        org, period = self.organization, self.period
+        names = selectors.property_names_recent(
+            organization=org, start=period.start, end=period.end
+        )
+        form = PropertyForm(self.request.GET)
+        form.is_valid()
+        chosen = (form.cleaned_data.get("name") or "").strip()
+        if not chosen:
+            chosen = "feature" if "feature" in names else (names[0] if names else "")
+        rows = []
+        if chosen:
+            rows = _rows(
+                *selectors.usage_by_property_compared(
+                    organization=org,
+                    current=(period.start, period.end),
+                    previous=(period.previous_start, period.previous_end),
+                    name=chosen,
+                ),
+                NO_VALUE,
+            )
+        # A typed name that no request in the period carried: every row is "not set".
+        unknown = bool(chosen) and all(not row.key for row in rows)
+        context.update(
+            names=names,
+            name=chosen,
+            unknown_name=chosen if unknown else "",
+            rows=rows,
+            chart={
+                "labels": [row.label for row in rows[:TOP]],
+                "datasets": [
+                    {"label": "Spend", "data": [_money(row.current.cost) for row in rows[:TOP]]}
+                ],
+            },
+        )
+        return context
+
+
+# Events -------------------------------------------------------------------------------------
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def cursor_encode(timestamp: datetime, pk: int) -> str:
+    """An event's place in the (timestamp, id) order, exact to the microsecond."""
+    delta = timestamp - EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return f"{micros}.{pk}"
+
+
+def cursor_decode(value: str) -> tuple[datetime, int] | None:
+    micros, _, pk = value.partition(".")
+    try:
+        return EPOCH + timedelta(microseconds=int(micros)), int(pk)
+    except (ValueError, OverflowError):
+        return None
+
+
+def events_page(events, *, after: str = "", before: str = "", size: int = EVENTS_PER_PAGE):
+    """One page of ``events`` (ordered newest first), by keyset: ``after`` a cursor the page
+    holds the next older events, ``before`` one the next newer. The database seeks to the
+    cursor along the (organization, timestamp) index instead of counting past an OFFSET.
+    Returns (events, has_newer, has_older)."""
+    if before and (place := cursor_decode(before)):
+        timestamp, pk = place
+        rows = list(
+            events.filter(timestamp__gte=timestamp)
+            .filter(Q(timestamp__gt=timestamp) | Q(pk__gt=pk))
+            .order_by("timestamp", "id")[: size + 1]
+        )
+        has_newer = len(rows) > size
+        return list(reversed(rows[:size])), has_newer, True
+    if after and (place := cursor_decode(after)):
+        timestamp, pk = place
+        rows = list(
+            events.filter(timestamp__lte=timestamp).filter(
+                Q(timestamp__lt=timestamp) | Q(pk__lt=pk)
+            )[: size + 1]
+        )
+        return rows[:size], True, len(rows) > size
+    rows = list(events[: size + 1])
+    return rows[:size], False, len(rows) > size
+
+
+class EventsView(OrganizationViewMixin, TemplateView):
+    """Events newest first, filtered, paged by keyset; the same filters export as CSV."""
+
+    template_name = "reporting/events.html"
+
+    def get(self, request, *args, **kwargs):
+        zone = _zone(self.organization)
+        form = EventFilterForm(request.GET, zone=zone)
+        context = self.get_context_data(**kwargs)
+        context.update(form=form, zone_name=self.organization.time_zone)
+        if not form.is_valid():
+            context.update(events=[], has_newer=False, has_older=False)
+            return self.render_to_response(context, status=400)
+        events = selectors.events_filtered(organization=self.organization, **form.filters())
+        rows, has_newer, has_older = events_page(
+            events, after=request.GET.get("after", ""), before=request.GET.get("before", "")
+        )
+        query = request.GET.copy()
+        for name in ("after", "before"):
+            query.pop(name, None)
+        context.update(
+            events=rows,
+            has_newer=has_newer,
+            has_older=has_older,
+            newer=cursor_encode(rows[0].timestamp, rows[0].pk) if rows else "",
+            older=cursor_encode(rows[-1].timestamp, rows[-1].pk) if rows else "",
+            filter_query=query.urlencode(),
+            filtered=bool(form.described()),
+        )
+        return self.render_to_response(context)
+
+
+CSV_COLUMNS = [
+    ("timestamp", "timestamp"),
+    ("request_id", "request_id"),
+    ("provider", "provider"),
+    ("endpoint", "endpoint"),
+    ("model", "model"),
+    ("requested_model", "requested_model"),
+    ("customer", "customer__external_id"),
+    ("properties", "properties"),
+    ("status", "status"),
+    ("stream", "stream"),
+    ("outcome", "outcome"),
+    ("input_tokens", "input_tokens"),
+    ("cached_input_tokens", "cached_input_tokens"),
+    ("cache_write_tokens", "cache_write_tokens"),
+    ("cache_write_1h_tokens", "cache_write_1h_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("reasoning_tokens", "reasoning_tokens"),
+    ("service_tier", "service_tier"),
+    ("cost_usd", "cost_usd"),
+    ("price_source", "price_source"),
+    ("latency_ms", "latency_ms"),
+    ("ttfb_ms", "ttfb_ms"),
+]
+# A cell starting with one of these is read as a formula by spreadsheets; customer ids, models
+# and property values come from request headers, i.e. from anyone.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class _Echo:
+    """A file whose write returns the line, for csv.writer inside a generator."""
+
+    def write(self, value):
+        return value
+
+
+def _csv_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_lines(events):
+    """The header, then one line per event, read from the database in chunks."""
+    writer = csv.writer(_Echo())
+    yield writer.writerow([name for name, _ in CSV_COLUMNS])
+    fields = [source for _, source in CSV_COLUMNS]
+    for values in events.values_list(*fields).iterator(chunk_size=2000):
+        yield writer.writerow([_csv_cell(value) for value in values])
+
+
+class EventsExportView(OrganizationViewMixin, View):
+    """The filtered events as CSV, streamed (the set may hold millions), and audited."""
+
+    def get(self, request, *args, **kwargs):
+        form = EventFilterForm(request.GET, zone=_zone(self.organization))
+        if not form.is_valid():
+            errors = "; ".join(e for errs in form.errors.values() for e in errs)
+            return HttpResponse(
+                f"Invalid filters: {errors}\n", status=400, content_type="text/plain"
+            )
+        audit_event_record(
+            organization=self.organization,
+            actor=request.user,
+            action="usage.exported",
+            target="events.csv",
+            ip=client_ip(request),
+            details={"filters": form.described()},
+        )
+        events = selectors.events_filtered(organization=self.organization, **form.filters())
+        response = StreamingHttpResponse(csv_lines(events), content_type="text/csv; charset=utf-8")
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response["Content-Disposition"] = (
+            f'attachment; filename="costr-{self.organization.slug}-events-{stamp}.csv"'
+        )
+        return response

@@ -1,0 +1,119 @@
+"""Writes for an organization's own prices: add, delete, and re-price past events after a change.
+
+An override changes the cost of events written from then on; events already stored keep the
+cost they were given until they are re-priced, which the person asks for explicitly (it can touch
+many rows, so it runs as a task).
+"""
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import transaction
+
+from apps.accounts.models import Organization, User
+from apps.accounts.services import audit_event_record
+from apps.usage.models import PriceOverride
+
+
+class PriceOverrideError(Exception):
+    """Refused input about an override; the message is for the person who typed it."""
+
+
+def _describe(override: PriceOverride) -> str:
+    provider = override.provider or "any provider"
+    return f"{override.model_pattern} ({provider}) from {override.valid_from:%Y-%m-%d %H:%M} UTC"
+
+
+def _price_text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def price_override_create(
+    *,
+    organization: Organization,
+    model_pattern: str,
+    provider: str,
+    valid_from: datetime,
+    input_per_mtok: Decimal,
+    output_per_mtok: Decimal,
+    cached_input_per_mtok: Decimal | None = None,
+    cache_write_per_mtok: Decimal | None = None,
+    actor: User | None,
+    ip: str | None = None,
+) -> PriceOverride:
+    model_pattern = model_pattern.strip()
+    if not model_pattern:
+        raise PriceOverrideError("Name the model, or a pattern such as gpt-4o*.")
+    with transaction.atomic():
+        clash = PriceOverride.objects.for_org(organization).filter(
+            model_pattern__iexact=model_pattern, provider=provider, valid_from=valid_from
+        )
+        if clash.exists():
+            raise PriceOverrideError(
+                "An override for this pattern and provider from the same moment exists: delete "
+                "it first, or choose another valid-from."
+            )
+        override = PriceOverride.objects.create(
+            organization=organization,
+            model_pattern=model_pattern,
+            provider=provider,
+            valid_from=valid_from,
+            input_per_mtok=input_per_mtok,
+            cached_input_per_mtok=cached_input_per_mtok,
+            cache_write_per_mtok=cache_write_per_mtok,
+            output_per_mtok=output_per_mtok,
+        )
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="price_override.created",
+            target=_describe(override),
+            ip=ip,
+            details={
+                "model_pattern": model_pattern,
+                "provider": provider,
+                "valid_from": valid_from.isoformat(),
+                "input_per_mtok": _price_text(input_per_mtok),
+                "cached_input_per_mtok": _price_text(cached_input_per_mtok),
+                "cache_write_per_mtok": _price_text(cache_write_per_mtok),
+                "output_per_mtok": _price_text(output_per_mtok),
+            },
+        )
+    return override
+
+
+def price_override_delete(
+    *, override: PriceOverride, actor: User | None, ip: str | None = None
+) -> None:
+    with transaction.atomic():
+        description = _describe(override)
+        organization = override.organization
+        override.delete()
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="price_override.deleted",
+            target=description,
+            ip=ip,
+        )
+
+
+def usage_reprice_request(
+    *, organization: Organization, since: datetime, actor: User | None, ip: str | None = None
+) -> None:
+    """Queue the re-pricing of the organization's events from ``since`` on, once the audit
+    record of the request is committed."""
+    from apps.usage.tasks import reprice  # the task module loads Celery; only needed here
+
+    since_iso = since.isoformat()
+    with transaction.atomic():
+        audit_event_record(
+            organization=organization,
+            actor=actor,
+            action="usage.reprice_requested",
+            target=f"events since {since:%Y-%m-%d %H:%M} UTC",
+            ip=ip,
+            details={"since": since_iso},
+        )
+        organization_id = organization.pk
+        transaction.on_commit(lambda: reprice.delay(organization_id, since_iso))

@@ -1,0 +1,152 @@
+"""The Redis stream between web processes and ``run_usage_writer``, and how entries look on it.
+
+One stream entry carries one batch, as handed over by one web process's sink thread: fields
+``kind`` ("events": a JSON list of usage records; "refusals": a JSON list of refusal counts),
+``v`` (format version) and ``data`` (the JSON list). Batching per entry keeps the web process at
+one XADD per batch instead of one per record.
+
+Nothing is ever trimmed by length: an ``XADD … MAXLEN ~`` bound would drop entries the writer has
+not stored yet whenever it lags (database down, writer stopped), which is exactly when they
+matter. The writer's consumer group decides instead: the writer deletes an entry (XDEL) in the
+same MULTI as its XACK, after the database transaction committed, so the stream holds only
+entries not yet stored and its length is the writer's backlog. Redis must therefore keep it:
+``maxmemory-policy noeviction`` (an evicting Redis could drop the whole stream) and AOF if a Redis
+restart must not lose the backlog; when Redis refuses writes (OOM), the sink spools instead.
+The stream belongs to the writer's group: a second consumer group would lose entries to the XDEL.
+Needs Redis 6.2 or later (XAUTOCLAIM).
+"""
+
+import json
+import logging
+import time
+
+import redis
+
+from apps.usage.spool import Spool, replay_directory
+
+logger = logging.getLogger("costr.usage.stream")
+
+FORMAT_VERSION = "1"
+KIND_EVENTS = "events"
+KIND_REFUSALS = "refusals"
+GROUP = "usage-writers"
+# Retry a Redis that did not answer at most this often; between probes batches go straight to
+# the spool, so a Redis that times out costs one timeout per probe, not one per batch.
+PROBE_SECONDS = 1.0
+# How often a process looks for spool files left behind by dead processes on its host.
+ORPHAN_SCAN_SECONDS = 60.0
+
+
+def dead_letter_stream(stream: str) -> str:
+    return f"{stream}:dead-letter"
+
+
+def client_for(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
+    """A client that gives up quickly: a Redis that does not answer must cost the sink a second,
+    not a TCP timeout of minutes."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=1.0, socket_timeout=socket_timeout, health_check_interval=30
+    )
+
+
+def encode(kind: str, items: list[dict]) -> dict[str, str]:
+    # default=str: a record is JSON-able by contract; a stray datetime or Decimal must not cost
+    # the batch.
+    return {
+        "kind": kind,
+        "v": FORMAT_VERSION,
+        "data": json.dumps(items, separators=(",", ":"), default=str),
+    }
+
+
+def decode(fields: dict) -> tuple[str, list[dict]]:
+    """(kind, items) of a stream entry; ValueError for anything this version cannot read."""
+    fields = {_text(k): _text(v) for k, v in fields.items()}
+    kind = fields.get("kind")
+    if kind not in (KIND_EVENTS, KIND_REFUSALS):
+        raise ValueError(f"unknown entry kind {kind!r}")
+    if fields.get("v") != FORMAT_VERSION:
+        raise ValueError(f"unknown entry version {fields.get('v')!r}")
+    items = json.loads(fields.get("data", ""))
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError("entry data is not a list of objects")
+    return kind, items
+
+
+def append(client: redis.Redis, stream: str, entries: list[dict[str, str]]) -> None:
+    """XADD the entries in one round trip; raises redis.RedisError if any was not added."""
+    pipe = client.pipeline(transaction=False)
+    for entry in entries:
+        pipe.xadd(stream, entry)
+    # raise_on_error: an OOM refusal of one XADD must not pass for success.
+    pipe.execute(raise_on_error=True)
+
+
+class StreamProducer:
+    """Appends entries to the stream, or to the spool while Redis does not answer, and replays the
+    spool once it does. Used from one thread only (the sink's); never raises redis errors."""
+
+    def __init__(self, *, url: str, stream: str, spool_dir: str, segment_bytes: int) -> None:
+        self.url = url
+        self.stream = stream
+        self.spool_dir = spool_dir
+        self.client = client_for(url)
+        self.spool = Spool(spool_dir, segment_bytes=segment_bytes)
+        self._next_probe = 0.0
+        self._next_orphan_scan = 0.0
+        self._down = False
+
+    def send(self, entries: list[dict[str, str]]) -> None:
+        now = time.monotonic()
+        if self._down and now < self._next_probe:
+            self._spool(entries)
+            return
+        try:
+            if self._down:
+                self.client.ping()  # a cheap probe before any spool file is read
+            if self.spool.pending or now >= self._next_orphan_scan:
+                self._next_orphan_scan = now + ORPHAN_SCAN_SECONDS
+                self.spool.replay(self._append)
+            if entries:
+                self._append(entries)
+        except redis.RedisError as error:
+            if not self._down:
+                logger.warning(
+                    "Redis at the usage stream does not answer (%s): spooling usage to %s",
+                    type(error).__name__,
+                    self.spool_dir,
+                )
+            self._down = True
+            # From now, not from the start: a probe that took a timeout must not be followed by
+            # another at once, or a Redis that hangs would hold up every batch.
+            self._next_probe = time.monotonic() + PROBE_SECONDS
+            self._spool(entries)
+            return
+        if self._down:
+            logger.warning("Redis answers again: usage goes to the stream %s", self.stream)
+        self._down = False
+
+    def retry_pending(self) -> None:
+        """Replay the spool if it holds anything and a probe is due (called when idle)."""
+        if self.spool.pending and time.monotonic() >= self._next_probe:
+            self.send([])
+
+    def _append(self, entries: list[dict[str, str]]) -> None:
+        append(self.client, self.stream, entries)
+
+    def _spool(self, entries: list[dict[str, str]]) -> None:
+        if entries:
+            self.spool.append(entries)
+
+    def close(self) -> None:
+        self.spool.close()
+        self.client.close()
+
+
+def replay_orphans(client: redis.Redis, stream: str, spool_dir: str) -> int:
+    """Replay spool files nobody holds (their process died) into the stream; used by the writer."""
+    return replay_directory(spool_dir, lambda entries: append(client, stream, entries))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
