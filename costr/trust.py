@@ -13,8 +13,12 @@ from django.http import Http404
 from django.shortcuts import render
 
 from apps.accounts import legal
+from apps.billing.client import READ_METHODS
+from apps.billing.services import RESOURCES
 from apps.keys import keycache, vault
 from apps.keys.keyring import get_keyring
+from apps.usage import lifecycle
+from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC
 
 BENCHMARKS_JSON = settings.BASE_DIR / "docs" / "benchmarks.json"
 
@@ -38,6 +42,10 @@ def security(request):
             "stale_minutes": round(keycache.STALE_IF_ERROR_SECONDS / 60),
             "max_body_mb": settings.COSTR_PROXY_MAX_BODY_BYTES / 1024 / 1024,
             "benchmark": benchmark_summary(),
+            "stripe_permissions": [permission for _, permission, _ in RESOURCES.values()],
+            "stripe_methods": sorted(method.upper() for method in READ_METHODS),
+            "purge_time": f"{PURGE_HOUR_UTC:02d}:{PURGE_MINUTE_UTC:02d}",
+            "deletion_hours": lifecycle.DELETION_DEADLINE_HOURS,
         },
     )
 

@@ -9,6 +9,7 @@ from django.urls import reverse
 from apps.keys import keycache, vault
 from apps.keys.keyring import get_keyring
 from costr import trust
+from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC
 
 pytestmark = pytest.mark.django_db
 
@@ -86,3 +87,25 @@ def test_security_page_quotes_the_committed_benchmark(client, tmp_path, monkeypa
 
 def test_an_unknown_dpa_version_is_404(client):
     assert client.get(reverse("dpa"), {"version": "9.9"}).status_code == 404
+
+
+def test_security_page_states_the_stripe_guarantees_the_client_enforces(client):
+    from apps.billing.client import READ_METHODS
+    from apps.billing.services import RESOURCES
+
+    html = client.get(reverse("security")).content.decode()
+
+    assert f"sends only {', '.join(sorted(m.upper() for m in READ_METHODS))} requests" in html
+    for _, permission, _ in RESOURCES.values():
+        assert permission in html
+
+
+def test_security_page_states_the_purge_time_and_deletion_deadline(client, monkeypatch):
+    from apps.usage import lifecycle
+
+    monkeypatch.setattr(lifecycle, "DELETION_DEADLINE_HOURS", 7)
+
+    html = client.get(reverse("security")).content.decode()
+
+    assert "everything else is deleted within 7 hours" in html
+    assert f"Every day at {PURGE_HOUR_UTC:02d}:{PURGE_MINUTE_UTC:02d} UTC" in html
