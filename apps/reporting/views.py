@@ -7,8 +7,6 @@ many customers or events the organization has: grouping happens in the database,
 here walks groups (customers, models, days), never events.
 """
 
-import csv
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -36,6 +34,7 @@ from apps.reporting.forms import (
 )
 from apps.reporting.periods import DEFAULT_PERIOD, Period
 from apps.reporting.selectors import Totals
+from apps.usage import export
 
 TOP = 10
 CHART_SERIES = 8
@@ -636,67 +635,6 @@ class EventsView(OrganizationViewMixin, TemplateView):
         return self.render_to_response(context)
 
 
-CSV_COLUMNS = [
-    ("timestamp", "timestamp"),
-    ("request_id", "request_id"),
-    ("provider", "provider"),
-    ("endpoint", "endpoint"),
-    ("model", "model"),
-    ("requested_model", "requested_model"),
-    ("customer", "customer__external_id"),
-    ("properties", "properties"),
-    ("status", "status"),
-    ("stream", "stream"),
-    ("outcome", "outcome"),
-    ("input_tokens", "input_tokens"),
-    ("cached_input_tokens", "cached_input_tokens"),
-    ("cache_write_tokens", "cache_write_tokens"),
-    ("cache_write_1h_tokens", "cache_write_1h_tokens"),
-    ("output_tokens", "output_tokens"),
-    ("reasoning_tokens", "reasoning_tokens"),
-    ("service_tier", "service_tier"),
-    ("cost_usd", "cost_usd"),
-    ("price_source", "price_source"),
-    ("latency_ms", "latency_ms"),
-    ("ttfb_ms", "ttfb_ms"),
-]
-# A cell starting with one of these is read as a formula by spreadsheets; customer ids, models
-# and property values come from request headers, i.e. from anyone.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-class _Echo:
-    """A file whose write returns the line, for csv.writer inside a generator."""
-
-    def write(self, value):
-        return value
-
-
-def _csv_cell(value):
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def csv_lines(events):
-    """The header, then one line per event, read from the database in chunks."""
-    writer = csv.writer(_Echo())
-    yield writer.writerow([name for name, _ in CSV_COLUMNS])
-    fields = [source for _, source in CSV_COLUMNS]
-    for values in events.values_list(*fields).iterator(chunk_size=2000):
-        yield writer.writerow([_csv_cell(value) for value in values])
-
-
 class EventsExportView(OrganizationViewMixin, View):
     """The filtered events as CSV, streamed (the set may hold millions), and audited."""
 
@@ -716,7 +654,9 @@ class EventsExportView(OrganizationViewMixin, View):
             details={"filters": form.described()},
         )
         events = selectors.events_filtered(organization=self.organization, **form.filters())
-        response = StreamingHttpResponse(csv_lines(events), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(
+            export.events_csv(events), content_type="text/csv; charset=utf-8"
+        )
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = (
             f'attachment; filename="costr-{self.organization.slug}-events-{stamp}.csv"'

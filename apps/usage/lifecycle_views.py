@@ -89,7 +89,8 @@ class UsageExportView(OrganizationViewMixin, View):
             ip=client_ip(request),
         )
         response = StreamingHttpResponse(
-            render(UsageEvent.objects.for_org(self.organization)), content_type=content_type
+            render(UsageEvent.objects.for_org(self.organization).order_by("timestamp", "pk")),
+            content_type=content_type,
         )
         stamp = timezone.now().strftime("%Y%m%d-%H%M")
         response["Content-Disposition"] = (

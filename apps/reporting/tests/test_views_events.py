@@ -242,7 +242,7 @@ def test_export_streams_the_filtered_events_as_csv(client, priced, member):
     header, (unpriced,) = rows[0], rows[1:]
     assert header[:3] == ["timestamp", "request_id", "provider"]
     line = dict(zip(header, unpriced, strict=True))
-    assert line["timestamp"] == "2026-11-02T11:00:00+00:00"
+    assert line["timestamp"] == "2026-11-02T11:00:00Z"
     assert (line["customer"], line["model"], line["cost_usd"]) == ("acme", "mystery-model", "")
     assert line["price_source"] == "unpriced"
 

@@ -92,7 +92,7 @@ def test_admins_export_all_usage_as_csv_and_json_and_it_is_audited(client, org, 
     refused = client.get(reverse("usage_export", args=[org.slug, "csv"]))
 
     lines = b"".join(csv_response.streaming_content).decode().splitlines()
-    assert lines[0].startswith("request_id,timestamp,provider")
+    assert lines[0].startswith("timestamp,request_id,provider")
     assert len(lines) == 3 and '"Acme, ""Inc"""' in lines[1]
     events = json.loads(b"".join(json_response.streaming_content))
     assert [e["customer"] for e in events] == ['Acme, "Inc"', None]
