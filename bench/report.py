@@ -64,6 +64,19 @@ def evaluate(r: dict) -> dict[str, tuple[float, bool]]:
     return out
 
 
+def security_summary(r: dict, meta: dict) -> dict:
+    """What the security page quotes (costr/trust.py reads it from docs/benchmarks.json)."""
+    figures = evaluate(r)
+    m = meta["machine"]
+    return {
+        "date": meta["date"],
+        "machine": f"{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}",
+        "added_p50_ms": round(figures["added_p50"][0], 3),
+        "added_p99_ms": round(figures["added_p99"][0], 3),
+        "usage_sink": meta["usage_sink"],
+    }
+
+
 def _verdict(ok: bool | None) -> str:
     return "not checked" if ok is None else "PASS" if ok else "**MISS**"
 

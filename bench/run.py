@@ -581,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         text = report.render(results, meta)
         Path(args.output).write_text(text)
+        if not args.quick:
+            summary_path = Path(args.output).with_suffix(".json")
+            summary_path.write_text(json.dumps(report.security_summary(results, meta), indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps({"results": results}, indent=1, default=str))
         print(report.summary(results))

@@ -98,14 +98,14 @@ class Origin:
             raise ValueError(f"not an http(s) origin: {url!r}")
         default_port = 443 if parts.scheme == "https" else 80
         port = parts.port or default_port
-        host = parts.hostname
+        host = parts.hostname.encode("idna").decode("ascii")
         shown = f"[{host}]" if ":" in host else host
         host_header = shown if port == default_port else f"{shown}:{port}"
         return cls(
             scheme=parts.scheme,
             host=host,
             port=port,
-            host_header=host_header.encode("idna" if not host.isascii() else "ascii"),
+            host_header=host_header.encode("ascii"),
             path_prefix=parts.path.rstrip("/").encode(),
         )
 

@@ -715,3 +715,31 @@ def test_an_error_from_a_streamed_body_passes_through_and_the_connection_is_drop
             return idle
 
     assert run(scenario()) == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "host_header", "prefix"),
+    [
+        ("https://api.openai.com", "api.openai.com", 443, b"api.openai.com", b""),
+        ("https://API.openai.com:443/", "api.openai.com", 443, b"api.openai.com", b""),
+        ("http://127.0.0.1:8000/prefix/", "127.0.0.1", 8000, b"127.0.0.1:8000", b"/prefix"),
+        ("http://[::1]:8080", "::1", 8080, b"[::1]:8080", b""),
+        ("https://bücher.example", "xn--bcher-kva.example", 443, b"xn--bcher-kva.example", b""),
+    ],
+)
+def test_an_origin_setting_gives_the_address_the_host_header_and_the_path_prefix(
+    url, host, port, host_header, prefix
+):
+    origin = Origin.parse(url)
+    assert (origin.host, origin.port, origin.host_header, origin.path_prefix) == (
+        host,
+        port,
+        host_header,
+        prefix,
+    )
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com", "api.openai.com", "https://"])
+def test_an_origin_setting_that_is_not_http_is_refused(url):
+    with pytest.raises(ValueError):
+        Origin.parse(url)
