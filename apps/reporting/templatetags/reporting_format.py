@@ -73,3 +73,18 @@ def change(current, previous, kind: str = "relative"):
         arrow,
         f"{abs(ratio):.0f}",
     )
+
+
+@register.filter
+def compact(value) -> str:
+    """A large count in few characters (2.22B, 201M, 12.3K); exact below 10,000."""
+    if value is None:
+        return "—"
+    value = int(value)
+    if abs(value) >= 10**9:
+        return f"{value / 10**9:.3g}B"
+    if abs(value) >= 10**6:
+        return f"{value / 10**6:.3g}M"
+    if abs(value) >= 10**4:
+        return f"{value / 10**3:.3g}K"
+    return intcomma(value)

@@ -43,7 +43,8 @@ def test_cards_show_the_periods_totals_and_their_change(client, october, member)
     assert "6" in requests and "▲ 500%" in requests  # 6 vs 1
     tokens = text_of(html, "card-tokens")
     # input: 3 x 1,000 + 1,000,000 + 1,000 + 1,000; output: 3 x 100 + 0 + 100 + 100
-    assert "1,005,000 in / 500 out" in tokens
+    assert "1M in / 500 out" in tokens  # 1,005,000 to three significant digits
+    assert "1,005,000 in, incl. 0 cached · 500 out, incl. 0 reasoning" in tokens
     errors = text_of(html, "card-errors")
     assert "16.7%" in errors  # 1 of 6
     assert "▲ 16.7 pts" in errors  # September had no error
