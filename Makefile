@@ -28,9 +28,11 @@ test: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
-# Proxy overhead against the fake provider (a few minutes); writes docs/benchmarks.md.
+# Proxy overhead against the fake provider, then the sink, writer and reporting benchmarks on
+# PostgreSQL (BENCH_DATABASE_URL); about ten minutes; writes docs/benchmarks.md and .json.
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.extras
 
 lint: install
 	$(VENV)/bin/ruff check .

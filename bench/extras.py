@@ -1,0 +1,89 @@
+"""`make bench`, second part: the metering and reporting benchmarks, appended to the proxy's
+docs/benchmarks.md as sections of their own.
+
+They measure PostgreSQL, so they run against a server, never the embedded SQLite: the one
+``BENCH_DATABASE_URL`` names (default ``postgres://postgres@127.0.0.1:5432/postgres``). The sink
+and writer benchmarks write into a scratch database ``costr_bench`` (dropped and created here);
+the reporting benchmark makes its own (``costr_bench_reporting``). Without a reachable
+PostgreSQL the sections say so instead of guessing.
+
+    .venv/bin/python -m bench.extras [--output docs/benchmarks.md]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = "costr_bench"
+# Each benchmark is its own process: each sets Django up on the database it is given.
+# Each prints a markdown section with its own heading.
+SECTIONS = [
+    ("Usage sink", "bench.sink"),
+    ("Usage writer", "bench.writer"),
+    ("Reporting", "bench.reporting"),
+]
+
+
+def _server() -> str:
+    return os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def _recreate_scratch(server: str) -> str:
+    import psycopg
+
+    parts = urlsplit(server)
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{SCRATCH}" WITH (FORCE)')
+        db.execute(f'CREATE DATABASE "{SCRATCH}"')
+    return urlunsplit(parts._replace(path=f"/{SCRATCH}"))
+
+
+def _run_section(title: str, module: str, database_url: str) -> str:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "costr.settings.local",
+    }
+    done = subprocess.run(  # noqa: S603 - our own modules, run with this interpreter
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout)[-2000:]
+        return f"## {title}\n\nNot measured: `python -m {module}` failed:\n\n```\n{tail}\n```\n"
+    return done.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    server = _server()
+    try:
+        scratch = _recreate_scratch(server)
+    except Exception as error:  # any failure to reach the server is reported
+        sections = [
+            f"## Metering and reporting\n\nNot measured: no PostgreSQL at `{server}` ({error}).\n"
+        ]
+    else:
+        sections = []
+        for title, module in SECTIONS:
+            print(f"[bench] {title}…", flush=True)
+            url = server if module == "bench.reporting" else scratch
+            sections.append(_run_section(title, module, url).strip() + "\n")
+    with Path(args.output).open("a") as output:
+        output.write("\n" + "\n".join(sections))
+    print(f"[bench] appended {len(sections)} sections to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
