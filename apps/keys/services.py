@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 from django.apps import apps
 from django.db import transaction
+from django.db.models import CharField, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -318,12 +320,17 @@ def last_used_apply(uses: dict[str, float]) -> int:
 
 def organization_secrets_destroy(*, organization: Organization) -> int:
     """Delete every secret the organization stored (provider keys, the Stripe key, anything kept
-    in the vault) and every token, and make each worker forget them. For account deletion:
-    nothing of these is left to decrypt or to authenticate with, from the moment this commits."""
+    in the vault), revoke every token and overwrite its hash, and make each worker forget them.
+    For account deletion: nothing is left to decrypt or to authenticate with from the moment this
+    commits. Token rows stay until the organization's data is deleted: deleting them now would
+    make the database null the token of every usage event in this request."""
     with transaction.atomic():
         destroyed = sum(
             model.objects.for_org(organization).delete()[0] for model in encrypted_secret_models()
         )
-        destroyed += ProxyToken.objects.for_org(organization).delete()[0]
+        destroyed += ProxyToken.objects.for_org(organization).update(
+            revoked_at=timezone.now(),
+            token_hash=Concat(Value("destroyed:"), Cast("pk", CharField())),
+        )
         _invalidate_on_commit(organization.pk)
     return destroyed

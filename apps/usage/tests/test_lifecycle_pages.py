@@ -127,8 +127,15 @@ def test_deleting_destroys_secrets_at_once_and_every_row_by_the_task(
     store_usage(other_org)
     client.force_login(owner)
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(reverse("org_delete", args=[org.slug]), {"confirm_slug": org.slug})
+
+    # At once, before the data task: no key left, no token that authenticates.
+    assert not ProviderKey.objects.unscoped(reason="test").filter(organization_id=org.pk).exists()
+    tokens = ProxyToken.objects.unscoped(reason="test").filter(organization_id=org.pk)
+    assert all(t.revoked_at and t.token_hash.startswith("destroyed:") for t in tokens)
+    for callback in callbacks:
+        callback()
 
     assert response.status_code == 302
     assert not Organization.objects.filter(pk=org.pk).exists()
