@@ -196,6 +196,7 @@ def start(
     pin: bool,
     server: str = "gunicorn",
     usage_stream: tuple[str, str] | None = None,
+    sink_off: bool = False,
 ) -> Setup:
     """The fake and Costr, running. ``usage_stream`` is (Redis URL, stream name) to send usage
     to a Redis stream, as in production, instead of the embedded writer."""
@@ -236,9 +237,12 @@ def start(
     }
     if usage_stream is not None:
         costr_env["COSTR_USAGE_REDIS_URL"], costr_env["COSTR_USAGE_STREAM"] = usage_stream
+    argv = server_argv(server, costr_port)
+    if sink_off:
+        argv += ["--config", "python:bench.sink_off"]
     master = children.start(
         server,
-        server_argv(server, costr_port),
+        argv,
         env=costr_env,
         cwd=ROOT,
         log=tmp / "gunicorn.log",
@@ -540,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
         help="send usage to a Redis stream at URL (the production layout: no writer in the "
         "worker) instead of the embedded writer; the stream is deleted afterwards",
     )
+    parser.add_argument(
+        "--usage-sink-off",
+        action="store_true",
+        help="replace the worker's usage sink by a no-op (to measure what metering costs)",
+    )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
@@ -559,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         usage_stream = (
             (args.usage_redis, f"costr:bench:{os.getpid()}") if args.usage_redis else None
         )
-        setup = start(plan, tmp, children, pin, args.server, usage_stream)
+        setup = start(
+            plan, tmp, children, pin, args.server, usage_stream, sink_off=args.usage_sink_off
+        )
         log(f"fake on :{setup.fake_port}, Costr on :{setup.costr_port} (worker {setup.worker_pid})")
         sanity_check(setup)
         try:
@@ -573,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             pinned=setup.pinned,
             server=setup.server,
-            usage_sink="redis" if usage_stream else "embedded",
+            usage_sink="off" if args.usage_sink_off else "redis" if usage_stream else "embedded",
             quick=args.quick,
             plan=plan,
             duration_s=time.monotonic() - started,
