@@ -12,16 +12,7 @@ from apps.accounts.tenancy import OrganizationViewMixin
 from apps.keys import services
 from apps.keys.forms import ProviderKeyForm, ProxyTokenForm
 from apps.keys.models import Provider, ProviderKey, ProxyToken
-
-
-def proxy_base_urls(request, organization) -> dict[str, str]:
-    """What each SDK takes as its base URL, on the host the person is looking at."""
-    root = request.build_absolute_uri(f"/p/{organization.slug}")
-    return {
-        "openai": f"{root}/openai/v1",
-        "anthropic": f"{root}/anthropic",
-        "google": f"{root}/google",
-    }
+from apps.keys.proxy_urls import proxy_base_urls
 
 
 class VaultPageMixin(OrganizationViewMixin):

@@ -13,7 +13,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import Http404, HttpResponse, StreamingHttpResponse
@@ -24,6 +23,7 @@ from django.views.generic import TemplateView
 from apps.accounts.services import audit_event_record, client_ip
 from apps.accounts.tenancy import OrganizationViewMixin
 from apps.billing import selectors as billing
+from apps.keys.proxy_urls import proxy_base_urls
 from apps.reporting import selectors
 from apps.reporting.forms import (
     CustomerListForm,
@@ -186,16 +186,6 @@ def _query(params, *, only=None, without=()) -> str:
 # Overview -----------------------------------------------------------------------------------
 
 
-def proxy_base_urls(organization) -> dict[str, str]:
-    """What each SDK takes as its base URL, on the address Costr is served at."""
-    root = f"{settings.COSTR_BASE_URL}/p/{organization.slug}"
-    return {
-        "openai": f"{root}/openai/v1",
-        "anthropic": f"{root}/anthropic",
-        "google": f"{root}/google",
-    }
-
-
 def _margin_summary(organization, period: Period, by_customer: dict[str, Totals]):
     """The overview's margin card: USD revenue against the AI cost of the customers it came
     from, how many of them cost more than they paid, and the revenue left unconverted."""
@@ -243,7 +233,7 @@ class OverviewView(ReportPageMixin, TemplateView):
         if not selectors.organization_has_usage(organization=self.organization):
             self.template_name = "reporting/getting_started.html"
             context = super(ReportPageMixin, self).get_context_data(**kwargs)
-            context["base_urls"] = proxy_base_urls(self.organization)
+            context["base_urls"] = proxy_base_urls(self.request, self.organization)
             return self.render_to_response(context)
         return super().get(request, *args, **kwargs)
 

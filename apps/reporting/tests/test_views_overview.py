@@ -135,9 +135,11 @@ def test_a_period_without_requests_says_so(client, october, member):
 
 
 def test_an_org_without_traffic_gets_started(client, org, member, settings):
-    settings.COSTR_BASE_URL = "https://costr.example.com"
+    settings.ALLOWED_HOSTS = ["costr.example.com"]
     client.force_login(member)
-    html = client.get(url("org_home", org)).content.decode()
+    html = client.get(
+        url("org_home", org), secure=True, HTTP_HOST="costr.example.com"
+    ).content.decode()
 
     assert "Getting started" in html
     for base in ("openai/v1", "anthropic", "google"):
