@@ -10,7 +10,7 @@ import re
 
 from django.http import JsonResponse
 from django.shortcuts import render
-from django.urls import path, re_path
+from django.urls import path, re_path, register_converter
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_safe
@@ -18,9 +18,18 @@ from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiYamlRenderer
 from drf_spectacular.views import SpectacularAPIView
 
+from apps.reporting.api import (
+    CustomerDetailView,
+    CustomerListView,
+    EventListView,
+    ExternalIdConverter,
+    SpendReportView,
+)
 from apps.usage.api import IngestView
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+
+register_converter(ExternalIdConverter, "api_external_id")
 
 
 class SchemaView(SpectacularAPIView):
@@ -188,8 +197,17 @@ def not_found(request, rest=""):
 
 urlpatterns = [
     path("ingest/", IngestView.as_view(), name="api_ingest"),
+    path("events/", EventListView.as_view(), name="api_events"),
+    path("reports/spend/", SpendReportView.as_view(), name="api_spend"),
+    path("customers/", CustomerListView.as_view(), name="api_customers"),
+    path(
+        "customers/<api_external_id:external_id>/",
+        CustomerDetailView.as_view(),
+        name="api_customer_detail",
+    ),
     path("schema/", SchemaView.as_view(), name="api_schema"),
     path("docs/", docs, name="api_docs"),
-    # Last: anything else under /api/v1/.
-    re_path(r"^(?P<rest>.*)$", not_found),
+    # Last: anything else under /api/v1/, newlines included (``.*`` would leave a path with a
+    # newline to Django's HTML 404 page).
+    re_path(r"^(?P<rest>[\s\S]*)$", not_found),
 ]

@@ -1,0 +1,554 @@
+"""``/api/v1/`` reporting endpoints: events, the spend report and customers with their margin.
+
+Views are thin: they read their parameters through the serializers in ``serializers.py``, ask
+the reporting and billing selectors (rollups for whole UTC days, events only for the edges and
+for what rollups cannot answer), and shape the answer. Each reads a fixed number of queries,
+however much data the organization has.
+"""
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlencode
+
+from django.db.models import Q
+from django.http import Http404
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
+
+from apps.accounts.api import OrganizationAPIView, error_responses, org_parameter
+from apps.billing import selectors as billing
+from apps.reporting import selectors
+from apps.reporting.selectors import Totals
+from apps.reporting.serializers import (
+    DEFAULT_DAYS,
+    PROPERTY_GROUP,
+    CustomerSerializer,
+    EventQuerySerializer,
+    PeriodQuerySerializer,
+    SpendQuerySerializer,
+    SpendReportSerializer,
+    UsageEventSerializer,
+)
+from apps.usage.models import Customer
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+READ_ERRORS = (400, 401, 403, 404, 405, 503)
+
+
+class ExternalIdConverter:
+    """A customer's external id in ``/customers/{external_id}/``: the rest of the path, whatever
+    it holds. External ids come from the X-Costr-Customer header or the ingest API and may hold
+    slashes, spaces, newlines or any Unicode; a client percent-encodes the id once, and the
+    server has decoded it by the time the URL is matched (so ``%2F`` arrives as ``/``)."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+# --- Pagination ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    reverse: bool
+    position: tuple
+
+
+class KeysetPagination(CursorPagination):
+    """DRF's cursor pagination (opaque ``cursor`` links in ``{"next", "previous", "results"}``),
+    with the position made of the whole ordering, e.g. (timestamp, id), instead of its first
+    field plus an offset: every row has a position of its own, so a walk meets each row exactly
+    once however many rows share a timestamp, and the database seeks to the position along its
+    index instead of counting past an offset. A malformed cursor is a 400."""
+
+    page_size = 100
+    max_page_size = 500
+    page_size_query_param = "page_size"
+    cursor_query_description = "Opaque: the `next` or `previous` link of a page carries it."
+    page_size_query_description = f"Results per page, 1 to {max_page_size} (default {page_size})."
+    # (field, ascending) pairs, the last one unique.
+    keyset: tuple[tuple[str, bool], ...] = ()
+
+    def position_of(self, row) -> list:
+        raise NotImplementedError
+
+    def parse_position(self, values: list) -> tuple:
+        """The position's values for filtering; raises ValueError or TypeError when malformed."""
+        raise NotImplementedError
+
+    def get_page_size(self, request):
+        value = request.query_params.get(self.page_size_query_param)
+        if value is None:
+            return self.page_size
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if not 1 <= size <= self.max_page_size:
+            raise ValidationError(
+                {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]}
+            )
+        return size
+
+    def decode_cursor(self, request):
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
+        try:
+            tokens = parse_qs(base64.b64decode(encoded.encode("ascii"), validate=True).decode())
+            reverse = tokens.get("r", ["0"])[0] == "1"
+            position = self.parse_position(json.loads(tokens["p"][0]))
+        except (
+            KeyError,
+            IndexError,
+            ValueError,
+            TypeError,
+            UnicodeError,
+            binascii.Error,
+            RecursionError,  # JSON nested beyond what the decoder can follow
+        ):
+            raise ValidationError({self.cursor_query_param: ["Invalid cursor."]}) from None
+        return _Cursor(reverse=reverse, position=position)
+
+    def _encode(self, *, reverse: bool, row) -> str:
+        tokens = {"p": json.dumps(self.position_of(row), ensure_ascii=False)}
+        if reverse:
+            tokens["r"] = "1"
+        encoded = base64.b64encode(urlencode(tokens).encode("ascii")).decode("ascii")
+        return replace_query_param(self.base_url, self.cursor_query_param, encoded)
+
+    def _seek(self, queryset, position: tuple, *, forward: bool):
+        """Rows strictly after ``position`` in the walk's direction, as a keyset condition
+        (two fields: the first bounded inclusively, so an index range scan serves it)."""
+        (first, first_up), (second, second_up) = self.keyset
+        after_first = "gt" if first_up == forward else "lt"
+        after_second = "gt" if second_up == forward else "lt"
+        bound = "gte" if after_first == "gt" else "lte"
+        return queryset.filter(**{f"{first}__{bound}": position[0]}).filter(
+            Q(**{f"{first}__{after_first}": position[0]})
+            | Q(**{f"{second}__{after_second}": position[1]})
+        )
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.request = request
+        self.page_size = self.get_page_size(request)
+        self.base_url = request.build_absolute_uri()
+        self.cursor = self.decode_cursor(request)
+        forward = self.cursor is None or not self.cursor.reverse
+        order = [("" if ascending == forward else "-") + name for name, ascending in self.keyset]
+        queryset = queryset.order_by(*order)
+        if self.cursor is not None:
+            queryset = self._seek(queryset, self.cursor.position, forward=forward)
+        rows = list(queryset[: self.page_size + 1])
+        more = len(rows) > self.page_size
+        self.page = rows[: self.page_size]
+        if forward:
+            self.has_next, self.has_previous = more, self.cursor is not None
+        else:
+            self.page.reverse()
+            self.has_next, self.has_previous = True, more
+        return self.page
+
+    def get_next_link(self):
+        if not (self.has_next and self.page):
+            return None
+        return self._encode(reverse=False, row=self.page[-1])
+
+    def get_previous_link(self):
+        if not (self.has_previous and self.page):
+            return None
+        return self._encode(reverse=True, row=self.page[0])
+
+
+class EventPagination(KeysetPagination):
+    """Newest first; ties on the timestamp by id, newest first."""
+
+    keyset = (("timestamp", False), ("id", False))
+
+    def position_of(self, row) -> list:
+        delta = row.timestamp - EPOCH
+        return [(delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds, row.pk]
+
+    def parse_position(self, values: list) -> tuple:
+        micros, pk = values
+        if type(micros) is not int or type(pk) is not int:
+            raise TypeError("cursor position")
+        try:
+            return EPOCH + timedelta(microseconds=micros), pk
+        except OverflowError as error:
+            raise ValueError("cursor position") from error
+
+
+class CustomerPagination(KeysetPagination):
+    """By external id (unique in an organization), then id."""
+
+    keyset = (("external_id", True), ("id", True))
+
+    def position_of(self, row) -> list:
+        return [row.external_id, row.pk]
+
+    def parse_position(self, values: list) -> tuple:
+        external_id, pk = values
+        if not isinstance(external_id, str) or type(pk) is not int or "\x00" in external_id:
+            raise TypeError("cursor position")
+        return external_id, pk
+
+
+def _page_serializer(name: str, item: serializers.Serializer):
+    """The ``{"next", "previous", "results"}`` shape around ``item``, for the schema."""
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "__doc__": "One page; follow `next` for older (later) results until it is null.",
+            "next": serializers.URLField(allow_null=True, help_text="The next page, or null."),
+            "previous": serializers.URLField(
+                allow_null=True, help_text="The previous page, or null."
+            ),
+            "results": item,
+        },
+    )
+
+
+UsageEventPageSerializer = _page_serializer("UsageEventPage", UsageEventSerializer(many=True))
+CustomerPageSerializer = _page_serializer("CustomerPage", CustomerSerializer(many=True))
+
+
+def _page_parameters():
+    return [
+        OpenApiParameter(
+            "cursor",
+            str,
+            OpenApiParameter.QUERY,
+            description=KeysetPagination.cursor_query_description,
+        ),
+        OpenApiParameter(
+            "page_size",
+            {"type": "integer", "minimum": 1, "maximum": KeysetPagination.max_page_size},
+            OpenApiParameter.QUERY,
+            description=KeysetPagination.page_size_query_description,
+        ),
+    ]
+
+
+# --- Parameters ---------------------------------------------------------------------------------
+
+BOUND_SCHEMA = {
+    "oneOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
+}
+
+
+def _bound_parameters(*, default: bool):
+    when = (
+        f" Without `start` and `end`: the last {DEFAULT_DAYS} UTC days, today included."
+        if default
+        else " Without it: no bound."
+    )
+    return [
+        OpenApiParameter(
+            "start",
+            BOUND_SCHEMA,
+            OpenApiParameter.QUERY,
+            description="The period's first instant: an ISO 8601 date (from 00:00 UTC that day) "
+            "or date and time (UTC when it names no zone)." + when,
+        ),
+        OpenApiParameter(
+            "end",
+            BOUND_SCHEMA,
+            OpenApiParameter.QUERY,
+            description="The period's end: an ISO 8601 date is the last day included (to 00:00 "
+            "UTC the day after); a date and time is the first instant left out." + when,
+        ),
+    ]
+
+
+def _read(serializer_class, request, **context):
+    # A plain dict, not the QueryDict: DRF reads an empty form value as "not given", and a
+    # `start=` left empty is a mistake to report, not a period to guess.
+    query = serializer_class(data=request.query_params.dict(), context=context)
+    query.is_valid(raise_exception=True)
+    return query.validated_data
+
+
+def _figures(totals: Totals) -> dict:
+    return {
+        "requests": totals.requests,
+        "input_tokens": totals.input_tokens,
+        "cached_input_tokens": totals.cached_input_tokens,
+        "cache_write_tokens": totals.cache_write_tokens,
+        "output_tokens": totals.output_tokens,
+        "reasoning_tokens": totals.reasoning_tokens,
+        "cost_usd": totals.cost,
+        "unpriced_requests": totals.unpriced_requests,
+    }
+
+
+# --- Events -------------------------------------------------------------------------------------
+
+
+class EventListView(OrganizationAPIView):
+    @extend_schema(
+        operation_id="events_list",
+        summary="Usage events, newest first",
+        description=(
+            "One event per request Costr forwarded (or the SDK reported through ingest), "
+            "newest first, ties by id. Cursor-paginated: follow `next` until it is null; each "
+            "event appears exactly once in a walk.\n\n"
+            "Filters combine with AND. Besides the parameters listed, **property filters** are "
+            "query parameters named `property.<name>` with the exact value wanted, e.g. "
+            "`?property.feature=summaries&property.env=prod` (the name is everything after "
+            "the first dot; names and values up to 255 characters)."
+        ),
+        parameters=[
+            *_bound_parameters(default=False),
+            OpenApiParameter(
+                "customer", str, description="The customer's external id (X-Costr-Customer)."
+            ),
+            OpenApiParameter(
+                "provider",
+                {"type": "string", "enum": ["openai", "anthropic", "google"]},
+                description="The provider the request went to.",
+            ),
+            OpenApiParameter("model", str, description="The model, exactly as stored."),
+            OpenApiParameter(
+                "status",
+                {"type": "integer", "minimum": 100, "maximum": 599},
+                description="The upstream HTTP status.",
+            ),
+            OpenApiParameter(
+                "outcome",
+                {
+                    "type": "string",
+                    "enum": [
+                        "ok",
+                        "upstream_error",
+                        "client_disconnected",
+                        "upstream_disconnected",
+                        "costr_error",
+                    ],
+                },
+                description="How the request ended: `ok`, an upstream error, a client or "
+                "upstream that went away mid-stream, or Costr's own error.",
+            ),
+            *_page_parameters(),
+            org_parameter(),
+        ],
+        responses={200: UsageEventPageSerializer, **error_responses(*READ_ERRORS)},
+        tags=["reporting"],
+    )
+    def get(self, request, *args, **kwargs):
+        query = _read(EventQuerySerializer, request, query=request.query_params)
+        events = selectors.events_filtered(
+            organization=self.organization,
+            start=query.get("start"),
+            end=query.get("end"),
+            customer=query.get("customer"),
+            provider=query.get("provider"),
+            model=query.get("model"),
+            status=query.get("status"),
+            outcome=query.get("outcome"),
+            properties=query["properties"],
+        ).defer("raw_usage")
+        paginator = EventPagination()
+        page = paginator.paginate_queryset(events, request, view=self)
+        return paginator.get_paginated_response(UsageEventSerializer(page, many=True).data)
+
+
+# --- Spend report -------------------------------------------------------------------------------
+
+
+def _spend_rows(organization, *, group_by: str, start, end) -> list[tuple[str | None, Totals]]:
+    if group_by == "day":
+        by_day = selectors.usage_by_day(organization=organization, start=start, end=end, zone=UTC)
+        return sorted((day.isoformat(), totals) for (day, _), totals in by_day.items())
+    if group_by.startswith(PROPERTY_GROUP):
+        found = selectors.usage_by_property(
+            organization=organization, start=start, end=end, name=group_by[len(PROPERTY_GROUP) :]
+        )
+    else:
+        found = selectors.usage_by(
+            organization=organization, start=start, end=end, group_by=group_by
+        )
+    rows = [(key or None, totals) for key, totals in found.items() if totals.requests]
+    # Costliest first; ties by requests, then by key (requests without one last).
+    rows.sort(key=lambda row: (-row[1].cost, -row[1].requests, row[0] is None, row[0] or ""))
+    return rows
+
+
+class SpendReportView(OrganizationAPIView):
+    @extend_schema(
+        operation_id="reports_spend",
+        summary="Spend and tokens grouped by day, customer, model, provider or a property",
+        description=(
+            "Sums over [start, end) per group, and the total. `cost_usd` sums the priced "
+            "requests; `unpriced_requests` counts the requests whose model has no known price "
+            "(they add nothing to the cost and are never priced at $0).\n\n"
+            "`group_by`: `day` (UTC days, `key` `YYYY-MM-DD`, in date order), `customer` (the "
+            "external id), `model`, `provider`, or `property:<name>` (the property's value). "
+            "Other groupings come costliest first. Only groups with requests are listed. Whole "
+            "UTC days are read from daily rollups, so long periods stay fast; grouping by a "
+            "property reads the events themselves."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "group_by",
+                {
+                    "type": "string",
+                    "pattern": "^(day|customer|model|provider|property:.+)$",
+                    "default": "day",
+                },
+                description="day, customer, model, provider or property:<name> (default day).",
+            ),
+            *_bound_parameters(default=True),
+            org_parameter(),
+        ],
+        responses={200: SpendReportSerializer, **error_responses(*READ_ERRORS)},
+        tags=["reporting"],
+    )
+    def get(self, request, *args, **kwargs):
+        query = _read(SpendQuerySerializer, request, now=timezone.now())
+        start, end, group_by = query["start"], query["end"], query["group_by"]
+        rows = _spend_rows(self.organization, group_by=group_by, start=start, end=end)
+        total = Totals()
+        for _, totals in rows:
+            total.add(totals)
+        body = {
+            "group_by": group_by,
+            "start": start,
+            "end": end,
+            "rows": [{"key": key, **_figures(totals)} for key, totals in rows],
+            "total": _figures(total),
+        }
+        return Response(SpendReportSerializer(body).data)
+
+
+# --- Customers ----------------------------------------------------------------------------------
+
+
+def _customer_body(customer, totals: Totals, revenue: list) -> dict:
+    margin = billing.margin(totals.cost, revenue) if revenue else None
+    return {
+        "external_id": customer.external_id,
+        "name": customer.name,
+        "stripe_customer_id": customer.stripe_customer_id or None,
+        "requests": totals.requests,
+        "cost_usd": totals.cost,
+        "unpriced_requests": totals.unpriced_requests,
+        "revenue": [{"currency": r.currency, "gross": r.gross, "net": r.net} for r in revenue],
+        "margin_usd": margin.margin_usd if margin else None,
+        "margin_pct": margin.margin_pct if margin else None,
+    }
+
+
+CUSTOMER_DESCRIPTION = (
+    "Usage is summed over [start, end); revenue is the Stripe revenue of the Stripe customers "
+    "mapped to the customer over the same period, per settlement currency, in major units "
+    "(dollars, not cents; yen as whole yen), never converted. `margin_usd` is net USD revenue "
+    "minus the cost, null without USD revenue; `margin_pct` is that margin as a percentage of "
+    "the net USD revenue, null when it is not positive."
+)
+
+
+class CustomerListView(OrganizationAPIView):
+    model = Customer
+
+    @extend_schema(
+        operation_id="customers_list",
+        summary="Customers with their cost, revenue and margin",
+        description="Every customer the organization has sent traffic for, by external id. "
+        + CUSTOMER_DESCRIPTION,
+        parameters=[*_bound_parameters(default=True), *_page_parameters(), org_parameter()],
+        responses={200: CustomerPageSerializer, **error_responses(*READ_ERRORS)},
+        tags=["reporting"],
+    )
+    def get(self, request, *args, **kwargs):
+        query = _read(PeriodQuerySerializer, request, now=timezone.now())
+        start, end = query["start"], query["end"]
+        paginator = CustomerPagination()
+        page = paginator.paginate_queryset(self.get_queryset(), request, view=self)
+        usage = (
+            selectors.usage_by(
+                organization=self.organization, start=start, end=end, group_by="customer"
+            )
+            if page
+            else {}
+        )
+        revenue = (
+            billing.revenue_by_customer(
+                organization=self.organization,
+                start=start,
+                end=end,
+                customer_ids=[c.pk for c in page],
+            )
+            if page
+            else {}
+        )
+        results = [
+            _customer_body(c, usage.get(c.external_id, Totals()), revenue.get(c.pk, []))
+            for c in page
+        ]
+        return paginator.get_paginated_response(CustomerSerializer(results, many=True).data)
+
+
+class CustomerDetailView(OrganizationAPIView):
+    model = Customer
+
+    @extend_schema(
+        operation_id="customers_retrieve",
+        summary="One customer's cost, revenue and margin",
+        description=CUSTOMER_DESCRIPTION
+        + "\n\nAnother organization's customer, like an unknown one, answers 404.",
+        parameters=[
+            OpenApiParameter(
+                "external_id",
+                OpenApiTypes.STR,
+                OpenApiParameter.PATH,
+                description="The customer's external id, percent-encoded once; it may contain "
+                "slashes, spaces or any Unicode.",
+            ),
+            *_bound_parameters(default=True),
+            org_parameter(),
+        ],
+        responses={200: CustomerSerializer, **error_responses(*READ_ERRORS)},
+        tags=["reporting"],
+    )
+    def get(self, request, *args, **kwargs):
+        query = _read(PeriodQuerySerializer, request, now=timezone.now())
+        start, end = query["start"], query["end"]
+        external_id = kwargs["external_id"]
+        # No stored id holds NUL (and PostgreSQL could not even compare with one).
+        customer = (
+            None
+            if "\x00" in external_id
+            else self.get_queryset().filter(external_id=external_id).first()
+        )
+        if customer is None:
+            raise Http404
+        totals = Totals()
+        by_provider = selectors.customer_usage_by(
+            organization=self.organization,
+            customer=customer.external_id,
+            start=start,
+            end=end,
+            group_by="provider",
+        )
+        for values in by_provider.values():
+            totals.add(values)
+        revenue = billing.revenue_for_customer(
+            organization=self.organization, customer_id=customer.pk, start=start, end=end
+        )
+        return Response(CustomerSerializer(_customer_body(customer, totals, revenue)).data)
