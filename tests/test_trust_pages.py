@@ -109,3 +109,12 @@ def test_security_page_states_the_purge_time_and_deletion_deadline(client, monke
 
     assert "everything else is deleted within 7 hours" in html
     assert f"Every day at {PURGE_HOUR_UTC:02d}:{PURGE_MINUTE_UTC:02d} UTC" in html
+
+
+def test_the_dpa_lists_the_deployments_subprocessors(client, settings):
+    settings.COSTR_HOSTING_PROVIDER = "Hetzner Online GmbH"
+
+    html = client.get(reverse("dpa")).content.decode()
+
+    assert "Hetzner Online GmbH" in html
+    assert "Stripe, Inc." in html and "Only for organizations that connect Stripe" in html
