@@ -31,7 +31,7 @@ class Subprocessor:
     purpose: str
 
 
-def subprocessors(*, stripe_connected: bool = False) -> list[Subprocessor]:
+def subprocessors() -> list[Subprocessor]:
     """Who processes an organization's data on this deployment's behalf. The AI providers are not
     among them: requests go to them under the organization's own provider accounts and keys."""
     database = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
@@ -42,8 +42,13 @@ def subprocessors(*, stripe_connected: bool = False) -> list[Subprocessor]:
             "database" + (" and Redis" if settings.REDIS_URL else "") + ".",
         )
     ]
-    if stripe_connected:
-        found.append(Subprocessor("Stripe, Inc.", "Read-only source of your customers' revenue."))
+    found.append(
+        Subprocessor(
+            "Stripe, Inc.",
+            "Only for organizations that connect Stripe: the read-only source of their "
+            "customers' revenue.",
+        )
+    )
     return found
 
 
