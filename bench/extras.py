@@ -26,6 +26,7 @@ SCRATCH = "costr_bench"
 SECTIONS = [
     ("Usage sink", "bench.sink"),
     ("Usage writer", "bench.writer"),
+    ("Usage writer: from the Redis stream", "bench.stream_writer"),
     ("Reporting", "bench.reporting"),
 ]
 
