@@ -118,3 +118,10 @@ def test_the_dpa_lists_the_deployments_subprocessors(client, settings):
 
     assert "Hetzner Online GmbH" in html
     assert "Stripe, Inc." in html and "Only for organizations that connect Stripe" in html
+
+
+def test_the_repository_has_benchmark_figures_for_the_security_page():
+    summary = trust.benchmark_summary()
+
+    assert summary is not None, "run make bench: it writes docs/benchmarks.json"
+    assert {"date", "machine", "added_p50_ms", "added_p99_ms"} <= summary.keys()
