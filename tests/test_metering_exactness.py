@@ -17,6 +17,7 @@ from apps.proxy.tests.conftest import (  # noqa: F401 - fixtures, used by name
     proxy,
     sdk,
 )
+from apps.usage.models import OrganizationDailyRollup, PropertyDailyRollup
 from apps.usage.tests.test_exactness import _rollup_totals, expected_cost
 
 # Through the proxy: real requests to the fake provider, each reporting usage in the provider's
@@ -98,20 +99,34 @@ def test_hundreds_of_proxied_requests_sum_exactly(http, proxy):  # noqa: F811
         headers = {**auth[provider](), "x-fake-usage": json.dumps(usage)}
         if rng.random() < 0.5:
             headers["x-costr-customer"] = rng.choice(["acme", "globex", "initech"])
+        feature = rng.choice(["chat", "search", None])
+        if feature:
+            headers["x-costr-property-feature"] = feature
         response = http.post(proxy.url(provider) + path, headers=headers, json=body)
         assert response.status_code == 200, response.text
-        sent[response.headers["x-costr-request-id"]] = (provider, model, tokens)
+        sent[response.headers["x-costr-request-id"]] = (provider, model, tokens, feature)
 
     events = {e.request_id: e for e in proxy.events(expected=len(sent))}
     assert events.keys() == sent.keys()
     expected = {
         request_id: expected_cost(provider, model, tokens, events[request_id].timestamp, "")
-        for request_id, (provider, model, tokens) in sent.items()
+        for request_id, (provider, model, tokens, _) in sent.items()
     }
     assert {request_id: e.cost_usd for request_id, e in events.items()} == expected
     priced = [cost for cost in expected.values() if cost is not None]
     assert 0 < len(priced) < len(sent)
-    requests, rollup_cost, unpriced = _rollup_totals([proxy.organization])
-    assert rollup_cost == sum(priced, Decimal(0))
-    assert requests == len(sent)
-    assert unpriced == len(sent) - len(priced)
+    for rollup in (None, OrganizationDailyRollup):
+        requests, rollup_cost, unpriced = _rollup_totals(
+            [proxy.organization], *([rollup] if rollup else [])
+        )
+        assert rollup_cost == sum(priced, Decimal(0))
+        assert requests == len(sent)
+        assert unpriced == len(sent) - len(priced)
+    for feature in ("chat", "search"):
+        costs = [expected[r] for r, sending in sent.items() if sending[3] == feature]
+        requests, rollup_cost, unpriced = _rollup_totals(
+            [proxy.organization], PropertyDailyRollup, name="feature", value=feature
+        )
+        assert requests == len(costs) > 0
+        assert rollup_cost == sum((c for c in costs if c is not None), Decimal(0))
+        assert unpriced == costs.count(None)

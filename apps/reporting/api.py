@@ -400,8 +400,8 @@ class SpendReportView(OrganizationAPIView):
             "`group_by`: `day` (UTC days, `key` `YYYY-MM-DD`, in date order), `customer` (the "
             "external id), `model`, `provider`, or `property:<name>` (the property's value). "
             "Other groupings come costliest first. Only groups with requests are listed. Whole "
-            "UTC days are read from daily rollups, so long periods stay fast; grouping by a "
-            "property reads the events themselves."
+            "UTC days are read from daily rollups (properties included), so long periods stay "
+            "fast; only the partial days at the period's edges read events."
         ),
         parameters=[
             OpenApiParameter(

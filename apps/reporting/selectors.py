@@ -1,10 +1,16 @@
 """Reads over usage for the dashboards and the reporting API.
 
 Long ranges read the daily rollups, never raw events: a period is cut into whole UTC days, summed
-from ``DailyRollup``, and the partial days at its edges (a period in another time zone, or one
-ending now), summed from events with the same definitions (``usage.services.rollup_aggregates``),
-so both halves agree to the cent. Only what rollups cannot answer reads events over the whole
-period: latency percentiles, properties, and days counted in a time zone other than UTC.
+from rollups, and the partial days at its edges (a period in another time zone, or one ending
+now), summed from events with the same definitions (``usage.services.rollup_aggregates``), so both
+halves agree to the cent. Which rollup: ``OrganizationDailyRollup`` (a few rows a day) for totals,
+days, models, providers and latency; ``DailyRollup`` (a row per customer and model a day) only for
+customer breakdowns; ``PropertyDailyRollup`` for properties. Only days counted in a time zone
+other than UTC read events over the whole period.
+
+Latency percentiles come from the rollups' latency histograms (``usage.models.LATENCY_BOUNDS_MS``)
+plus the edges' events counted into the same buckets, interpolated linearly inside the bucket the
+rank falls in: approximate to that bucket's width (the dashboards say "≈").
 """
 
 from collections import defaultdict
@@ -13,14 +19,26 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models import BooleanField, Case, Max, Q, QuerySet, Sum, Value, When
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Coalesce, TruncDate, TruncMonth
 
 from apps.accounts.models import Organization
-from apps.usage.models import Customer, DailyRollup, RefusalCount, UsageEvent
+from apps.usage.models import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_BUCKETS,
+    PROPERTY_NAME_MAX_LENGTH,
+    PROPERTY_VALUE_MAX_LENGTH,
+    Customer,
+    DailyRollup,
+    OrganizationDailyRollup,
+    PropertyDailyRollup,
+    RefusalCount,
+    UsageEvent,
+)
 from apps.usage.pricing import COST_PLACES
 from apps.usage.services import _rollup_aggregates as rollup_aggregates
+from apps.usage.services import latency_histogram_aggregates
 
 GROUPS = ("customer", "model", "provider")
 # The event field each rollup key stands for.
@@ -62,8 +80,21 @@ class Totals:
     def average_latency_ms(self) -> float | None:
         return self.latency_ms_sum / self.requests if self.requests else None
 
+    def subtract(self, values: "Totals") -> "Totals":
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) - getattr(values, f.name))
+        return self
+
 
 SUMMED = [f.name for f in fields(Totals)]
+
+
+def sum_totals(parts) -> Totals:
+    """Totals added up (e.g. a period's per-model totals: every request is in one of them)."""
+    total = Totals()
+    for part in parts:
+        total.add(part)
+    return total
 
 
 @dataclass(frozen=True)
@@ -98,7 +129,17 @@ def _events(organization: Organization) -> QuerySet[UsageEvent]:
 
 
 def _rollups(organization: Organization) -> QuerySet[DailyRollup]:
+    """Per customer and model: only for what needs the customer."""
     return DailyRollup.objects.for_org(organization)
+
+
+def _org_rollups(organization: Organization) -> QuerySet[OrganizationDailyRollup]:
+    """Per model: everything that does not need the customer."""
+    return OrganizationDailyRollup.objects.for_org(organization)
+
+
+def _property_rollups(organization: Organization) -> QuerySet[PropertyDailyRollup]:
+    return PropertyDailyRollup.objects.for_org(organization)
 
 
 def _edge_filter(edges) -> Q:
@@ -114,7 +155,7 @@ def usage_totals(*, organization: Organization, start: datetime, end: datetime) 
     totals = Totals()
     if pieces.first_day is not None:
         totals.add(
-            _rollups(organization)
+            _org_rollups(organization)
             .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
             .aggregate(**_rollup_sums())
         )
@@ -140,8 +181,9 @@ def usage_by(
     pieces = _pieces(start, end)
     found: dict[str, Totals] = defaultdict(Totals)
     if pieces.first_day is not None:
+        rollups = _rollups if group_by == "customer" else _org_rollups
         rows = (
-            _rollups(organization)
+            rollups(organization)
             .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
             .values(group_by)
             .annotate(**_rollup_sums())
@@ -163,6 +205,51 @@ def usage_by(
     return dict(found)
 
 
+def usage_by_compared(
+    *,
+    organization: Organization,
+    current: tuple[datetime, datetime],
+    previous: tuple[datetime, datetime],
+    group_by: str,
+) -> tuple[dict[str, Totals], dict[str, Totals]]:
+    """``usage_by`` for a period and the one it is compared with, in two reads (the rollups of
+    both periods' whole days, the events of both periods' edges), each grouped by period."""
+    if group_by not in GROUPS:
+        raise ValueError(f"cannot group usage by {group_by!r}")
+    if _overlap(current, previous):
+        return tuple(
+            usage_by(organization=organization, start=start, end=end, group_by=group_by)
+            for start, end in (current, previous)
+        )
+    compared = _compared(current, previous)
+    found: tuple[dict, dict] = (defaultdict(Totals), defaultdict(Totals))  # (before, now)
+    if compared.days is not None:
+        rollups = _rollups if group_by == "customer" else _org_rollups
+        rows = (
+            rollups(organization)
+            .filter(compared.days)
+            .annotate(is_current=compared.day_is_current)
+            .values("is_current", group_by)
+            .annotate(**_rollup_sums())
+            .order_by()
+        )
+        for row in rows:
+            found[row["is_current"]][row[group_by]].add(row)
+    if compared.edges is not None:
+        key = EVENT_KEYS[group_by]
+        rows = (
+            _events(organization)
+            .filter(compared.edges)
+            .annotate(is_current=compared.edge_is_current)
+            .values("is_current", key)
+            .annotate(**rollup_aggregates())
+            .order_by()
+        )
+        for row in rows:
+            found[row["is_current"]][row[key] or ""].add(row)
+    return dict(found[True]), dict(found[False])
+
+
 def usage_by_day(
     *,
     organization: Organization,
@@ -180,7 +267,7 @@ def usage_by_day(
         pieces = _pieces(start, end)
         if pieces.first_day is not None:
             rows = (
-                _rollups(organization)
+                _org_rollups(organization)
                 .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
                 .values("day", *([split_by] if split_by else []))
                 .annotate(**_rollup_sums())
@@ -230,53 +317,92 @@ def _rollup_sums() -> dict:
 def latency_percentiles(
     *, organization: Organization, start: datetime, end: datetime, percentiles=(50, 99)
 ) -> dict[int, int | None]:
-    """Latency (ms) at each percentile over the period's requests (nearest rank)."""
-    events = _events(organization).filter(timestamp__gte=start, timestamp__lt=end)
-    count = events.count()
-    found: dict[int, int | None] = {}
-    for percentile in percentiles:
-        if not count:
-            found[percentile] = None
-            continue
-        rank = max(1, -(-percentile * count // 100))  # ceil(p * n / 100)
-        found[percentile] = events.order_by("latency_ms").values_list("latency_ms", flat=True)[
-            rank - 1
-        ]
-    return found
+    """Latency (ms) at each percentile over the period's requests: the nearest rank's bucket in
+    the latency histogram, interpolated inside it (approximate to the bucket's width; see the
+    module's docstring). None for a period without requests."""
+    pieces = _pieces(start, end)
+    counts = [0] * len(LATENCY_BUCKETS)
+    if pieces.first_day is not None:
+        _histogram_add(
+            counts,
+            _org_rollups(organization)
+            .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
+            .aggregate(**_histogram_sums()),
+        )
+    if pieces.edges:
+        _histogram_add(
+            counts,
+            _events(organization)
+            .filter(_edge_filter(pieces.edges))
+            .aggregate(**latency_histogram_aggregates()),
+        )
+    return {p: percentile_from_histogram(counts, p) for p in percentiles}
+
+
+def _histogram_sums() -> dict:
+    return {name: Coalesce(Sum(name), 0) for name in LATENCY_BUCKETS}
+
+
+def _histogram_add(counts: list[int], row: dict) -> None:
+    for index, name in enumerate(LATENCY_BUCKETS):
+        counts[index] += row[name] or 0
+
+
+def percentile_from_histogram(counts: list[int], percentile: float) -> int | None:
+    """The latency at ``percentile`` of the requests counted per bucket in ``counts``: the rank
+    is the nearest rank (ceil(p * n / 100)); inside the bucket holding it, its k requests of c
+    are taken as spread evenly over the bucket, so the value is ``low + (high - low) * k / c``,
+    rounded to a millisecond. The last bucket is taken as ending at its upper bound."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = max(1, -(-percentile * total // 100))
+    below = 0
+    for index, count in enumerate(counts):
+        if count and below + count >= rank:
+            low, high = LATENCY_BOUNDS_MS[index], LATENCY_BOUNDS_MS[index + 1]
+            return round(low + (high - low) * (rank - below) / count)
+        below += count
+    return LATENCY_BOUNDS_MS[-1]  # pragma: no cover - the ranks are within the total
 
 
 def property_names(*, organization: Organization, start: datetime, end: datetime) -> list[str]:
-    """The property names the period's requests carried."""
+    """The property names the period's requests carried (as rolled up: a name over
+    ``PROPERTY_NAME_MAX_LENGTH`` characters, or one only ever null, is missed on whole days)."""
+    pieces = _pieces(start, end)
     names: set[str] = set()
-    rows = (
-        _events(organization)
-        .filter(timestamp__gte=start, timestamp__lt=end)
-        .exclude(properties={})
-        .values_list("properties", flat=True)
-        .distinct()
-    )
-    for properties in rows.iterator(chunk_size=2000):
-        names.update(properties)
+    if pieces.first_day is not None:
+        names.update(
+            _property_rollups(organization)
+            .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
+            .values_list("name", flat=True)
+            .distinct()
+            .order_by()
+        )
+    if pieces.edges:
+        rows = (
+            _events(organization)
+            .filter(_edge_filter(pieces.edges))
+            .exclude(properties={})
+            .values_list("properties", flat=True)
+            .distinct()
+        )
+        for properties in rows.iterator(chunk_size=2000):
+            if isinstance(properties, dict):
+                names.update(properties)
     return sorted(names)
 
 
 def usage_by_property(
     *, organization: Organization, start: datetime, end: datetime, name: str
 ) -> dict[str, Totals]:
-    """Totals per value of the property ``name`` ("" for requests without it)."""
-    found: dict[str, Totals] = defaultdict(Totals)
-    rows = (
-        _events(organization)
-        .filter(timestamp__gte=start, timestamp__lt=end)
-        # The name as one JSON key, whatever it contains (a "__" is not a nested lookup here).
-        .annotate(property_value=KeyTextTransform(name, "properties"))
-        .values("property_value")
-        .annotate(**rollup_aggregates())
-        .order_by()
+    """Totals per value of the property ``name`` ("" for requests without it). Whole days from
+    the property rollups (the requests without it: the totals minus the values' sums), the
+    edges from events; a value longer than ``PROPERTY_VALUE_MAX_LENGTH`` counts as its start."""
+    now, _ = usage_by_property_compared(
+        organization=organization, current=(start, end), previous=(start, start), name=name
     )
-    for row in rows:
-        found[row["property_value"] or ""].add(row)
-    return dict(found)
+    return now
 
 
 def refused_requests(
@@ -445,16 +571,56 @@ def property_names_recent(
     return sorted(names)
 
 
-def _current_or_previous(current: tuple[datetime, datetime], previous: tuple[datetime, datetime]):
-    """The events of both periods, and an expression telling which one each belongs to."""
-    from django.db.models import BooleanField, Case, Value, When
+def _overlap(current: tuple[datetime, datetime], previous: tuple[datetime, datetime]) -> bool:
+    return current[0] < previous[1] and previous[0] < current[1] and previous[0] < previous[1]
 
-    in_current = Q(timestamp__gte=current[0], timestamp__lt=current[1])
-    in_previous = Q(timestamp__gte=previous[0], timestamp__lt=previous[1])
-    which = Case(
-        When(in_current, then=Value(True)), default=Value(False), output_field=BooleanField()
+
+@dataclass(frozen=True)
+class _Compared:
+    """Two periods cut into whole days and edges, with conditions selecting each one's rollup
+    rows and edge events and an expression telling which period a row belongs to."""
+
+    days: Q | None  # rollup rows of either period's whole days; None: no whole day
+    day_is_current: Case
+    edges: Q | None  # events of either period's edges; None: no edge
+    edge_is_current: Case
+
+
+def _compared(current: tuple[datetime, datetime], previous: tuple[datetime, datetime]):
+    now, before = _pieces(*current), _pieces(*previous)
+
+    def days(pieces: _Pieces) -> Q | None:
+        if pieces.first_day is None:
+            return None
+        return Q(day__gte=pieces.first_day, day__lt=pieces.end_day)
+
+    def which(condition: Q | None) -> Case:
+        return Case(
+            When(condition or Q(pk__in=[]), then=Value(True)),
+            default=Value(False),
+            output_field=BooleanField(),
+        )
+
+    days_now, days_before = days(now), days(before)
+    day_parts = [q for q in (days_now, days_before) if q is not None]
+    edges_now = _edge_filter(now.edges) if now.edges else None
+    edges_before = _edge_filter(before.edges) if before.edges else None
+    edge_parts = [q for q in (edges_now, edges_before) if q is not None]
+    return _Compared(
+        days=_either(day_parts),
+        day_is_current=which(days_now),
+        edges=_either(edge_parts),
+        edge_is_current=which(edges_now),
     )
-    return in_current | in_previous, which
+
+
+def _either(conditions: list[Q]) -> Q | None:
+    if not conditions:
+        return None
+    found = conditions[0]
+    for condition in conditions[1:]:
+        found |= condition
+    return found
 
 
 def usage_by_property_compared(
@@ -464,22 +630,76 @@ def usage_by_property_compared(
     previous: tuple[datetime, datetime],
     name: str,
 ) -> tuple[dict[str, Totals], dict[str, Totals]]:
-    """``usage_by_property`` for a period and the one it is compared with, in one read of the
-    events: a period long enough to need a full scan then costs one scan, not two."""
-    condition, which = _current_or_previous(current, previous)
+    """``usage_by_property`` for a period and the one it is compared with, both in three reads:
+    the property rollups of both periods' whole days, the totals of those days (for the requests
+    without the property), and the events at both periods' edges."""
+    if len(name) > PROPERTY_NAME_MAX_LENGTH or _overlap(current, previous):
+        return (
+            _usage_by_property_from_events(organization, current, name),
+            _usage_by_property_from_events(organization, previous, name),
+        )
+    compared = _compared(current, previous)
+    found: tuple[dict, dict] = (defaultdict(Totals), defaultdict(Totals))  # (before, now)
+    if compared.days is not None:
+        totals = (
+            _org_rollups(organization)
+            .filter(compared.days)
+            .annotate(is_current=compared.day_is_current)
+            .values("is_current")
+            .annotate(**_rollup_sums())
+            .order_by()
+        )
+        without = {row["is_current"]: Totals().add(row) for row in totals}
+        rows = (
+            _property_rollups(organization)
+            .filter(compared.days, name=name)
+            .annotate(is_current=compared.day_is_current)
+            .values("is_current", "value")
+            .annotate(**_rollup_sums())
+            .order_by()
+        )
+        for row in rows:
+            part = Totals().add(row)
+            without.setdefault(row["is_current"], Totals()).subtract(part)
+            found[row["is_current"]][row["value"]].add(part)
+        for is_current, rest in without.items():
+            if rest.requests:
+                found[is_current][""].add(rest)
+    if compared.edges is not None:
+        rows = (
+            _events(organization)
+            .filter(compared.edges)
+            .annotate(
+                is_current=compared.edge_is_current,
+                property_value=KeyTextTransform(name, "properties"),
+            )
+            .values("is_current", "property_value")
+            .annotate(**rollup_aggregates())
+            .order_by()
+        )
+        for row in rows:
+            value = (row["property_value"] or "")[:PROPERTY_VALUE_MAX_LENGTH]
+            found[row["is_current"]][value].add(row)
+    return dict(found[True]), dict(found[False])
+
+
+def _usage_by_property_from_events(
+    organization: Organization, period: tuple[datetime, datetime], name: str
+) -> dict[str, Totals]:
+    """Every event of the period, grouped by the property's value: for a name no rollup keeps."""
+    found: dict[str, Totals] = defaultdict(Totals)
     rows = (
         _events(organization)
-        .filter(condition)
-        .annotate(is_current=which, property_value=KeyTextTransform(name, "properties"))
-        .values("is_current", "property_value")
+        .filter(timestamp__gte=period[0], timestamp__lt=period[1])
+        # The name as one JSON key, whatever it contains (a "__" is not a nested lookup here).
+        .annotate(property_value=KeyTextTransform(name, "properties"))
+        .values("property_value")
         .annotate(**rollup_aggregates())
         .order_by()
     )
-    now: dict[str, Totals] = defaultdict(Totals)
-    before: dict[str, Totals] = defaultdict(Totals)
     for row in rows:
-        (now if row["is_current"] else before)[row["property_value"] or ""].add(row)
-    return dict(now), dict(before)
+        found[row["property_value"] or ""].add(row)
+    return dict(found)
 
 
 def latency_percentiles_compared(
@@ -489,13 +709,9 @@ def latency_percentiles_compared(
     previous: tuple[datetime, datetime],
     percentiles=(50, 99),
 ) -> tuple[dict[int, int | None], dict[int, int | None]]:
-    """``latency_percentiles`` (nearest rank) for a period and the one it is compared with. On
-    PostgreSQL one read of the events answers both with ``percentile_disc`` (the nearest-rank
-    definition: the smallest latency with at least p% of requests at or below it); elsewhere
-    the generic selector runs per period."""
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
+    """``latency_percentiles`` for a period and the one it is compared with, in two reads: the
+    histograms of both periods' whole days grouped by period, and the edges' events likewise."""
+    if _overlap(current, previous):
         return (
             latency_percentiles(
                 organization=organization,
@@ -510,24 +726,31 @@ def latency_percentiles_compared(
                 percentiles=percentiles,
             ),
         )
-    from django.db.models import Aggregate, IntegerField
-
-    class PercentileDisc(Aggregate):
-        function = "PERCENTILE_DISC"
-        template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-        output_field = IntegerField()
-
-    condition, _ = _current_or_previous(current, previous)
-    aggregates = {}
-    for label, (start, end) in (("now", current), ("before", previous)):
-        for percentile in percentiles:
-            aggregates[f"{label}_{percentile}"] = PercentileDisc(
-                "latency_ms",
-                fraction=str(Decimal(percentile) / 100),
-                filter=Q(timestamp__gte=start, timestamp__lt=end),
-            )
-    found = _events(organization).filter(condition).aggregate(**aggregates)
+    compared = _compared(current, previous)
+    counts = {True: [0] * len(LATENCY_BUCKETS), False: [0] * len(LATENCY_BUCKETS)}
+    if compared.days is not None:
+        rows = (
+            _org_rollups(organization)
+            .filter(compared.days)
+            .annotate(is_current=compared.day_is_current)
+            .values("is_current")
+            .annotate(**_histogram_sums())
+            .order_by()
+        )
+        for row in rows:
+            _histogram_add(counts[row["is_current"]], row)
+    if compared.edges is not None:
+        rows = (
+            _events(organization)
+            .filter(compared.edges)
+            .annotate(is_current=compared.edge_is_current)
+            .values("is_current")
+            .annotate(**latency_histogram_aggregates())
+            .order_by()
+        )
+        for row in rows:
+            _histogram_add(counts[row["is_current"]], row)
     return (
-        {p: found[f"now_{p}"] for p in percentiles},
-        {p: found[f"before_{p}"] for p in percentiles},
+        {p: percentile_from_histogram(counts[True], p) for p in percentiles},
+        {p: percentile_from_histogram(counts[False], p) for p in percentiles},
     )

@@ -33,7 +33,7 @@ from apps.reporting.forms import (
     SplitForm,
 )
 from apps.reporting.periods import DEFAULT_PERIOD, Period
-from apps.reporting.selectors import Totals
+from apps.reporting.selectors import Totals, sum_totals
 from apps.usage import export
 
 TOP = 10
@@ -241,26 +241,25 @@ class OverviewView(ReportPageMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         org, period = self.organization, self.period
         current = dict(organization=org, start=period.start, end=period.end)
-        previous = dict(organization=org, start=period.previous_start, end=period.previous_end)
         options = SplitForm(self.request.GET)
         options.is_valid()
         split = options.cleaned_data.get("split") or "provider"
 
-        totals = selectors.usage_totals(**current)
-        before = selectors.usage_totals(**previous)
-        latency, latency_before = selectors.latency_percentiles_compared(
+        periods = dict(
             organization=org,
             current=(period.start, period.end),
             previous=(period.previous_start, period.previous_end),
         )
+        latency, latency_before = selectors.latency_percentiles_compared(**periods)
         by_day = selectors.usage_by_day(**current, zone=self.zone, split_by=split)
         days = period.local_days()
-        customers = selectors.usage_by(**current, group_by="customer")
-        models = selectors.usage_by(**current, group_by="model")
-        customer_rows = _rows(
-            customers, selectors.usage_by(**previous, group_by="customer"), NO_CUSTOMER
-        )
-        model_rows = _rows(models, selectors.usage_by(**previous, group_by="model"), NO_MODEL)
+        customers, customers_before = selectors.usage_by_compared(**periods, group_by="customer")
+        models, models_before = selectors.usage_by_compared(**periods, group_by="model")
+        # Every request has one model row: the totals are their sum (no read of their own).
+        totals = sum_totals(models.values())
+        before = sum_totals(models_before.values())
+        customer_rows = _rows(customers, customers_before, NO_CUSTOMER)
+        model_rows = _rows(models, models_before, NO_MODEL)
 
         names = selectors.property_names_recent(**current)
         chosen = options.cleaned_data.get("property") or ""

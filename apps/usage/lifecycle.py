@@ -20,7 +20,18 @@ from django.utils import timezone
 from apps.accounts.models import Organization, User
 from apps.accounts.services import audit_event_record, organization_deletion_mark
 from apps.keys.services import organization_secrets_destroy
-from apps.usage.models import Customer, DailyRollup, PriceOverride, RefusalCount, UsageEvent
+from apps.usage.models import (
+    Customer,
+    DailyRollup,
+    OrganizationDailyRollup,
+    PriceOverride,
+    PropertyDailyRollup,
+    RefusalCount,
+    UsageEvent,
+)
+
+# Every rollup of usage, deleted with the events they summed.
+ROLLUP_MODELS = (DailyRollup, OrganizationDailyRollup, PropertyDailyRollup)
 
 # What the deletion page promises: everything of a deleted organization gone within this time
 # (the task starts at once; an hourly sweep restarts any that was lost).
@@ -72,8 +83,9 @@ def usage_purge_expired(
     rollups = refusals = 0
     if done:
         # Rollups after their events: a purge cut short never leaves events without their sums.
-        rollups = (
-            DailyRollup.objects.for_org(organization).filter(day__lt=cutoff.date()).delete()[0]
+        rollups = sum(
+            model.objects.for_org(organization).filter(day__lt=cutoff.date()).delete()[0]
+            for model in ROLLUP_MODELS
         )
         refusals = (
             RefusalCount.objects.for_org(organization).filter(day__lt=cutoff.date()).delete()[0]
@@ -126,7 +138,7 @@ def organization_data_delete(
     if organization is None:
         return True  # already gone, or never marked: nothing to do
     budget = max_batches
-    for model in (UsageEvent, DailyRollup, RefusalCount, Customer, PriceOverride):
+    for model in (UsageEvent, *ROLLUP_MODELS, RefusalCount, Customer, PriceOverride):
         _, batches, done = _delete_in_batches(
             model.objects.for_org(organization), batch_size=batch_size, max_batches=budget
         )

@@ -242,3 +242,128 @@ class RefusalCount(TenantModel):
 
     def __str__(self):
         return f"{self.day} {self.status} {self.code}: {self.count}"
+
+
+# Upper bounds of the latency histogram's buckets, in ms: bucket i holds latencies in
+# [LATENCY_BOUNDS_MS[i], LATENCY_BOUNDS_MS[i + 1]), the last also everything at or above its upper
+# bound. Roughly log-spaced: fine where most requests are (tens of ms to seconds), coarse for the
+# long tail of reasoning models and long streams. Changing them invalidates stored histograms:
+# add buckets only with a migration and ``rebuild_rollups``.
+LATENCY_BOUNDS_MS = (
+    0,
+    25,
+    50,
+    100,
+    200,
+    400,
+    700,
+    1_000,
+    1_500,
+    2_500,
+    4_000,
+    7_000,
+    12_000,
+    25_000,
+    60_000,
+    150_000,
+    600_000,
+)
+LATENCY_BUCKETS = [f"latency_bucket_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) - 1)]
+# The longest property name a property rollup keeps (longer names are not rolled up), and where a
+# value is cut: a report groups by values people chose, not by free text.
+PROPERTY_NAME_MAX_LENGTH = 128
+PROPERTY_VALUE_MAX_LENGTH = 255
+# At most this many properties per request (DESIGN.md); the writer keeps the first ones.
+MAX_PROPERTIES = 20
+
+
+class _UsageSums(models.Model):
+    """The counters every rollup keeps, with the meaning ``DailyRollup`` documents."""
+
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    cache_write_1h_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
+    unpriced_requests = models.BigIntegerField(default=0)
+    latency_ms_sum = models.BigIntegerField(default=0)
+    ttfb_ms_sum = models.BigIntegerField(default=0)
+    ttfb_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class OrganizationDailyRollup(TenantModel, _UsageSums):
+    """Per organization, UTC day, provider and model: ``DailyRollup`` without the customer, so
+    totals, days, models and providers read a few rows a day instead of one per customer. It also
+    keeps a latency histogram (``LATENCY_BOUNDS_MS``): requests per latency bucket, from which
+    percentiles are read to the bucket's resolution (``apps.reporting.selectors``).
+
+    The writer adds to it in the transaction that adds to ``DailyRollup``, with the same
+    definitions; ``rollups_rebuild_day`` rebuilds it. Indexed by its unique key, which leads with
+    (organization, day).
+    """
+
+    organization = _organization_without_own_index()
+    day = models.DateField()
+    provider = models.CharField(max_length=16)
+    model = models.CharField(max_length=255, blank=True, default="")
+    latency_bucket_00 = models.BigIntegerField(default=0)
+    latency_bucket_01 = models.BigIntegerField(default=0)
+    latency_bucket_02 = models.BigIntegerField(default=0)
+    latency_bucket_03 = models.BigIntegerField(default=0)
+    latency_bucket_04 = models.BigIntegerField(default=0)
+    latency_bucket_05 = models.BigIntegerField(default=0)
+    latency_bucket_06 = models.BigIntegerField(default=0)
+    latency_bucket_07 = models.BigIntegerField(default=0)
+    latency_bucket_08 = models.BigIntegerField(default=0)
+    latency_bucket_09 = models.BigIntegerField(default=0)
+    latency_bucket_10 = models.BigIntegerField(default=0)
+    latency_bucket_11 = models.BigIntegerField(default=0)
+    latency_bucket_12 = models.BigIntegerField(default=0)
+    latency_bucket_13 = models.BigIntegerField(default=0)
+    latency_bucket_14 = models.BigIntegerField(default=0)
+    latency_bucket_15 = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "day", "provider", "model"],
+                name="usage_org_rollup_unique",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.day} {self.provider} {self.model}"
+
+
+class PropertyDailyRollup(TenantModel, _UsageSums):
+    """Per organization, UTC day, property name and value: the sums of the requests that carried
+    that value, so "spend by feature" never groups raw events by a JSON key. A request counts once
+    under each of its properties (at most ``MAX_PROPERTIES``); requests without the property are
+    the period's totals minus the sum over its values. Names longer than
+    ``PROPERTY_NAME_MAX_LENGTH`` are not rolled up; values are cut to
+    ``PROPERTY_VALUE_MAX_LENGTH``; a JSON null is no value. A value that is not a string counts
+    as its JSON text (``true``, ``3``), as ``properties->>'name'`` reads it.
+    """
+
+    organization = _organization_without_own_index()
+    day = models.DateField()
+    name = models.CharField(max_length=PROPERTY_NAME_MAX_LENGTH)
+    value = models.CharField(max_length=PROPERTY_VALUE_MAX_LENGTH)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "day", "name", "value"],
+                name="usage_property_rollup_unique",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.day} {self.name}={self.value}"

@@ -8,10 +8,11 @@ How a batch is written (``usage_events_write``), in one transaction:
    (PostgreSQL: COPY into a temporary table, then one ``INSERT … SELECT``; SQLite ≥ 3.35: multi-row
    ``VALUES``). The ids returned are exactly the rows this transaction stored: a replayed batch, or
    the same record written by two writers at once, comes back from only one of them.
-3. Those rows, and only those, are summed per (org, day, customer, provider, model) and added to
-   the rollups with one ``INSERT … ON CONFLICT (…) DO UPDATE SET col = col + excluded.col``
-   (PostgreSQL: summed by the database from the staged rows whose ids came back; SQLite: summed
-   here, multi-row ``VALUES``).
+3. Those rows, and only those, are summed per (org, day, customer, provider, model), per (org,
+   day, provider, model) with a latency histogram, and per (org, day, property name, value), and
+   added to the three rollups with one ``INSERT … ON CONFLICT (…) DO UPDATE SET col = col +
+   excluded.col`` each (PostgreSQL: summed by the database from the staged rows whose ids came
+   back; SQLite: summed here, multi-row ``VALUES``).
 
 So an event is in its rollup if and only if it is stored, whatever is replayed or raced.
 docs/metering.md has the whole picture.
@@ -20,22 +21,31 @@ docs/metering.md has the whole picture.
 import json
 import logging
 import sqlite3
+from bisect import bisect_right
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
+from itertools import islice, pairwise
 from operator import itemgetter
 
 from django.db import connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Min, Q, Sum
 from django.db.models.functions import Coalesce
 
 from apps.accounts.models import Organization
 from apps.keys.models import ProxyToken
 from apps.usage.models import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_BUCKETS,
+    MAX_PROPERTIES,
+    PROPERTY_NAME_MAX_LENGTH,
+    PROPERTY_VALUE_MAX_LENGTH,
     Customer,
     DailyRollup,
+    OrganizationDailyRollup,
     PriceOverride,
+    PropertyDailyRollup,
     RefusalCount,
     UsageEvent,
 )
@@ -82,6 +92,9 @@ _ROLLUP_COUNTERS = [
     "ttfb_count",
 ]
 _ROLLUP_KEY = ["organization_id", "day", "customer", "provider", "model"]
+_ORG_ROLLUP_KEY = ["organization_id", "day", "provider", "model"]
+_ORG_ROLLUP_COUNTERS = _ROLLUP_COUNTERS + LATENCY_BUCKETS
+_PROPERTY_ROLLUP_KEY = ["organization_id", "day", "name", "value"]
 _TOKEN_FIELDS = (
     "input_tokens",
     "cached_input_tokens",
@@ -136,6 +149,7 @@ class _Prepared:
         self.rows: list[list] = []
         self.customers: list[str] = []  # external id, "" for none
         self.days: list[date] = []
+        self.properties: list = []  # as stored (at most MAX_PROPERTIES), before JSON encoding
 
 
 def _unique_by_request_id(records: Iterable[dict]) -> list[dict]:
@@ -218,7 +232,11 @@ def _prepare(records: list[dict], tokens: set[int], overrides: dict[int, Overrid
         customer = _customer_of(record)
         if row[i["token_id"]] not in tokens:
             row[i["token_id"]] = None
-        row[i["properties"]] = dumps(row[i["properties"]])
+        properties = row[i["properties"]]
+        if type(properties) is dict and len(properties) > MAX_PROPERTIES:
+            properties = dict(islice(properties.items(), MAX_PROPERTIES))
+        row[i["properties"]] = dumps(properties)
+        prepared.properties.append(properties)
         raw_usage = row[i["raw_usage"]]
         row[i["raw_usage"]] = None if raw_usage is None else dumps(raw_usage)
         prepared.rows.append(row)
@@ -297,6 +315,9 @@ def _write_postgresql(prepared: _Prepared) -> int:
         inserted = [request_id for (request_id,) in cursor.fetchall()]
         if inserted:
             cursor.execute(sql["rollups_from_incoming"], [inserted])
+            cursor.execute(sql["org_rollups_from_incoming"], [inserted])
+            if any(prepared.properties):
+                cursor.execute(sql["property_rollups_from_incoming"], [inserted])
         # Empty for a caller's transaction that goes on (DELETE, not TRUNCATE: no new file, no
         # catalog row); commit empties it anyway.
         cursor.execute(sql["incoming_clear"])
@@ -324,7 +345,62 @@ def _statements() -> dict[str, str]:
             f"{quote(c)} = {rollups}.{quote(c)} + excluded.{quote(c)}" for c in _ROLLUP_COUNTERS
         )
     )
+    org_rollups = quote(OrganizationDailyRollup._meta.db_table)
+    property_rollups = quote(PropertyDailyRollup._meta.db_table)
+
+    def upsert(table: str, key: list[str], counters: list[str]) -> tuple[str, str, str]:
+        """INSERT … VALUES head, ON CONFLICT tail and one row's placeholder for a rollup."""
+        tail = f" ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET " + ", ".join(
+            f"{quote(c)} = {table}.{quote(c)} + excluded.{quote(c)}" for c in counters
+        )
+        head = f"INSERT INTO {table} ({', '.join(quote(c) for c in key + counters)}) "
+        return head, tail, "(" + ", ".join(["%s"] * (len(key) + len(counters))) + ")"
+
+    org_head, org_tail, org_placeholder = upsert(org_rollups, _ORG_ROLLUP_KEY, _ORG_ROLLUP_COUNTERS)
+    property_head, property_tail, property_placeholder = upsert(
+        property_rollups, _PROPERTY_ROLLUP_KEY, _ROLLUP_COUNTERS
+    )
+    # The counters as aggregates over staged rows, in _ROLLUP_COUNTERS order.
+    sums = (
+        'count(*), count(*) FILTER (WHERE "status" >= 400 OR "outcome" IN ('
+        + ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
+        + ")), "
+        + ", ".join(f'coalesce(sum("{name}"), 0)' for name in _TOKEN_FIELDS)
+        + ', coalesce(sum("cost_usd"), 0), count(*) FILTER (WHERE "cost_usd" IS NULL), '
+        'sum("latency_ms"), coalesce(sum("ttfb_ms"), 0), count("ttfb_ms")'
+    )
+    histogram = ", ".join(
+        f'count(*) FILTER (WHERE "latency_ms" >= {low}'
+        + (f' AND "latency_ms" < {high})' if index < len(LATENCY_BUCKETS) - 1 else ")")
+        for index, (low, high) in enumerate(pairwise(LATENCY_BOUNDS_MS))
+    )
+    utc_day = "(\"timestamp\" AT TIME ZONE 'UTC')::date"
+    stored = f'FROM {_INCOMING} WHERE "request_id" = ANY(%s::text[]) '
     return {
+        "org_rollups_from_incoming": (
+            f'{org_head}SELECT "organization_id", {utc_day}, '
+            f'"provider" COLLATE "C", "model" COLLATE "C", {sums}, {histogram} '
+            f"{stored}GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4{org_tail}"
+        ),
+        # One row per (request, property) from the staged JSON (a non-object adds none), the
+        # way PropertyDailyRollup defines names and values.
+        "property_rollups_from_incoming": (
+            f'{property_head}SELECT "organization_id", {utc_day}, '  # noqa: S608
+            f'"property"."key" COLLATE "C", '
+            f'left("property"."value", {PROPERTY_VALUE_MAX_LENGTH}) COLLATE "C", {sums} '
+            f"FROM {_INCOMING} CROSS JOIN LATERAL jsonb_each_text(CASE WHEN "
+            "jsonb_typeof(\"properties\") = 'object' THEN \"properties\" ELSE '{}'::jsonb END) "
+            'AS "property"("key", "value") WHERE "request_id" = ANY(%s::text[]) '
+            f'AND "property"."value" IS NOT NULL '
+            f'AND length("property"."key") <= {PROPERTY_NAME_MAX_LENGTH} '
+            f"GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4{property_tail}"
+        ),
+        "org_rollups_values": org_head + "VALUES ",
+        "org_rollups_tail": org_tail,
+        "org_rollup_placeholder": org_placeholder,
+        "property_rollups_values": property_head + "VALUES ",
+        "property_rollups_tail": property_tail,
+        "property_rollup_placeholder": property_placeholder,
         "incoming_create": (
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} ({definitions}, "
             '"customer_external" text) ON COMMIT DELETE ROWS'
@@ -403,71 +479,108 @@ def _max_query_params() -> int:
 
 
 def _rollups_add(prepared: _Prepared, inserted: set[str]) -> None:
-    """SQLite: sum the newly stored rows per rollup key here and add the sums in one upsert.
-    (PostgreSQL sums in the database: ``rollups_from_incoming``, with the same definitions.)"""
+    """SQLite: sum the newly stored rows per rollup key here and add the sums with one upsert per
+    rollup table. (PostgreSQL sums in the database: ``rollups_from_incoming`` and the statements
+    after it, with the same definitions.)"""
     index = {name: EVENT_COLUMNS.index(name) for name in EVENT_COLUMNS}
     i_request, i_org = index["request_id"], index["organization_id"]
     i_provider, i_model = index["provider"], index["model"]
-    i_status, i_outcome = index["status"], index["outcome"]
-    token_indexes = [
-        index[name]
-        for name in (
-            "input_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "cache_write_1h_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-        )
-    ]
-    i_cost, i_latency, i_ttfb = index["cost_usd"], index["latency_ms"], index["ttfb_ms"]
-    sums: dict[tuple, list] = {}
-    for row, customer, day in zip(prepared.rows, prepared.customers, prepared.days, strict=True):
+    fields = [index[name] for name in _COUNTED_FIELDS]
+    by_customer: dict[tuple, list] = {}
+    by_model: dict[tuple, list] = {}
+    by_property: dict[tuple, list] = {}
+    for row, customer, day, properties in zip(
+        prepared.rows, prepared.customers, prepared.days, prepared.properties, strict=True
+    ):
         if row[i_request] not in inserted:
             continue
-        key = (row[i_org], day, customer, row[i_provider], row[i_model])
-        total = sums.get(key)
-        if total is None:
-            total = sums[key] = [0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0, 0, 0, 0]
-        total[0] += 1
-        if row[i_status] >= 400 or row[i_outcome] in ERROR_OUTCOMES:
-            total[1] += 1
-        for position, column in enumerate(token_indexes, start=2):
-            value = row[column]
-            if value:
-                total[position] += value
-        cost = row[i_cost]
-        if cost is None:
-            total[9] += 1
-        else:
-            total[8] += cost
-        total[10] += row[i_latency]
-        ttfb = row[i_ttfb]
-        if ttfb is not None:
-            total[11] += ttfb
-            total[12] += 1
-    _rollups_upsert(sorted(sums.items()))
+        counted = _counters_of(*(row[position] for position in fields))
+        org, provider, model = row[i_org], row[i_provider], row[i_model]
+        _counters_add(by_customer, (org, day, customer, provider, model), counted)
+        _counters_add(by_model, (org, day, provider, model), counted, histogram=True)
+        for name, value in _property_pairs(properties):
+            _counters_add(by_property, (org, day, name, value), counted)
+    _rollups_upsert(sorted(by_customer.items()))
+    _rollups_upsert(sorted(by_model.items()), table="org_rollup")
+    _rollups_upsert(sorted(by_property.items()), table="property_rollup")
 
 
-def _rollups_upsert(rows: list[tuple[tuple, list]]) -> None:
+# The event fields a rollup's counters are computed from, in ``_counters_of``'s order.
+_COUNTED_FIELDS = ("status", "outcome", *_TOKEN_FIELDS, "cost_usd", "latency_ms", "ttfb_ms")
+
+
+def _counters_of(status, outcome, *rest) -> list:
+    """One event's contribution to a rollup's counters, in ``_ROLLUP_COUNTERS`` order: the
+    definitions ``DailyRollup`` documents (and the SQL and ORM aggregates repeat)."""
+    tokens, (cost, latency, ttfb) = rest[:-3], rest[-3:]
+    return [
+        1,
+        1 if status >= 400 or outcome in ERROR_OUTCOMES else 0,
+        *(value or 0 for value in tokens),
+        Decimal(0) if cost is None else cost,
+        1 if cost is None else 0,
+        latency,
+        ttfb or 0,
+        0 if ttfb is None else 1,
+    ]
+
+
+def latency_bucket(latency_ms: int) -> int:
+    """The histogram bucket a latency falls in (``LATENCY_BOUNDS_MS``)."""
+    return min(max(bisect_right(LATENCY_BOUNDS_MS, latency_ms) - 1, 0), len(LATENCY_BUCKETS) - 1)
+
+
+def _counters_add(sums: dict, key: tuple, counted: list, *, histogram: bool = False) -> None:
+    total = sums.get(key)
+    if total is None:
+        total = sums[key] = [0] * (len(counted) + (len(LATENCY_BUCKETS) if histogram else 0))
+    for position, value in enumerate(counted):
+        total[position] += value
+    if histogram:
+        total[len(counted) + latency_bucket(counted[10])] += 1
+
+
+def _property_pairs(properties) -> list[tuple[str, str]]:
+    """(name, value) pairs a request adds to the property rollups, as ``PropertyDailyRollup``
+    defines them (the PostgreSQL writer reads them with ``jsonb_each_text``)."""
+    if type(properties) is not dict or not properties:
+        return []
+    pairs = []
+    for name, value in islice(properties.items(), MAX_PROPERTIES):
+        if value is None or len(name) > PROPERTY_NAME_MAX_LENGTH:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        pairs.append((name, text[:PROPERTY_VALUE_MAX_LENGTH]))
+    return pairs
+
+
+_UPSERTS = {
+    "rollup": ("rollups_values", "rollups_tail", "rollup_placeholder"),
+    "org_rollup": ("org_rollups_values", "org_rollups_tail", "org_rollup_placeholder"),
+    "property_rollup": (
+        "property_rollups_values",
+        "property_rollups_tail",
+        "property_rollup_placeholder",
+    ),
+}
+
+
+def _rollups_upsert(rows: list[tuple[tuple, list]], table: str = "rollup") -> None:
     """One multi-row ``INSERT … VALUES … ON CONFLICT (key) DO UPDATE SET c = c + excluded.c``
     (as many rows a statement as SQLite takes parameters), in key order."""
     if not rows:
         return
     sql = _statements()
+    head, tail, placeholder = (sql[name] for name in _UPSERTS[table])
+    width = len(rows[0][0]) + len(rows[0][1])
     with connection.cursor() as cursor:
-        per_statement = max(1, _max_query_params() // (len(_ROLLUP_KEY) + len(_ROLLUP_COUNTERS)))
+        per_statement = max(1, _max_query_params() // width)
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
             params = []
-            for (organization_id, day, customer, provider, model), total in chunk:
-                params += [organization_id, day.isoformat(), customer, provider, model, *total]
-            cursor.execute(
-                sql["rollups_values"]
-                + ", ".join([sql["rollup_placeholder"]] * len(chunk))
-                + sql["rollups_tail"],
-                params,
-            )
+            for (organization_id, day, *key), total in chunk:
+                params += [organization_id, day.isoformat(), *key, *total]
+            cursor.execute(head + ", ".join([placeholder] * len(chunk)) + tail, params)
 
 
 def _lock_rollups_shared(organization_ids: Iterable[int]) -> None:
@@ -495,7 +608,8 @@ def _lock_rollups_exclusive(organization_id: int) -> None:
 
 
 def rollups_rebuild_day(*, organization: Organization, day: date) -> int:
-    """Replace one organization's rollups of one UTC day with sums computed from its events;
+    """Replace one organization's rollups of one UTC day (``DailyRollup``,
+    ``OrganizationDailyRollup``, ``PropertyDailyRollup``) with sums computed from its events;
     returns the number of rollup rows written.
 
     Runs in one transaction holding the organization's rollup lock exclusively, while writers
@@ -526,7 +640,70 @@ def rollups_rebuild_day(*, organization: Organization, day: date) -> int:
             for row in sums
         ]
         DailyRollup.objects.bulk_create(rollups)
+        written = len(rollups) + _org_rollups_rebuild(organization, day, start)
+        written += _property_rollups_rebuild(organization, day, start)
+    return written
+
+
+def _org_rollups_rebuild(organization: Organization, day: date, start: datetime) -> int:
+    OrganizationDailyRollup.objects.for_org(organization).filter(day=day).delete()
+    sums = (
+        UsageEvent.objects.for_org(organization)
+        .filter(timestamp__gte=start, timestamp__lt=start + timedelta(days=1))
+        .values("provider", "model")
+        .annotate(**_rollup_aggregates(), **latency_histogram_aggregates())
+        .order_by()
+    )
+    rollups = [OrganizationDailyRollup(organization=organization, day=day, **row) for row in sums]
+    OrganizationDailyRollup.objects.bulk_create(rollups)
     return len(rollups)
+
+
+def _property_rollups_rebuild(organization: Organization, day: date, start: datetime) -> int:
+    """Summed here from the day's events that carry properties, with the writer's definitions
+    (``_counters_of``, ``_property_pairs``): a JSON key's values cannot be enumerated by the ORM
+    on every database."""
+    PropertyDailyRollup.objects.for_org(organization).filter(day=day).delete()
+    events = (
+        UsageEvent.objects.for_org(organization)
+        .filter(timestamp__gte=start, timestamp__lt=start + timedelta(days=1))
+        .exclude(properties={})
+        .values_list("properties", *_COUNTED_FIELDS)
+        .order_by()
+    )
+    sums: dict[tuple, list] = {}
+    for properties, *fields in events.iterator(chunk_size=5000):
+        pairs = _property_pairs(properties)
+        if pairs:
+            counted = _counters_of(*fields)
+            for name, value in pairs:
+                _counters_add(sums, (name, value), counted)
+    rollups = [
+        PropertyDailyRollup(
+            organization=organization,
+            day=day,
+            name=name,
+            value=value,
+            **dict(zip(_ROLLUP_COUNTERS, total, strict=True)),
+        )
+        for (name, value), total in sorted(sums.items())
+    ]
+    PropertyDailyRollup.objects.bulk_create(rollups, batch_size=1000)
+    return len(rollups)
+
+
+def latency_histogram_aggregates() -> dict:
+    """The latency histogram's buckets as aggregates over events (``LATENCY_BOUNDS_MS``): what
+    the writer adds to ``OrganizationDailyRollup``, for rebuilds and for the partial days a
+    report reads from events."""
+    last = len(LATENCY_BUCKETS) - 1
+    aggregates = {}
+    for index, name in enumerate(LATENCY_BUCKETS):
+        condition = Q(latency_ms__gte=LATENCY_BOUNDS_MS[index])
+        if index < last:
+            condition &= Q(latency_ms__lt=LATENCY_BOUNDS_MS[index + 1])
+        aggregates[name] = Count("id", filter=condition)
+    return aggregates
 
 
 def _rollup_aggregates() -> dict:
@@ -555,6 +732,33 @@ def _rollup_aggregates() -> dict:
         "ttfb_ms_sum": Coalesce(Sum("ttfb_ms"), zero),
         "ttfb_count": Count("ttfb_ms"),
     }
+
+
+def rollups_rebuild(*, organization: Organization, since: date | None = None) -> tuple[int, int]:
+    """Rebuild every rollup of the organization from its events, a UTC day at a time (each day
+    ``rollups_rebuild_day``, its own transaction, so the writer goes on meanwhile): all days from
+    its first event (or ``since``) to its last event or rollup. For rollups added after events
+    were stored, or after a change of the rollups' definitions. Returns (days, rows written)."""
+    events = UsageEvent.objects.for_org(organization)
+    if since is not None:
+        events = events.filter(timestamp__gte=datetime.combine(since, time.min, tzinfo=UTC))
+    bounds = events.aggregate(first=Min("timestamp"), last=Max("timestamp"))
+    rollup_days = DailyRollup.objects.for_org(organization).filter(day__gte=since or date.min)
+    last_rollup = rollup_days.aggregate(last=Max("day"))["last"]
+    first = since or (bounds["first"] and bounds["first"].astimezone(UTC).date())
+    last = max(
+        [d for d in (bounds["last"] and bounds["last"].astimezone(UTC).date(), last_rollup) if d],
+        default=None,
+    )
+    if first is None or last is None:
+        return 0, 0
+    days = rows = 0
+    day = first
+    while day <= last:
+        rows += rollups_rebuild_day(organization=organization, day=day)
+        days += 1
+        day += timedelta(days=1)
+    return days, rows
 
 
 def usage_reprice(organization: Organization, since: datetime | None = None) -> int:

@@ -133,7 +133,7 @@ def test_days_are_counted_in_the_organizations_time_zone(priced):
     assert {key: t.requests for key, t in in_utc.items()} == {(date(2026, 11, 2), ""): 2}
 
 
-def test_latency_percentiles_are_nearest_rank(priced):
+def test_latency_percentiles_are_the_nearest_rank_interpolated_in_its_bucket(priced):
     for latency in range(1, 101):
         _use(priced, _utc(2026, 11, 2, 12), latency_ms=latency)
 
@@ -141,7 +141,9 @@ def test_latency_percentiles_are_nearest_rank(priced):
         organization=priced, start=_utc(2026, 11, 2), end=_utc(2026, 11, 3)
     )
 
-    assert found == {50: 50, 99: 99}
+    # Buckets (usage.models.LATENCY_BOUNDS_MS): 1-24 in [0, 25), 25-49 in [25, 50), 50-99 in
+    # [50, 100). Rank 50 is the 1st of 50 in [50, 100): 50 + 50 * 1 / 50; rank 99 the 50th.
+    assert found == {50: 51, 99: 100}
 
 
 def test_properties_by_name_and_value(priced):

@@ -31,9 +31,11 @@ def test_latency_percentiles_compared_are_nearest_rank_per_period(priced, other_
         organization=priced, current=OCT, previous=SEP
     )
 
-    # Nearest rank: p50 of 6 is the 3rd, p99 the 6th; of 3, the 2nd and the 3rd.
-    assert now == {50: 30, 99: 60}
-    assert before == {50: 5, 99: 7}
+    # Nearest rank, interpolated in its histogram bucket: p50 of 6 is the 3rd, the 1st of 2 in
+    # [25, 50): 37.5; p99 the 6th, the 2nd of 2 in [50, 100). Of 3 (all in [0, 25)): the 2nd,
+    # 25 * 2 / 3, and the 3rd.
+    assert now == {50: 38, 99: 100}
+    assert before == {50: 17, 99: 25}
     assert now == selectors.latency_percentiles(organization=priced, start=OCT[0], end=OCT[1])
 
 
@@ -42,7 +44,7 @@ def test_latency_percentiles_compared_of_an_empty_period_are_none(priced):
     now, before = selectors.latency_percentiles_compared(
         organization=priced, current=OCT, previous=SEP
     )
-    assert (now, before) == ({50: 10, 99: 10}, {50: None, 99: None})
+    assert (now, before) == ({50: 25, 99: 25}, {50: None, 99: None})  # [0, 25)
 
 
 def test_usage_by_property_compared_splits_the_two_periods(priced, other_org):

@@ -20,7 +20,13 @@ from decimal import Decimal
 import pytest
 from genai_prices import Usage, calc_price
 
-from apps.usage.models import DailyRollup, UsageEvent
+from apps.usage.models import (
+    LATENCY_BUCKETS,
+    DailyRollup,
+    OrganizationDailyRollup,
+    PropertyDailyRollup,
+    UsageEvent,
+)
 from apps.usage.services import usage_events_write
 
 PLACES = Decimal("0.000000000001")
@@ -88,6 +94,7 @@ def _random_tokens(rng, provider):
 
 def _records(org_ids, count, seed):
     rng = random.Random(seed)
+    properties = random.Random(seed + 1)  # apart, so the usage drawn stays what it was
     start = datetime(2025, 9, 20, tzinfo=UTC)
     customers = [f"cust_{n}" for n in range(12)] + [None]
     records = []
@@ -106,7 +113,9 @@ def _records(org_ids, count, seed):
                 "model": model,
                 "requested_model": model,
                 "customer": rng.choice(customers),
-                "properties": {},
+                "properties": properties.choice(
+                    [{}, {"feature": "chat"}, {"feature": "search", "env": "prod"}, {"env": "dev"}]
+                ),
                 "status": 200 if inputs is not None else rng.choice([429, 500, 502]),
                 "stream": rng.random() < 0.5,
                 "outcome": "ok",
@@ -144,9 +153,11 @@ def _expected(record) -> Decimal | None:
     )
 
 
-def _rollup_totals(organizations):
-    rows = DailyRollup.objects.unscoped(reason="test: the orgs of this test").filter(
-        organization__in=organizations
+def _rollup_totals(organizations, model=DailyRollup, **only):
+    """(requests, cost, unpriced requests) summed over a rollup's rows of ``organizations``
+    (those matching ``only``), row by row in Decimal."""
+    rows = model.objects.unscoped(reason="test: the orgs of this test").filter(
+        organization__in=organizations, **only
     )
     requests = cost = unpriced = 0
     for row in rows.values_list("requests", "cost_usd", "unpriced_requests"):
@@ -186,3 +197,21 @@ def test_thousands_of_random_records_sum_exactly(org, other_org):
     assert rollup_cost == expected_total
     assert requests == len(records)
     assert unpriced == len(records) - len(priced)
+    # Without the customer: the same sums, and every request in one latency bucket.
+    everything = (expected_total, len(records), len(records) - len(priced))
+    requests, rollup_cost, unpriced = _rollup_totals(organizations, OrganizationDailyRollup)
+    assert (rollup_cost, requests, unpriced) == everything
+    histograms = OrganizationDailyRollup.objects.unscoped(reason="test").filter(
+        organization__in=organizations
+    )
+    assert sum(sum(row) for row in histograms.values_list(*LATENCY_BUCKETS)) == len(records)
+    # Per property value: the requests that carried it, each priced as the catalog says.
+    for name, value in (("feature", "chat"), ("feature", "search"), ("env", "prod")):
+        carrying = [r for r in records if r["properties"].get(name) == value]
+        costs = [expected[r["request_id"]] for r in carrying]
+        requests, rollup_cost, unpriced = _rollup_totals(
+            organizations, PropertyDailyRollup, name=name, value=value
+        )
+        assert requests == len(carrying) > 300
+        assert rollup_cost == sum((c for c in costs if c is not None), Decimal(0))
+        assert unpriced == costs.count(None)

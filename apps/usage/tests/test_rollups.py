@@ -9,8 +9,14 @@ from decimal import Decimal
 import pytest
 from django.db import close_old_connections, connection
 
-from apps.usage.models import DailyRollup, UsageEvent
+from apps.usage.models import (
+    DailyRollup,
+    OrganizationDailyRollup,
+    PropertyDailyRollup,
+    UsageEvent,
+)
 from apps.usage.services import rollups_rebuild_day, usage_events_write
+from apps.usage.tests.test_rollups_by_model_and_property import rollup_rows
 from apps.usage.tests.test_writer import _record
 
 pytestmark = pytest.mark.django_db
@@ -220,11 +226,17 @@ def test_a_rebuilt_day_equals_what_the_writer_summed(org):
         ]
     )
     written = _rollup_values(org)
+    written_by_model = rollup_rows(OrganizationDailyRollup, org)
+    written_by_property = rollup_rows(PropertyDailyRollup, org)
 
-    assert rollups_rebuild_day(organization=org, day=date(2026, 11, 2)) == 3
-    assert rollups_rebuild_day(organization=org, day=date(2026, 11, 3)) == 1
+    # 2 November: 3 customer/model rows, 3 model rows, 1 property value (feature=chat);
+    # 3 November: one of each.
+    assert rollups_rebuild_day(organization=org, day=date(2026, 11, 2)) == 3 + 3 + 1
+    assert rollups_rebuild_day(organization=org, day=date(2026, 11, 3)) == 1 + 1 + 1
 
     assert _rollup_values(org) == written
+    assert rollup_rows(OrganizationDailyRollup, org) == written_by_model
+    assert rollup_rows(PropertyDailyRollup, org) == written_by_property
 
 
 @pytest.mark.django_db(transaction=True)
