@@ -1,9 +1,16 @@
 """The Redis stream between web processes and ``run_usage_writer``, and how entries look on it.
 
 One stream entry carries one batch, as handed over by one web process's sink thread: fields
-``kind`` ("events": a JSON list of usage records; "refusals": a JSON list of refusal counts),
-``v`` (format version) and ``data`` (the JSON list). Batching per entry keeps the web process at
-one XADD per batch instead of one per record.
+``kind`` ("events": usage records; "refusals": refusal counts), ``v`` (format version) and
+``data``. Batching per entry keeps the web process at one XADD per batch instead of one per
+record. Format 2 (written): ``data`` is a JSON list of ``[keys, rows]`` groups, one per run of
+consecutive items with the same keys; each row holds one item's values in the order of ``keys``,
+so ``[[["request_id","status"],[["req_a",200],["req_b",200]]]]`` carries two records. The sink
+thread encodes every record of the proxy, and spelling each record's 25 field names again was
+half of that work (issue #5: the sink must cost the proxy under 5 %). Format 1 (``data`` a JSON
+list of objects) is still read: spool files and stream entries written before the change. An
+upgrade restarts ``run_usage_writer`` before the web processes: a writer that knows only format 1
+would set format 2 entries aside in the dead-letter stream.
 
 Nothing is ever trimmed by length: an ``XADD … MAXLEN ~`` bound would drop entries the writer has
 not stored yet whenever it lags (database down, writer stopped), which is exactly when they
@@ -26,7 +33,9 @@ from apps.usage.spool import Spool, replay_directory
 
 logger = logging.getLogger("costr.usage.stream")
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+# Still read: entries and spool lines written by earlier web processes.
+LEGACY_FORMAT_VERSION = "1"
 KIND_EVENTS = "events"
 KIND_REFUSALS = "refusals"
 GROUP = "usage-writers"
@@ -50,13 +59,21 @@ def client_for(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
 
 
 def encode(kind: str, items: list[dict]) -> dict[str, str]:
+    """A stream entry of ``items`` (format 2: field names once per group of same-shaped items)."""
+    # A group per run of items with the same keys, so the order of the items is kept. Every record
+    # of the proxy has the same fields in the same order: one group in practice.
+    groups: list[tuple[tuple, list[tuple]]] = []
+    keys = rows = None
+    for item in items:
+        item_keys = tuple(item)
+        if item_keys != keys:
+            keys, rows = item_keys, []
+            groups.append((keys, rows))
+        rows.append(tuple(item.values()))
     # default=str: a record is JSON-able by contract; a stray datetime or Decimal must not cost
     # the batch.
-    return {
-        "kind": kind,
-        "v": FORMAT_VERSION,
-        "data": json.dumps(items, separators=(",", ":"), default=str),
-    }
+    data = json.dumps(groups, separators=(",", ":"), default=str)
+    return {"kind": kind, "v": FORMAT_VERSION, "data": data}
 
 
 def decode(fields: dict) -> tuple[str, list[dict]]:
@@ -65,12 +82,35 @@ def decode(fields: dict) -> tuple[str, list[dict]]:
     kind = fields.get("kind")
     if kind not in (KIND_EVENTS, KIND_REFUSALS):
         raise ValueError(f"unknown entry kind {kind!r}")
-    if fields.get("v") != FORMAT_VERSION:
-        raise ValueError(f"unknown entry version {fields.get('v')!r}")
-    items = json.loads(fields.get("data", ""))
+    version = fields.get("v")
+    if version == FORMAT_VERSION:
+        items = _items_of_groups(json.loads(fields.get("data", "")))
+    elif version == LEGACY_FORMAT_VERSION:
+        items = json.loads(fields.get("data", ""))
+    else:
+        raise ValueError(f"unknown entry version {version!r}")
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise ValueError("entry data is not a list of objects")
     return kind, items
+
+
+def _items_of_groups(groups) -> list[dict]:
+    if not isinstance(groups, list):
+        raise ValueError("entry data is not a list of groups")
+    items = []
+    for group in groups:
+        if not (isinstance(group, list) and len(group) == 2):
+            raise ValueError("entry group is not [keys, rows]")
+        keys, rows = group
+        if not (isinstance(keys, list) and all(isinstance(key, str) for key in keys)):
+            raise ValueError("entry group keys are not a list of names")
+        if not isinstance(rows, list):
+            raise ValueError("entry group rows are not a list")
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == len(keys)):
+                raise ValueError("entry row does not match its keys")
+            items.append(dict(zip(keys, row, strict=True)))
+    return items
 
 
 def append(client: redis.Redis, stream: str, entries: list[dict[str, str]]) -> None:

@@ -120,6 +120,56 @@ def test_an_unreadable_entry_is_set_aside_whole(org, client, usage_stream_name):
     assert client.xlen(usage_stream_name) == 0
 
 
+def test_records_of_different_shapes_come_back_from_an_entry_as_they_were_handed_over(org):
+    first = _record(org, "req_shape_1")
+    reordered = dict(reversed(list(_record(org, "req_shape_2").items())))
+    fewer = {"request_id": "req_shape_3", "status": 200}
+    nested = _record(org, "req_shape_4", raw_usage={"a": [1, {"b": None}]}, properties={"k": "v"})
+    records = [first, reordered, fewer, nested]
+
+    kind, items = usage_stream.decode(usage_stream.encode(usage_stream.KIND_EVENTS, records))
+
+    assert kind == usage_stream.KIND_EVENTS
+    assert items == records
+    assert [list(item) for item in items] == [list(record) for record in records]
+
+
+def test_an_entry_of_the_earlier_format_is_still_stored(org, client, usage_stream_name):
+    # Format 1: a JSON list of objects, as spooled or streamed by web processes before format 2.
+    records = [_record(org, "req_format_1_a"), _record(org, "req_format_1_b")]
+    client.xadd(usage_stream_name, {"kind": "events", "v": "1", "data": json.dumps(records)})
+
+    _writer(client, usage_stream_name).run(until_empty=True)
+
+    assert _stored(org) == ["req_format_1_a", "req_format_1_b"]
+    assert client.xlen(usage_stream_name) == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"request_id":"req_x"}',  # not a list of groups
+        '[[["request_id","status"],[["req_x"]]]]',  # a row shorter than its keys
+        '[[["request_id",7],[["req_x",200]]]]',  # a key that is not a name
+        '[[["request_id"]]]',  # a group without rows
+    ],
+)
+def test_a_malformed_entry_of_the_current_format_is_set_aside_whole(
+    org, client, usage_stream_name, data
+):
+    client.xadd(
+        usage_stream_name, {"kind": "events", "v": usage_stream.FORMAT_VERSION, "data": data}
+    )
+    _add(client, usage_stream_name, [_record(org, "req_after_malformed")])
+
+    _writer(client, usage_stream_name).run(until_empty=True)
+
+    assert _stored(org) == ["req_after_malformed"]
+    dead = client.xrange(usage_stream.dead_letter_stream(usage_stream_name))
+    assert [json.loads(fields[b"data"])[0]["data"] for _, fields in dead] == [data]
+    assert client.xlen(usage_stream_name) == 0
+
+
 def test_refusal_counts_travel_the_stream_to_the_database(
     org, other_org, client, usage_stream_name
 ):
