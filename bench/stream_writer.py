@@ -57,7 +57,11 @@ def _drain(records: int, writers: int, redis_url: str, seed: int) -> dict:
         started = time.perf_counter()
         processes = [
             subprocess.Popen(  # noqa: S603 - our own command, run with this interpreter
-                [*argv, "--consumer", f"bench-{n}"], cwd=ROOT, env=env
+                [*argv, "--consumer", f"bench-{n}"],
+                cwd=ROOT,
+                env=env,
+                # Their log lines would land in the markdown this module prints.
+                stdout=subprocess.DEVNULL,
             )
             for n in range(writers)
         ]
