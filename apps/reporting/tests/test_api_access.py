@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from apps.keys import keycache, services
+from apps.keys import services
 from apps.usage.tests.factories import store_usage
 
 pytestmark = pytest.mark.django_db
@@ -21,13 +21,6 @@ ENDPOINTS = {
     "customers": "/api/v1/customers/",
     "customer": f"/api/v1/customers/{quote(SECRET_CUSTOMER, safe='')}/",
 }
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    keycache._drop_local(None)
-    yield
-    keycache._drop_local(None)
 
 
 def bearer(org, *scopes):

@@ -15,7 +15,6 @@ from urllib.parse import quote
 import pytest
 
 from apps.billing.tests import conftest as billing_fixtures
-from apps.keys import keycache, services
 from apps.usage.models import PriceOverride
 from apps.usage.tests.factories import store_usage
 
@@ -36,13 +35,6 @@ def detail_url(external_id: str) -> str:
     return f"{LIST_URL}{quote(external_id, safe='')}/"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    keycache._drop_local(None)
-    yield
-    keycache._drop_local(None)
-
-
 @pytest.fixture
 def priced(org):
     PriceOverride.objects.create(
@@ -53,13 +45,6 @@ def priced(org):
         output_per_mtok=Decimal(2),
     )
     return org
-
-
-@pytest.fixture
-def api(client, org):
-    created = services.proxy_token_create(organization=org, name="api", scopes=["read"], actor=None)
-    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {created.plaintext}"
-    return client
 
 
 def use(org, customer, day, *, count=1, model="test-small", month=1):

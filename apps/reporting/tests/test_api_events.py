@@ -5,43 +5,15 @@ tokens for test-* models), so 1,000 input and 100 output tokens cost $0.0012."""
 
 import base64
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import pytest
 
-from apps.keys import keycache, services
-from apps.usage.models import PriceOverride, UsageEvent
+from apps.usage.models import UsageEvent
 from apps.usage.tests.factories import store_usage
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/events/"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    keycache._drop_local(None)
-    yield
-    keycache._drop_local(None)
-
-
-@pytest.fixture
-def priced(org):
-    PriceOverride.objects.create(
-        organization=org,
-        model_pattern="test-*",
-        valid_from=datetime(2026, 1, 1, tzinfo=UTC),
-        input_per_mtok=Decimal(1),
-        output_per_mtok=Decimal(2),
-    )
-    return org
-
-
-@pytest.fixture
-def api(client, org):
-    created = services.proxy_token_create(organization=org, name="api", scopes=["read"], actor=None)
-    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {created.plaintext}"
-    return client
 
 
 def utc(*args):

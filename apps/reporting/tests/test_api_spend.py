@@ -4,13 +4,10 @@ priced request here (1,000 input, 100 output tokens) costs $0.0012; a model with
 counted as unpriced and adds nothing to the cost."""
 
 from datetime import UTC, datetime, time, timedelta
-from decimal import Decimal
 
 import pytest
 from django.utils import timezone
 
-from apps.keys import keycache, services
-from apps.usage.models import PriceOverride
 from apps.usage.tests.factories import store_usage
 
 pytestmark = pytest.mark.django_db
@@ -18,32 +15,6 @@ pytestmark = pytest.mark.django_db
 URL = "/api/v1/reports/spend/"
 PERIOD = {"start": "2026-11-01T12:00:00Z", "end": "2026-11-04T06:00:00Z"}
 ZERO = "0.000000000000"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    keycache._drop_local(None)
-    yield
-    keycache._drop_local(None)
-
-
-@pytest.fixture
-def priced(org):
-    PriceOverride.objects.create(
-        organization=org,
-        model_pattern="test-*",
-        valid_from=datetime(2026, 1, 1, tzinfo=UTC),
-        input_per_mtok=Decimal(1),
-        output_per_mtok=Decimal(2),
-    )
-    return org
-
-
-@pytest.fixture
-def api(client, org):
-    created = services.proxy_token_create(organization=org, name="api", scopes=["read"], actor=None)
-    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {created.plaintext}"
-    return client
 
 
 def utc(*args):

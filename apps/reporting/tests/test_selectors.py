@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from apps.reporting import selectors
-from apps.usage.models import PriceOverride
 from apps.usage.services import refusals_record
 from apps.usage.tests.factories import store_usage
 
@@ -17,18 +16,6 @@ pytestmark = pytest.mark.django_db
 
 LA = ZoneInfo("America/Los_Angeles")
 REQUEST_COST = Decimal("0.0012")
-
-
-@pytest.fixture
-def priced(org):
-    PriceOverride.objects.create(
-        organization=org,
-        model_pattern="test-*",
-        valid_from=datetime(2026, 1, 1, tzinfo=UTC),
-        input_per_mtok=Decimal(1),
-        output_per_mtok=Decimal(2),
-    )
-    return org
 
 
 def _use(org, when: datetime, **overrides):
