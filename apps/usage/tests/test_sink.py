@@ -4,6 +4,7 @@ Redis, or the spool while Redis does not answer."""
 
 import fcntl
 import json
+import os
 import sys
 import threading
 
@@ -121,6 +122,34 @@ def test_in_the_redis_mode_records_and_counts_go_to_the_stream_not_the_database(
     ]
     assert not UsageEvent.objects.for_org(org).exists()
     assert not RefusalCount.objects.for_org(org).exists()
+
+
+def test_a_forked_child_delivers_its_own_records_and_leaves_the_parents_queue_to_the_parent(
+    org, redis_stream, redis_url
+):
+    import redis
+
+    # Lingering at the fork: the first in the sink thread's hands, the others in its queue.
+    before = [f"req_before_the_fork_{n}" for n in range(3)]
+    for request_id in before:
+        sink.emit(_record(org, request_id))
+    pid = os.fork()
+    if pid == 0:  # the child, as a server's worker is: a sink of its own, the parent's not
+        try:
+            sink.emit(_record(org, "req_in_the_child"))
+            os._exit(0 if sink.flush(timeout=10) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert sink.flush(timeout=10)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    events = [
+        record["request_id"]
+        for _, fields in redis.Redis.from_url(redis_url).xrange(redis_stream)
+        for record in usage_stream.decode(fields)[1]
+    ]
+    assert sorted(events) == [*before, "req_in_the_child"]
 
 
 class _ThreadIO:
