@@ -4,8 +4,8 @@
 in-process queue, a counter under a lock. No socket, file or database is touched there, so the
 proxy's event loop never waits for metering, whatever state Redis or the database are in. A
 record is a plain dict of primitives (JSON-able); ``emit()`` packs it to its JSON values at once
-(``stream.pack``, about a microsecond), so what waits in the queue is bytes, which the garbage
-collector of the busy event loop never walks, and what crosses to the writer is already encoded.
+(``stream.pack``), so what waits in the queue is bytes and what crosses to the writer is already
+encoded.
 
 One background thread per process ("usage-writer") takes records in batches (up to BATCH_SIZE,
 lingering LINGER_SECONDS for company) and refusal counts aggregated per (org, UTC day, status,

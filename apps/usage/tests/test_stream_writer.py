@@ -134,6 +134,19 @@ def test_records_of_different_shapes_come_back_from_an_entry_as_they_were_handed
     assert [list(item) for item in items] == [list(record) for record in records]
 
 
+def test_raw_usage_orjson_refuses_still_travels_through_the_standard_encoder(org):
+    # A provider's raw usage with a key that is not a string and an integer beyond 64 bits:
+    # orjson refuses both; the record must reach the writer all the same, as JSON would have it.
+    odd = _record(org, "req_odd_usage", raw_usage={7: "seven", "huge": 2**70, "n": 3})
+
+    [item] = usage_stream.decode(usage_stream.encode(usage_stream.KIND_EVENTS, [odd]))[1]
+
+    assert item["raw_usage"] == {"7": "seven", "huge": float(2**70), "n": 3}
+    assert {k: v for k, v in item.items() if k != "raw_usage"} == {
+        k: v for k, v in odd.items() if k != "raw_usage"
+    }
+
+
 def test_an_entry_of_the_earlier_format_is_still_stored(org, client, usage_stream_name):
     # Format 1: a JSON list of objects, as spooled or streamed by web processes before format 2.
     records = [_record(org, "req_format_1_a"), _record(org, "req_format_1_b")]
