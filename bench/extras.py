@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(_run_section(title, module, url).strip() + "\n")
         print("[bench] Usage sink: cost to the proxy…", flush=True)
         try:
-            sections.append(sink_cost.section(sink_cost.measure(rounds=5)))
+            sections.append(sink_cost.section(sink_cost.measure(rounds=6)))
         except Exception as error:  # a benchmark that could not run says so in the report
             sections.append(f"## Usage sink: cost to the proxy\n\nNot measured: {error}\n")
     with Path(args.output).open("a") as output:

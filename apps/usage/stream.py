@@ -29,6 +29,7 @@ import time
 
 import orjson
 import redis
+import redis.asyncio
 
 from apps.usage.spool import Spool, replay_directory
 
@@ -54,12 +55,26 @@ def dead_letter_stream(stream: str) -> str:
     return f"{stream}:dead-letter"
 
 
-def client_for(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
+def client_for(url: str, *, socket_timeout: float = 5.0, asynchronous: bool = False):
     """A client that gives up quickly: a Redis that does not answer must cost the sink a second,
-    not a TCP timeout of minutes."""
-    return redis.Redis.from_url(
+    not a TCP timeout of minutes. ``asynchronous``: a ``redis.asyncio`` client, for one loop."""
+    return (redis.asyncio.Redis if asynchronous else redis.Redis).from_url(
         url, socket_connect_timeout=1.0, socket_timeout=socket_timeout, health_check_interval=30
     )
+
+
+class AsyncStream:
+    """Appends entries to the stream from an event loop (the sink's per-loop batches), on a
+    connection of that loop's own. Raises on any failure: the caller hands the batch to the sink
+    thread, which spools it."""
+
+    def __init__(self, url: str, stream: str) -> None:
+        self.key = (url, stream)
+        self.stream = stream
+        self.client = client_for(url, asynchronous=True)
+
+    async def append(self, entry: dict[str, str]) -> None:
+        await self.client.xadd(self.stream, entry)
 
 
 def pack(item: dict) -> Packed:
@@ -202,6 +217,11 @@ class StreamProducer:
         if self._down:
             logger.warning("Redis answers again: usage goes to the stream %s", self.stream)
         self._down = False
+
+    @property
+    def healthy(self) -> bool:
+        """Redis answered the last send and the spool is empty."""
+        return not self._down and not self.spool.pending
 
     def retry_pending(self) -> None:
         """Replay the spool if it holds anything and a probe is due (called when idle)."""

@@ -257,3 +257,139 @@ def _held(path) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False
+
+
+# On an event loop (the proxy): records wait on the loop, which appends their batch itself.
+
+
+def _stream_ids(redis_url, stream) -> list[str]:
+    import redis
+
+    return [
+        record["request_id"]
+        for _, fields in redis.Redis.from_url(redis_url).xrange(stream)
+        for record in usage_stream.decode(fields)[1]
+    ]
+
+
+def test_on_an_event_loop_the_loop_appends_the_batch_to_the_stream_without_waiting_for_it(
+    org, redis_stream, redis_url
+):
+    import asyncio
+
+    ids = [f"req_on_the_loop_{n}" for n in range(30)]
+    loop_thread = threading.get_ident()
+
+    async def serve() -> tuple[list, list[str]]:
+        _ThreadIO.start()
+        for request_id in ids:
+            sink.emit(_record(org, request_id))
+        during_emit = list(_ThreadIO.seen)
+        # No flush(): the loop hands its batch over after the linger, on its own.
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            arrived = _stream_ids(redis_url, redis_stream)
+            if arrived:
+                break
+        return during_emit, arrived
+
+    try:
+        during_emit, arrived = asyncio.run(serve())
+    finally:
+        seen = _ThreadIO.stop()
+
+    assert during_emit == []  # emit() itself only touched memory
+    # The loop's own thread connected to Redis: the batch did not pass through the sink thread.
+    assert "socket.connect" in {event for thread, event in seen if thread == loop_thread}
+    assert sorted(arrived) == sorted(ids)  # one entry for the batch, every record in it once
+
+
+def test_flush_from_another_thread_takes_the_batch_a_running_loop_holds(org, monkeypatch):
+    import asyncio
+
+    monkeypatch.setattr(sink, "LINGER_SECONDS", 60.0)  # the loop would hold it for a minute
+    loop = asyncio.new_event_loop()
+    server = threading.Thread(target=loop.run_forever)
+    server.start()
+    try:
+        ids = [f"req_held_by_the_loop_{n}" for n in range(20)]
+        emitted = asyncio.run_coroutine_threadsafe(_emit_all(org, ids), loop)
+        emitted.result(timeout=10)
+
+        assert sink.flush(timeout=10)
+
+        stored = UsageEvent.objects.for_org(org).values_list("request_id", flat=True)
+        assert sorted(stored) == sorted(ids)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        server.join(timeout=10)
+        loop.close()
+
+
+async def _emit_all(org, ids) -> None:
+    for request_id in ids:
+        sink.emit(_record(org, request_id))
+
+
+def test_flush_on_the_loop_itself_delivers_a_batch_whose_send_is_still_in_flight(
+    org, redis_stream, redis_url
+):
+    """As the ASGI lifespan's shutdown does: flush() blocks the loop, so the loop cannot finish
+    a send it started; flush() sends that batch again instead (the unique request id stores it
+    once), rather than leaving it to a loop that is about to stop."""
+    import asyncio
+
+    ids = [f"req_in_flight_{n}" for n in range(sink.BATCH_SIZE)]
+
+    async def shutdown_with_a_send_in_flight() -> list[str]:
+        for request_id in ids:
+            sink.emit(_record(org, request_id))  # the last one fills the batch: its send starts
+        assert sink.flush(timeout=10)
+        return _stream_ids(redis_url, redis_stream)  # before the loop could run the send
+
+    assert sorted(asyncio.run(shutdown_with_a_send_in_flight())) == sorted(ids)
+
+
+def test_a_loop_whose_sends_fail_spools_its_batches_and_appends_again_once_redis_is_back(
+    org, settings, tmp_path, redis_url
+):
+    import asyncio
+
+    spool_dir = tmp_path / "spool"
+    use_usage_stream(settings, f"redis://127.0.0.1:{free_port()}/0", spool_dir)  # nobody there
+    down = [f"req_loop_redis_down_{n}" for n in range(50)]
+
+    async def serve(ids) -> None:
+        await _emit_all(org, ids)
+        await asyncio.sleep(sink.LINGER_SECONDS * 3)  # the loop's send fails meanwhile
+
+    asyncio.run(serve(down))
+    assert sink.flush(timeout=30)
+    spooled = [
+        usage_stream.decode(json.loads(line))
+        for path in sorted(spool_dir.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert sorted(r["request_id"] for _, items in spooled for r in items) == sorted(down)
+
+    # Redis answers (another URL, the same spool): the spool is replayed, and loops append again.
+    stream = use_usage_stream(settings, redis_url, spool_dir)
+    try:
+        sink.emit(_record(org, "req_outside_any_loop"))  # the sink thread finds Redis back
+        assert sink.flush(timeout=10)
+        back = [f"req_loop_redis_back_{n}" for n in range(20)]
+        loop_thread = threading.get_ident()
+        _ThreadIO.start()
+        try:
+            asyncio.run(serve(back))
+        finally:
+            seen = _ThreadIO.stop()
+        assert sink.flush(timeout=10)
+
+        assert "socket.connect" in {event for thread, event in seen if thread == loop_thread}
+        assert sorted(_stream_ids(redis_url, stream)) == sorted(
+            [*down, "req_outside_any_loop", *back]
+        )
+        assert not list(spool_dir.glob("*.jsonl"))
+    finally:
+        drop_usage_stream(redis_url, stream)
