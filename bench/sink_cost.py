@@ -1,18 +1,19 @@
 """What the usage sink costs the proxy: one worker sending usage to a Redis stream (production)
 and one whose sink is a no-op (`bench/sink_off.py`), loaded at the same time.
 
-Both workers are started once and pinned to the same core; the fake providers, the load generator
+Both workers are pinned to the same core; the fake providers, the load generator
 and a Redis of the benchmark's own (`redis-server`, nothing kept on disk) share the other, as the
 fake provider does in every proxy benchmark: in production Redis is not on the web worker's core.
 In each round both workers are loaded at once, at concurrency 32 each, for WINDOW seconds: they
 share their core, so whatever slows the machine meanwhile slows both alike, and each round gives
 a ratio of the two. Each window ends only when its worker has gone quiet (the sink's last batch
-counted). Reported: every round's throughput and CPU per request, and the medians of the
-rounds' ratios. Issue #5's target: the sink costs under 5 %.
+counted). The worker started first runs about 1 % slower whatever its sink, so half the rounds
+are measured on a pair started the other way round. Reported: every round's throughput and CPU
+per request, and the medians of the rounds' ratios. Issue #5's target: the sink costs under 5 %.
 
 Windows taking turns instead (one worker loaded at a time) were the method before: on a shared
 machine whose speed drifts by 20 % within a minute, their rounds differed by as much, while the
-ratio of two workers loaded together held within 0.2 % with both sinks off (``--same``).
+ratio of two workers loaded together holds within about 1 % with both sinks off (``--same``).
 
     .venv/bin/python -m bench.sink_cost [--rounds 6] [--same]
 """
@@ -60,8 +61,10 @@ async def _round(setups: dict[str, run.Setup]) -> dict[str, tuple[float, float]]
 
 async def _measure(setups: dict[str, run.Setup], rounds: int) -> dict[str, list]:
     figures: dict[str, list] = {mode: [] for mode in setups}
-    for _ in range(rounds):
-        for mode, figure in (await _round(setups)).items():
+    for index in range(rounds):
+        # Which worker is loaded first alternates, so neither gains from the order.
+        order = list(setups.items())[:: -1 if index % 2 else 1]
+        for mode, figure in (await _round(dict(order))).items():
             figures[mode].append(figure)
     return figures
 
@@ -102,27 +105,39 @@ def _redis(children: procs.Processes, scratch: Path, pin: bool) -> str:
 
 def measure(rounds: int, *, same: bool = False) -> dict[str, list]:
     """Figures per round for "off" and "redis"; with ``same``, the second worker's sink is off
-    too (the method's own error: both figures should agree)."""
+    too (the method's own error: both figures should agree).
+
+    The worker started first comes out about 1 % slower, whatever its sink (seen with
+    ``--same``), so half the rounds are measured on a pair started in the other order."""
     pin = len(os.sched_getaffinity(0)) >= 2
-    children = procs.Processes()
+    figures: dict[str, list] = {"off": [], "redis": []}
+    services = procs.Processes()
     with tempfile.TemporaryDirectory(prefix="costr-sink-cost-") as scratch:
         try:
-            stream = (_redis(children, Path(scratch), pin), "costr:usage")
-            setups = {}
-            for mode in ("off", "redis"):
-                tmp = Path(scratch) / mode
-                tmp.mkdir()
-                setups[mode] = run.start(
-                    run.Plan(),
-                    tmp,
-                    children,
-                    pin,
-                    usage_stream=stream if mode == "redis" else None,
-                    sink_off=mode == "off" or same,
-                )
-            return asyncio.run(_measure(setups, rounds))
+            stream = (_redis(services, Path(scratch), pin), "costr:usage")
+            for half, order in enumerate((("off", "redis"), ("redis", "off"))):
+                workers = procs.Processes()
+                try:
+                    setups = {}
+                    for mode in order:
+                        tmp = Path(scratch) / f"{mode}-{half}"
+                        tmp.mkdir()
+                        setups[mode] = run.start(
+                            run.Plan(),
+                            tmp,
+                            workers,
+                            pin,
+                            usage_stream=stream if mode == "redis" else None,
+                            sink_off=mode == "off" or same,
+                        )
+                    count = rounds // 2 if half == 0 else rounds - rounds // 2
+                    for mode, runs in asyncio.run(_measure(setups, count)).items():
+                        figures[mode] += runs
+                finally:
+                    workers.stop_all()
         finally:
-            children.stop_all()
+            services.stop_all()
+    return figures
 
 
 def section(figures: dict[str, list], *, same: bool = False) -> str:
