@@ -237,6 +237,10 @@ class _LoopBatch:
             _direct = False
             if self.sending is items:  # not taken by flush() meanwhile
                 _to_thread(items)
+        except asyncio.CancelledError:  # the loop is closing: the thread delivers instead
+            if self.sending is items:
+                _to_thread(items)
+            raise
         finally:
             if self.sending is items:
                 self.sending = None

@@ -15,7 +15,13 @@ from apps.usage import stream as usage_stream
 from apps.usage.models import RefusalCount, UsageEvent
 from apps.usage.spool import Spool
 from apps.usage.tests.test_writer import _record
-from tests.outage import drop_usage_stream, free_port, use_usage_stream
+from tests.outage import (
+    RedisServer,
+    drop_usage_stream,
+    free_port,
+    use_usage_stream,
+    wait_until,
+)
 
 # The sink's thread uses its own connection: it only sees committed rows.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -393,3 +399,35 @@ def test_a_loop_whose_sends_fail_spools_its_batches_and_appends_again_once_redis
         assert not list(spool_dir.glob("*.jsonl"))
     finally:
         drop_usage_stream(redis_url, stream)
+
+
+def test_a_send_cancelled_by_the_loop_closing_is_delivered_by_the_thread(org, settings, tmp_path):
+    """The loop closes (a server stopped without its lifespan) while its send waits on a Redis
+    that does not answer: the batch goes to the thread, without anyone calling flush()."""
+    import asyncio
+    import signal
+
+    import redis
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    stream = use_usage_stream(settings, server.url, tmp_path / "spool")
+    ids = [f"req_cancelled_{n}" for n in range(sink.BATCH_SIZE)]
+
+    async def serve() -> None:
+        await _emit_all(org, ids)  # a full batch: its send starts
+        await asyncio.sleep(0.2)  # and waits on Redis when the loop closes
+
+    try:
+        server.process.send_signal(signal.SIGSTOP)  # connections are accepted, nothing answered
+        asyncio.run(serve())  # cancels the send
+        server.process.send_signal(signal.SIGCONT)
+        client = redis.Redis(port=server.port)
+        # Spooled by the thread after its own timeout, then replayed: in the stream, all of them
+        # (the thread's first XADD may also have run when Redis resumed: a duplicate, stored once).
+        wait_until(lambda: set(_stream_ids(server.url, stream)) == set(ids), timeout=60)
+        client.close()
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        sink.flush(timeout=30)
+        server.stop()
