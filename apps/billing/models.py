@@ -56,6 +56,9 @@ class StripeConnection(EncryptedSecret):
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     checkpoints = models.JSONField(default=dict, blank=True)
+    # The demo organization's made-up Stripe data (``manage.py costr_demo``): there is no account
+    # behind it, so it is never synced.
+    is_demo = models.BooleanField(default=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

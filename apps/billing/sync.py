@@ -101,6 +101,8 @@ def stripe_sync(*, organization_id: int, sleep=time.sleep) -> SyncResult:
         return SyncResult(status="no_organization")
     now = timezone.now()
     connections = StripeConnection.objects.for_org(organization)
+    if connections.filter(is_demo=True).exists():
+        return SyncResult(status="demo")  # made-up data: no Stripe account to read
     claimed = connections.exclude(
         sync_status=SyncStatus.RUNNING,
         sync_started_at__gt=now - timedelta(seconds=SYNC_TIME_LIMIT_SECONDS),

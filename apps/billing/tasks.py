@@ -17,9 +17,10 @@ def stripe_sync(organization_id: int) -> dict:
 
 @shared_task(name="billing.stripe_sync_all", time_limit=300, soft_time_limit=270)
 def stripe_sync_all() -> int:
-    """Beat's hourly entry point: one sync task per connected organization."""
+    """Beat's hourly entry point: one sync task per connected organization (not the demo's)."""
     organization_ids = list(
         StripeConnection.objects.unscoped(reason="beat queues a sync for every connected org")
+        .filter(is_demo=False)
         .order_by("organization_id")
         .values_list("organization_id", flat=True)
     )

@@ -103,7 +103,9 @@ class StripeSettingsView(StripePageMixin, TemplateView):
 class StripeSyncView(StripePageMixin, View):
     def post(self, request, org_slug):
         connection = self.connection_or_404()
-        if services.stripe_sync_request(
+        if connection.is_demo:
+            messages.info(request, "The demo's Stripe data is made up: there is nothing to sync.")
+        elif services.stripe_sync_request(
             connection=connection, actor=request.user, ip=client_ip(request)
         ):
             messages.success(request, "Sync requested; this page shows its progress.")

@@ -632,6 +632,7 @@ def demo_revenue_create(
         last4="demo",
         account_id="acct_demo",
         account_name="Demo account (no Stripe calls)",
+        is_demo=True,
         permissions=dict.fromkeys(
             ("customers", "charges", "disputes", "balance_transactions", "invoices"), True
         ),

@@ -18,6 +18,10 @@ class Command(BaseCommand):
             raise CommandError(f"Stripe is not connected for {organization.slug}.")
         if status == "already_running":
             raise CommandError(f"A Stripe sync of {organization.slug} is already running.")
+        if status == "demo":
+            raise CommandError(
+                f"{organization.slug} is the demo: its Stripe data is made up, nothing to sync."
+            )
         if status == "failed":
             raise CommandError(f"Stripe sync of {organization.slug} failed: {result['error']}")
         created = sum(result["created"].values())
