@@ -295,6 +295,8 @@ def _take_batch() -> tuple[list[Packed], list[_FlushRequest]]:
     except queue.Empty:
         return [], []
     if isinstance(first, _FlushRequest):
+        # Answered now: a flag left set would cut the next batch's linger short.
+        _flush_requested.clear()
         return [], [first]
     if isinstance(first, list):
         batch = first  # a loop's batch: it lingered there already
@@ -312,6 +314,7 @@ def _take_batch() -> tuple[list[Packed], list[_FlushRequest]]:
         except queue.Empty:
             break
         if isinstance(item, _FlushRequest):
+            _flush_requested.clear()
             return batch, [item]  # deliver now: someone is waiting
         if isinstance(item, list):
             batch.extend(item)

@@ -431,3 +431,27 @@ def test_a_send_cancelled_by_the_loop_closing_is_delivered_by_the_thread(org, se
         server.process.send_signal(signal.SIGCONT)
         sink.flush(timeout=30)
         server.stop()
+
+
+def test_a_flush_with_nothing_queued_does_not_cut_the_next_batchs_linger_short(
+    org, redis_stream, redis_url, monkeypatch
+):
+    import time
+
+    import redis
+
+    sink.emit(_record(org, "req_linger_before"))
+    assert sink.flush(timeout=10)
+    assert sink.flush(timeout=10)  # nothing queued: the thread takes the request alone
+    monkeypatch.setattr(sink, "LINGER_SECONDS", 5.0)
+
+    sink.emit(_record(org, "req_linger_1"))
+    time.sleep(0.3)  # well inside the linger
+    sink.emit(_record(org, "req_linger_2"))
+    assert sink.flush(timeout=10)  # cuts it short
+
+    entries = [
+        [record["request_id"] for record in usage_stream.decode(fields)[1]]
+        for _, fields in redis.Redis.from_url(redis_url).xrange(redis_stream)
+    ]
+    assert entries[-1] == ["req_linger_1", "req_linger_2"]  # one batch, as lingering is for
