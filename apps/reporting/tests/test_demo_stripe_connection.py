@@ -8,7 +8,7 @@ from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from apps.billing import tasks
+from apps.billing import services, tasks
 from apps.billing.models import StripeConnection, SyncStatus
 from apps.reporting import demo
 
@@ -20,7 +20,14 @@ def _demo_connection(organization) -> StripeConnection:
     return StripeConnection.objects.for_org(organization).get()
 
 
-def test_the_hourly_sync_syncs_real_connections_and_leaves_the_demo_alone(connected, other_org):
+def test_the_hourly_sync_syncs_real_connections_and_leaves_the_demo_alone(
+    org, admin, other_org, fake_stripe, django_capture_on_commit_callbacks
+):
+    account = fake_stripe.account("acct_1RealRevenue000001", name="Real Revenue")
+    with django_capture_on_commit_callbacks(execute=True):
+        connected = services.stripe_connect(
+            organization=org, key=fake_stripe.restricted_key(account), actor=admin
+        )
     demo_connection = _demo_connection(other_org)
 
     assert tasks.stripe_sync_all.delay().get() == 1  # the real one only
