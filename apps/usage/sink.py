@@ -45,7 +45,17 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from apps.usage.stream import Packed, pack, unpack
+from apps.usage.stream import (
+    KIND_EVENTS,
+    KIND_REFUSALS,
+    AsyncStream,
+    Packed,
+    StreamProducer,
+    encode,
+    encode_packed,
+    pack,
+    unpack,
+)
 
 logger = logging.getLogger("costr.usage.sink")
 
@@ -197,7 +207,7 @@ class _LoopBatch:
         self.timer: asyncio.TimerHandle | None = None
         self.sending: list[Packed] | None = None  # the batch whose XADD is in flight
         self.task: asyncio.Task | None = None  # a reference, or the loop could lose the task
-        self.stream = None
+        self.stream: AsyncStream | None = None
 
     def add(self, packed: Packed) -> None:
         self.items.append(packed)
@@ -207,10 +217,7 @@ class _LoopBatch:
             self.hand_over()
 
     def hand_over(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        items, self.items = self.items, []
+        items = self._take()
         if not items:
             return
         stream = self._stream() if self.sending is None else None
@@ -220,12 +227,12 @@ class _LoopBatch:
         self.sending = items
         self.task = self.loop.create_task(self._send(stream, items))
 
-    async def _send(self, stream, items: list[Packed]) -> None:
+    async def _send(self, stream: AsyncStream, items: list[Packed]) -> None:
         global _direct
-        from apps.usage.stream import KIND_EVENTS, encode_packed
-
+        sent = False
         try:
             await stream.append(encode_packed(KIND_EVENTS, items))
+            sent = True
         except Exception as error:
             if _direct:
                 logger.warning(
@@ -235,17 +242,15 @@ class _LoopBatch:
                     error,
                 )
             _direct = False
-            if self.sending is items:  # not taken by flush() meanwhile
-                _to_thread(items)
-        except asyncio.CancelledError:  # the loop is closing: the thread delivers instead
-            if self.sending is items:
-                _to_thread(items)
-            raise
         finally:
+            # Failed, or cancelled by the loop closing: the thread delivers it instead, unless
+            # flush() took it meanwhile.
             if self.sending is items:
                 self.sending = None
+                if not sent:
+                    _to_thread(items)
 
-    def _stream(self):
+    def _stream(self) -> AsyncStream | None:
         """The Redis stream to append to from this loop, or None to hand over to the thread."""
         from django.conf import settings
 
@@ -254,21 +259,23 @@ class _LoopBatch:
             return None
         key = (url, settings.COSTR_USAGE_STREAM)
         if self.stream is None or self.stream.key != key:
-            from apps.usage.stream import AsyncStream
-
             self.stream = AsyncStream(*key)
         return self.stream
 
     def hand_all_to_thread(self) -> None:
         """For flush(): everything held, and the batch in flight too, to the thread."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        items, self.items = self.items, []
+        items = self._take()
         if self.sending is not None:
             items, self.sending = self.sending + items, None
         if items:
             _to_thread(items)
+
+    def _take(self) -> list[Packed]:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        items, self.items = self.items, []
+        return items
 
 
 # The background thread: everything below runs there, never on a caller's thread.
@@ -417,15 +424,11 @@ class _RedisTransport:
     """Redis mode: to the stream, or to the spool while Redis does not answer."""
 
     def __init__(self, url: str, stream: str, spool_dir: str, segment_bytes: int) -> None:
-        from apps.usage.stream import StreamProducer
-
         self.producer = StreamProducer(
             url=url, stream=stream, spool_dir=spool_dir, segment_bytes=segment_bytes
         )
 
     def deliver(self, records: list[Packed], counts: list[dict]) -> None:
-        from apps.usage.stream import KIND_EVENTS, KIND_REFUSALS, encode, encode_packed
-
         entries = []
         if records:
             entries.append(encode_packed(KIND_EVENTS, records))
