@@ -1,19 +1,35 @@
 # Two commands on a fresh machine: `make run` and `make test`.
+# Everything installed comes from uv.lock (exact versions and hashes); uv itself from
+# requirements-uv.txt (hashes). `make lock` upgrades the lock.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV_HOME := .uv
+UV := $(UV_HOME)/bin/uv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format migrate install bench clean
+# uv uses this machine's Python and never downloads one.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+.PHONY: run test lint format migrate install install-dev lock bench prodcheck clean
+
+$(UV): requirements-uv.txt
+	test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-uv.txt
 	touch $@
 
-install: $(VENV)/.installed
+# What the server needs; leaves the dev tools alone if they are there.
+install: $(UV)
+	$(UV) sync --locked --no-dev --inexact --python $(PYTHON) --quiet
+
+# Everything in the lock, the test tools and provider SDKs included.
+install-dev: $(UV)
+	$(UV) sync --locked --python $(PYTHON) --quiet
+
+lock: $(UV)
+	$(UV) lock --upgrade
 
 migrate: install
 	$(PY) manage.py migrate --noinput
@@ -21,7 +37,7 @@ migrate: install
 run: migrate
 	$(PY) -m uvicorn costr.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
-test: install
+test: install-dev
 	$(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -30,18 +46,18 @@ test: install
 
 # Proxy overhead against the fake provider, then the sink, writer and reporting benchmarks on
 # PostgreSQL (BENCH_DATABASE_URL); about ten minutes; writes docs/benchmarks.md and .json.
-bench: install
+bench: install-dev
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.extras
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-format: install
+format: install-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) .pytest_cache .ruff_cache

@@ -586,10 +586,13 @@ def test_cut_after_makes_clients_fail(fake):
             stream=True,
             extra_headers={"x-fake-cut-after": "4"},
         )
-        # The anthropic and google SDKs let the transport error through unwrapped.
-        with pytest.raises(httpx2.RemoteProtocolError):
+        # anthropic 2.17 (the locked version) wraps a transport error met mid-stream in
+        # APIConnectionError as openai does; its releases before 2.17 let it through unwrapped.
+        with pytest.raises(anthropic.APIConnectionError) as caught:
             list(stream)
+        assert isinstance(caught.value.__cause__, httpx2.RemoteProtocolError)
 
+    # google-genai lets the transport error through unwrapped.
     client = genai_client(fake, headers={"x-fake-cut-after": "2"})
     with pytest.raises(httpx2.RemoteProtocolError):
         list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="x"))
