@@ -35,7 +35,7 @@ migrate: install
 	$(PY) manage.py migrate --noinput
 
 run: migrate
-	$(PY) -m uvicorn costr.asgi:application --host $(HOST) --port $(PORT) --no-access-log
+	$(PY) -m uvicorn costr.asgi:application --host $(HOST) --port $(PORT) --http costr.server:HttpToolsProtocol --no-access-log
 
 test: install-dev
 	$(PY) manage.py makemigrations --check --dry-run

@@ -14,6 +14,10 @@ django_application = get_asgi_application()
 from apps.proxy.app import proxy_app  # noqa: E402
 from apps.proxy.upstream import close_client  # noqa: E402
 from apps.usage import sink  # noqa: E402
+from costr.server import install_access_log_redaction  # noqa: E402
+
+# Here, after Django has applied LOGGING, on whatever handlers the server gave the logger.
+install_access_log_redaction()
 
 _HEALTH_BODY = b'{"status":"ok"}'
 _HEALTH_HEADERS = [

@@ -23,34 +23,33 @@ from django.views.decorators.debug import sensitive_variables
 
 from apps.keys import keycache
 from apps.proxy.http1 import Origin, UpstreamError, UpstreamTimeout
+from apps.proxy.limits import (
+    HOP_BY_HOP,
+    MAX_HEAD_BYTES,
+    Attribution,
+    Refusal,
+    check_method,
+    clean_request_info,
+    clean_usage,
+    climbs_above_prefix,
+    connection_options,
+    head_size,
+    response_headers_to_relay,
+)
 from apps.proxy.providers import Adapter, RequestInfo, Usage, get_adapter
 from apps.proxy.upstream import get_client
 from apps.usage import sink
+from costr import throttle
 
 logger = logging.getLogger("costr.proxy")
 
 PREFIX = b"/p/"
 TOKEN_PREFIX = "costr_"  # noqa: S105 -- a public marker, not a secret
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 # Refusals before forwarding make no usage event but are counted per organization for the
-# dashboard (DESIGN.md); a 503 for Costr's own trouble is no refusal of the request.
-COUNTED_REFUSALS = frozenset({400, 401, 403, 413})
-MAX_PROPERTIES = 20
-MAX_CUSTOMER_LENGTH = 255
-CUSTOMER_HEADER = b"x-costr-customer"
-PROPERTY_HEADER = b"x-costr-property-"
+# dashboard (DESIGN.md); a 503 for Costr's own trouble is no refusal of the request. Only a
+# request that proved it is the organization's (a valid token of it) is counted: anyone can
+# send a bad token to any /p/<org>/, and the count must not be theirs to inflate.
+COUNTED_REFUSALS = frozenset({400, 403, 405, 408, 413})
 
 
 class UpstreamBroken(Exception):
@@ -78,14 +77,6 @@ def upstream_failure(error: UpstreamError, *, answered: bool) -> UpstreamFailed:
     return UpstreamFailed(
         502, "upstream_disconnected" if answered else "upstream_unreachable", error
     )
-
-
-class Refusal(Exception):
-    """A request Costr answers itself, in the provider's error shape, without forwarding."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def _upstream_origin(provider: str) -> Origin:
@@ -124,8 +115,7 @@ class ProxiedRequest:
         self.started = started
         self.timestamp = datetime.now(UTC)
         self.info = RequestInfo(endpoint="other")
-        self.customer: str | None = None
-        self.properties: dict[str, str] = {}
+        self.attribution = Attribution()
         self.resolved: keycache.ResolvedToken | None = None
         self.status: int | None = None
         self.outcome = "ok"
@@ -136,11 +126,13 @@ class ProxiedRequest:
         self.response_started = False
 
     def emit(self, usage: Usage | None) -> None:
-        """Hand this request's one usage record to the sink (a second call does nothing)."""
+        """Hand this request's one usage record to the sink (a second call does nothing).
+
+        The provider's strings enter the record here, so they are cleaned here."""
         if self.recorded:
             return
         self.recorded = True
-        sink.emit(self.record(usage))
+        sink.emit(self.record(clean_usage(usage)))
 
     def record(self, usage: Usage | None) -> dict:
         resolved = self.resolved
@@ -156,8 +148,8 @@ class ProxiedRequest:
             or self.info.requested_model
             or "",
             "requested_model": self.info.requested_model or "",
-            "customer": self.customer,
-            "properties": self.properties,
+            "customer": self.attribution.customer,
+            "properties": self.attribution.properties,
             "status": self.status,
             "stream": self.info.stream,
             "outcome": self.outcome,
@@ -201,9 +193,10 @@ async def proxy_app(scope, receive, send) -> None:
     except ClientGone:
         return
     except Refusal as refusal:
-        if refusal.status in COUNTED_REFUSALS:
-            sink.emit_refusal(org_slug, refusal.status, refusal.code)
-        await _send_error(send, request, refusal.status, refusal.code, refusal.message)
+        _count_refusal(request, refusal)
+        await _send_error(
+            send, request, refusal.status, refusal.code, refusal.message, refusal.headers
+        )
     except UpstreamFailed as failure:
         await _upstream_failed(request, send, failure)
     except UpstreamBroken:
@@ -229,8 +222,16 @@ async def _proxy(request: ProxiedRequest, receive, send) -> None:
     scope, adapter = request.scope, request.adapter
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     query: bytes = scope.get("query_string", b"")
+    if head_size(scope) > MAX_HEAD_BYTES:
+        raise Refusal(
+            431, "head_too_large", f"Request heads are limited to {MAX_HEAD_BYTES} bytes."
+        )
 
     request.resolved = await _authorize(request, headers, query)
+    # Checked once the token is known, so that these refusals count for the organization.
+    check_method(scope["method"])
+    if climbs_above_prefix(request.raw_rest):
+        raise Refusal(400, "invalid_path", "The path's dot-segments climb above the API's root.")
     forward_headers = _request_headers(request, headers)
     provider_key = keycache.provider_key_plaintext(request.resolved, request.provider)
     if provider_key is None:
@@ -245,7 +246,9 @@ async def _proxy(request: ProxiedRequest, receive, send) -> None:
     keycache.record_use(request.resolved, request.provider)
 
     content, body_head, body_done = await _read_body(request, headers, receive)
-    request.info = adapter.inspect_request(scope["method"], request.rest, body_head)
+    request.info = clean_request_info(
+        adapter.inspect_request(scope["method"], request.rest, body_head)
+    )
     if body_head is not None:
         inject = request.resolved.inject_openai_stream_usage
         new_body, injected = adapter.prepare_request_body(request.info, body_head, inject)
@@ -281,11 +284,23 @@ async def _proxy(request: ProxiedRequest, receive, send) -> None:
 
 
 async def _authorize(request: ProxiedRequest, headers, query) -> keycache.ResolvedToken:
+    """The request's token, resolved, or a refusal.
+
+    A token that fails counts against the client's address (``costr.throttle``, shared with the
+    API and, with Redis, with every process); past the limit the address is answered 429 before
+    any look-up, from a check in this process's memory, until the window allows more. A valid
+    token from an address that is not blocked costs nothing more than before.
+    """
+    client = request.scope.get("client")
+    address = client[0] if client else "unknown"
+    wait = throttle.INVALID_TOKENS.blocked(address)
+    if wait is not None:
+        raise _rate_limited(wait)
     credential = request.adapter.credential_from(headers, query)
     if not credential:
         raise Refusal(401, "missing_token", "Send your Costr token where the SDK puts its API key.")
     if not credential.startswith(TOKEN_PREFIX):
-        raise Refusal(401, "invalid_token", "This is not a Costr token (they start with costr_).")
+        raise await _invalid_token(address, "This is not a Costr token (they start with costr_).")
     token_hash = hashlib.sha256(credential.encode()).hexdigest()
     try:
         resolved = await keycache.aresolve(token_hash)
@@ -295,36 +310,60 @@ async def _authorize(request: ProxiedRequest, headers, query) -> keycache.Resolv
             503, "costr_unavailable", "Costr cannot check tokens right now; call the provider."
         ) from error
     if resolved is None or resolved.organization_slug != request.org_slug:
-        raise Refusal(401, "invalid_token", "Unknown, revoked or expired Costr token.")
+        raise await _invalid_token(address, "Unknown, revoked or expired Costr token.")
     if "proxy" not in resolved.scopes:
         raise Refusal(403, "token_scope", "This Costr token does not have the proxy scope.")
     return resolved
 
 
+async def _invalid_token(address: str, message: str) -> Refusal:
+    """401 for a failed token, or 429 once its address is past the invalid-token limit."""
+    wait = await throttle.INVALID_TOKENS.ahit(address)
+    if wait is not None:
+        return _rate_limited(wait)
+    return Refusal(401, "invalid_token", message)
+
+
+def _rate_limited(wait: int) -> Refusal:
+    return Refusal(
+        429,
+        "rate_limited",
+        f"Too many requests with invalid tokens from this address; retry in {wait} s.",
+        headers=((b"retry-after", str(wait).encode()),),
+    )
+
+
+def _count_refusal(request: ProxiedRequest, refusal: Refusal) -> None:
+    """Count a refusal for the dashboard when the request proved it is the organization's.
+
+    Refusals of requests that proved nothing (no token, a bad one, another org's) are logged
+    instead, with the client's address: that is where a flood of them shows.
+    """
+    if request.resolved is not None and refusal.status in COUNTED_REFUSALS:
+        sink.emit_refusal(request.org_slug, refusal.status, refusal.code)
+    elif refusal.status != 503:
+        client = request.scope.get("client") or ("-", 0)
+        logger.info(
+            "refused %s %s for org %r from %s",
+            refusal.status,
+            refusal.code,
+            request.org_slug[:100],
+            client[0],
+        )
+
+
 def _request_headers(request: ProxiedRequest, headers) -> list[tuple[bytes, bytes]]:
-    """Headers to forward: all but hop-by-hop, Host and Costr's own, which are read here."""
+    """Headers to forward: all but hop-by-hop ones (the fixed list and those the client's
+    ``Connection:`` names), Host and Costr's own, which are read here."""
+    dropped = HOP_BY_HOP | connection_options(headers)
     forwarded = []
     for name, value in headers:
         lowered = name.lower()
         if lowered.startswith(b"x-costr-"):
-            _read_attribution(request, lowered, value)
-        elif lowered not in HOP_BY_HOP and lowered != b"host":
+            request.attribution.read(lowered, value)
+        elif lowered not in dropped and lowered != b"host":
             forwarded.append((name, value))
     return forwarded
-
-
-def _read_attribution(request: ProxiedRequest, name: bytes, value: bytes) -> None:
-    text = value.decode("utf-8", "replace").strip()
-    if name == CUSTOMER_HEADER:
-        if len(text) > MAX_CUSTOMER_LENGTH:
-            raise Refusal(400, "invalid_customer", "X-Costr-Customer is over 255 characters.")
-        request.customer = text or None
-    elif name.startswith(PROPERTY_HEADER):
-        key = name[len(PROPERTY_HEADER) :].decode("latin-1")
-        if key:
-            request.properties[key] = text[:MAX_CUSTOMER_LENGTH]
-            if len(request.properties) > MAX_PROPERTIES:
-                raise Refusal(400, "too_many_properties", "At most 20 X-Costr-Property-* headers.")
 
 
 async def _read_body(request: ProxiedRequest, headers, receive):
@@ -342,7 +381,7 @@ async def _read_body(request: ProxiedRequest, headers, receive):
     size = 0
     more = True
     while more and size <= inspect_limit:
-        message = await receive()
+        message = await _receive_body(receive)
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -364,7 +403,7 @@ async def _read_body(request: ProxiedRequest, headers, receive):
         for part in parts:
             yield part
         while True:
-            message = await receive()
+            message = await _receive_body(receive)
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")
@@ -379,6 +418,20 @@ async def _read_body(request: ProxiedRequest, headers, receive):
                 return
 
     return rest_of_body(), None, state
+
+
+async def _receive_body(receive):
+    """The next message of the request body, or 408 when the client takes longer than
+    ``COSTR_PROXY_BODY_READ_TIMEOUT`` to send it: a slow client cannot hold a worker's
+    connection (and a half-sent upstream request) open for ever."""
+    timeout = settings.COSTR_PROXY_BODY_READ_TIMEOUT
+    try:
+        async with asyncio.timeout(timeout):
+            return await receive()
+    except TimeoutError:
+        raise Refusal(
+            408, "body_read_timeout", f"The request body did not arrive within {timeout:g} s."
+        ) from None
 
 
 def _content_length(headers) -> int | None:
@@ -405,9 +458,7 @@ async def _relay(request, response, headers_at, injected, body_done, receive, se
     )
     # With a filter, the reader is fed through it when it can be: one split per chunk.
     feed_reader = not (stream_filter is not None and stream_filter.share(reader))
-    out_headers = [
-        (name, value) for name, value in response.headers if name.lower() not in HOP_BY_HOP
-    ]
+    out_headers = response_headers_to_relay(response.headers)
     if stream_filter is not None:
         out_headers = stream_filter.response_headers(out_headers)
     request.overhead += time.perf_counter() - headers_at
@@ -509,9 +560,11 @@ async def _upstream_failed(request, send, failure: UpstreamFailed) -> None:
     request.emit(None)
 
 
-async def _send_error(send, request: ProxiedRequest, status: int, code: str, message: str):
+async def _send_error(
+    send, request: ProxiedRequest, status: int, code: str, message: str, headers=()
+) -> None:
     body = request.adapter.error_body(status, code, message)
-    await _send_json_error(send, status, code, body, request.request_id, request.started)
+    await _send_json_error(send, status, code, body, request.request_id, request.started, headers)
 
 
 async def _send_plain_error(send, started: float, status: int, code: str, message: str) -> None:
@@ -521,13 +574,14 @@ async def _send_plain_error(send, started: float, status: int, code: str, messag
 
 
 async def _send_json_error(
-    send, status: int, code: str, body: bytes, request_id: str, started: float
+    send, status: int, code: str, body: bytes, request_id: str, started: float, headers=()
 ) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
+                *headers,
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-costr-error", code.encode()),

@@ -46,6 +46,10 @@ COSTR_PROXY_INSPECT_BYTES = env.int("COSTR_PROXY_INSPECT_BYTES", default=4 * 102
 COSTR_PROXY_DRAIN_SECONDS = env.float("COSTR_PROXY_DRAIN_SECONDS", default=300.0)
 
 # Absolute origin used where no request is at hand (links printed by commands, e-mails).
+# A slow client gets 408: the request head must be complete within the first timeout (held by
+# costr.server's protocol), and each piece of the body arrive within the second.
+COSTR_PROXY_HEADER_READ_TIMEOUT = env.float("COSTR_PROXY_HEADER_READ_TIMEOUT", default=30.0)
+COSTR_PROXY_BODY_READ_TIMEOUT = env.float("COSTR_PROXY_BODY_READ_TIMEOUT", default=60.0)
 COSTR_BASE_URL = env.str("COSTR_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 # How long usage metadata is kept for a new organization (each org can change its own; the

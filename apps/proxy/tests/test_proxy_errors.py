@@ -350,8 +350,11 @@ def test_a_255_character_customer_and_20_properties_are_accepted_and_recorded(sd
 
 
 def test_refused_requests_are_counted_per_organization_and_code(http, proxy, settings):
-    """No usage event, but a count the dashboard shows: one per refused request, by the
-    status and the X-Costr-Error code it was answered with. A forwarded request adds none."""
+    """No usage event, but a count the dashboard shows: one per refused request that proved
+    it is the organization's (a valid token of it), by the status and the X-Costr-Error code it
+    was answered with. A forwarded request adds none, and neither do requests with no token,
+    a bad one, or another organization's: anyone can send those to any /p/<org>/, so counting
+    them would let anyone inflate any organization's count."""
     from apps.usage import sink
     from apps.usage.models import RefusalCount
 
@@ -361,6 +364,11 @@ def test_refused_requests_are_counted_per_organization_and_code(http, proxy, set
         _raw_generate(http, proxy, "anthropic", "costr_not-a-token"),
         _raw_generate(http, proxy, "google", None),
         _raw_generate(http, proxy, "openai", proxy.token, headers={"x-costr-customer": "c" * 256}),
+        http.request(
+            "PUT",
+            f"{proxy.url('openai')}/chat/completions",
+            headers={"authorization": f"Bearer {proxy.token}"},
+        ),
     ]
     settings.COSTR_PROXY_MAX_BODY_BYTES = 10
     answers.append(_raw_generate(http, proxy, "openai", proxy.token))
@@ -372,6 +380,7 @@ def test_refused_requests_are_counted_per_organization_and_code(http, proxy, set
         (401, "invalid_token"),
         (401, "invalid_token"),
         (401, "missing_token"),
+        (405, "method_not_allowed"),
         (413, "body_too_large"),
     ]
     counts = {
@@ -380,8 +389,7 @@ def test_refused_requests_are_counted_per_organization_and_code(http, proxy, set
     }
     assert counts == {
         (400, "invalid_customer"): 1,
-        (401, "invalid_token"): 2,
-        (401, "missing_token"): 1,
+        (405, "method_not_allowed"): 1,
         (413, "body_too_large"): 1,
     }
 

@@ -1,0 +1,151 @@
+"""How Costr is served: uvicorn's HTTP protocol with the limits uvicorn lacks, the gunicorn
+worker that uses it, and the access-log redaction.
+
+uvicorn (the locked 0.55) bounds nothing of a request head when it parses with httptools (its
+default): headers accumulate in memory for as long as a client sends them, and there is no
+header read timeout (``timeout_keep_alive`` covers only the idle time between requests, and no
+timer runs while a head trickles in). Its h11 parser caps an incomplete head at
+``h11_max_incomplete_event_size`` (16 KiB by default, answered 400, not 431), with no timeout
+either. ``HttpToolsProtocol`` adds both limits at the one place that sees a head before it is
+complete: over ``MAX_HEAD_BYTES`` the client gets 431, past
+``COSTR_PROXY_HEADER_READ_TIMEOUT`` 408, each marked ``X-Costr-Error`` and, under ``/p/``, in
+the provider's error shape. The proxy also checks the size of every complete head itself, so
+the limit holds under any server.
+
+The access log line carries the query string, where a Gemini client puts its Costr token
+(``?key=costr_…``): ``AccessLogRedaction`` rewrites it before any handler sees it.
+"""
+
+import logging
+import re
+
+from django.conf import settings
+from uvicorn.protocols.http import httptools_impl
+from uvicorn_worker import UvicornWorker as _UvicornWorker
+
+from apps.proxy.limits import MAX_HEAD_BYTES, error_for_path
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on the head's size and on its read time."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._head_complete = False
+        self._head_bytes = 0
+        self._head_timer = None
+        self.url = b""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_complete:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Counted before parsing, so the bytes of a chunk that completed the head (and began
+        # the body) are no concern: the head is only judged while it is still incomplete, and
+        # then everything counted was head.
+        if (
+            not self._head_complete
+            and self._head_bytes > MAX_HEAD_BYTES
+            and not self.transport.is_closing()
+        ):
+            self._refuse(
+                431, "head_too_large", f"Request heads are limited to {MAX_HEAD_BYTES} bytes."
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._head_complete = True
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # Whatever arrives next is the next request's head.
+        self._head_complete = False
+        self._head_bytes = 0
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(
+                settings.COSTR_PROXY_HEADER_READ_TIMEOUT, self._head_timed_out
+            )
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._head_complete or self.transport.is_closing():
+            return
+        if not self._head_bytes:
+            # A connection that never sent a byte has nothing to be answered.
+            self.transport.close()
+            return
+        timeout = settings.COSTR_PROXY_HEADER_READ_TIMEOUT
+        self._refuse(
+            408, "header_read_timeout", f"The request head did not arrive within {timeout:g} s."
+        )
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._cancel_head_timer()
+        body = error_for_path(self.url, status, code, message)
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"x-costr-error: " + code.encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.logger.warning("refused a request head: %s %s", status, code)
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+class UvicornWorker(_UvicornWorker):
+    """gunicorn's uvicorn worker, serving with ``HttpToolsProtocol``."""
+
+    CONFIG_KWARGS = {"loop": "auto", "http": "costr.server:HttpToolsProtocol"}
+
+
+_KEY_VALUE = re.compile(r"([?&;]key=)[^&;\s\"]*", re.IGNORECASE)
+_TOKEN = re.compile(r"costr_[A-Za-z0-9_\-]+")
+
+
+def redact(text: str) -> str:
+    """``text`` without ``key=`` values and Costr tokens."""
+    return _TOKEN.sub("costr_[redacted]", _KEY_VALUE.sub(r"\1[redacted]", text))
+
+
+class AccessLogRedaction(logging.Filter):
+    """Rewrites an access-log record's arguments (uvicorn's formatter reads them one by one, so
+    the record keeps its shape): a ``?key=`` value or a ``costr_`` token never reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def install_access_log_redaction() -> None:
+    """Put the redaction on ``uvicorn.access`` itself, whatever handlers uvicorn, gunicorn or
+    LOGGING give it (a LOGGING entry for that logger would replace the server's handlers)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(item, AccessLogRedaction) for item in access.filters):
+        access.addFilter(AccessLogRedaction())
