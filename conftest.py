@@ -102,3 +102,16 @@ def fake_stripe(settings):
     with FakeStripe() as fake:
         settings.STRIPE_API_BASE = fake.url
         yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fresh_abuse_throttles():
+    """Every test client comes from 127.0.0.1, and the abuse throttles count per address (in
+    Redis, across runs): each test starts with no failed login or bad token counted against it."""
+    from costr import throttle
+
+    throttle.reset_all()
+    from axes.handlers.proxy import AxesProxyHandler
+
+    AxesProxyHandler.reset_attempts(ip_address="127.0.0.1")
+    yield

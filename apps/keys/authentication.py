@@ -5,6 +5,10 @@ uses: a warm token costs no query for itself, and revocation reaches the API as 
 reaches the proxy. The organization row is read once per request (by primary key) because views
 need it whole. Last use is noted in memory and written out in bulk by keycache's flusher, never
 per request.
+
+A Bearer header that fails counts against its client address (``costr.throttle``, shared with the
+proxy); past the limit, that address is answered 429 with ``Retry-After`` before any look-up,
+until the window allows more.
 """
 
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from apps.accounts.models import Organization
 from apps.keys import keycache
 from apps.keys.services import TOKEN_PREFIX, token_hash
+from costr import throttle
 
 KEYWORD = b"bearer"
 REALM = "Costr API"
@@ -42,31 +47,27 @@ class TokenAuthentication(BaseAuthentication):
         parts = header.split()
         if not parts or parts[0].lower() != KEYWORD:
             return None
+        address = client_address(request)
+        wait = throttle.INVALID_TOKENS.blocked(address)
+        if wait is not None:
+            raise rate_limited(wait)
         if len(parts) != 2:
-            raise exceptions.AuthenticationFailed(
-                "Send the token as: Authorization: Bearer costr_…", code="invalid_token"
-            )
+            raise refused(address, "Send the token as: Authorization: Bearer costr_…")
         try:
             token = parts[1].decode("ascii")
         except UnicodeDecodeError:
             token = ""
         if not token.startswith(TOKEN_PREFIX):
-            raise exceptions.AuthenticationFailed(
-                "This is not a Costr token (they start with costr_).", code="invalid_token"
-            )
+            raise refused(address, "This is not a Costr token (they start with costr_).")
         resolved = keycache.resolve(token_hash(token))
         if resolved is None:
-            raise exceptions.AuthenticationFailed(
-                "Unknown, revoked or expired token.", code="invalid_token"
-            )
+            raise refused(address, "Unknown, revoked or expired token.")
         # An organization being deleted is out of reach from the moment deletion is asked for.
         organization = Organization.objects.filter(
             pk=resolved.organization_id, deletion_requested_at__isnull=True
         ).first()
         if organization is None:
-            raise exceptions.AuthenticationFailed(
-                "Unknown, revoked or expired token.", code="invalid_token"
-            )
+            raise refused(address, "Unknown, revoked or expired token.")
         keycache.record_use(resolved)
         credentials = TokenCredentials(
             organization=organization, scopes=resolved.scopes, token_id=resolved.token_id
@@ -75,6 +76,28 @@ class TokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request):
         return f'Bearer realm="{REALM}"'
+
+
+def client_address(request) -> str:
+    """The socket's peer as the server saw it (uvicorn's ``--proxy-headers`` sets it from
+    ``X-Forwarded-For`` for trusted proxies only); a header is never read here."""
+    return request.META.get("REMOTE_ADDR") or "unknown"
+
+
+def rate_limited(wait: int) -> exceptions.Throttled:
+    return exceptions.Throttled(
+        wait=wait,
+        detail="Too many requests with invalid tokens from this address.",
+        code="rate_limited",
+    )
+
+
+def refused(address: str, message: str) -> exceptions.APIException:
+    """A failed token: 401, or 429 once this address is past the invalid-token limit."""
+    wait = throttle.INVALID_TOKENS.hit(address)
+    if wait is not None:
+        return rate_limited(wait)
+    return exceptions.AuthenticationFailed(message, code="invalid_token")
 
 
 class TokenAuthenticationScheme(OpenApiAuthenticationExtension):

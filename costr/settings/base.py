@@ -1,5 +1,7 @@
 """Settings shared by every mode. Each variable's default is what the embedded mode needs."""
 
+from datetime import timedelta
+
 from django.core.exceptions import ImproperlyConfigured
 
 from costr.env import (
@@ -78,6 +80,7 @@ INSTALLED_APPS = [
     "apps.usage",
     "apps.billing",
     "apps.reporting",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -89,6 +92,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused for too many failures into the 429 page (django-axes).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "costr.urls"
@@ -163,6 +168,44 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "app"
 LOGOUT_REDIRECT_URL = "landing"
+
+# Abuse throttles (DESIGN.md, "Limits"), counted in Redis when REDIS_URL is set (shared by every
+# process), in each process's memory otherwise; each answers 429 with Retry-After.
+# Failed logins, per account (e-mail address) and per client address, by django-axes: past the
+# limit, every login for that account or from that address is refused until the lockout ends.
+COSTR_THROTTLE_LOGIN_FAILURES = env.int("COSTR_THROTTLE_LOGIN_FAILURES", default=10)
+COSTR_THROTTLE_LOGIN_LOCKOUT_SECONDS = env.int("COSTR_THROTTLE_LOGIN_LOCKOUT_SECONDS", default=900)
+# Password-reset requests (rates in the `limits` notation: "N/second|minute|hour|day"), per
+# e-mail address asked for, existing or not, and per client address.
+COSTR_THROTTLE_PASSWORD_RESET_PER_EMAIL = env.str(
+    "COSTR_THROTTLE_PASSWORD_RESET_PER_EMAIL", default="3/hour"
+)
+COSTR_THROTTLE_PASSWORD_RESET_PER_ADDRESS = env.str(
+    "COSTR_THROTTLE_PASSWORD_RESET_PER_ADDRESS", default="20/hour"
+)
+# Requests with an unknown, revoked, expired or malformed token, on the proxy and the API
+# together, per client address; past it, that address is refused until the window allows more.
+COSTR_THROTTLE_INVALID_TOKENS_PER_ADDRESS = env.str(
+    "COSTR_THROTTLE_INVALID_TOKENS_PER_ADDRESS", default="30/minute"
+)
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out account or address before any password is checked.
+    "apps.accounts.throttling.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"  # the Django cache: Redis when configured
+AXES_FAILURE_LIMIT = COSTR_THROTTLE_LOGIN_FAILURES
+AXES_COOLOFF_TIME = timedelta(seconds=COSTR_THROTTLE_LOGIN_LOCKOUT_SECONDS)
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]  # each on its own, not the pair
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_USERNAME_CALLABLE = "apps.accounts.throttling.login_account"
+# The socket's peer (uvicorn's --proxy-headers sets it from a trusted proxy), never a header.
+AXES_CLIENT_IP_CALLABLE = "apps.accounts.throttling.login_client_address"
+AXES_LOCKOUT_CALLABLE = "apps.accounts.throttling.login_locked_out"
+# A lockout lasts its window from the failure that reached the limit; attempts during it do not
+# extend it, so the rightful owner can log in once it ends.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_ENABLE_ADMIN = False  # the cache handler keeps no rows to show
 
 # Invitations are single-use and expire; the link carries a signed invitation id.
 COSTR_INVITATION_MAX_AGE_DAYS = env.int("COSTR_INVITATION_MAX_AGE_DAYS", default=7)
