@@ -21,16 +21,25 @@ delivers them by the transport the settings name:
 
 - **embedded** (``COSTR_USAGE_REDIS_URL`` empty): stored in the database by this thread
   (``apps.usage.writer``), retried with capped backoff for as long as the database is down.
-  Meanwhile records wait in memory: a process stopped during the outage loses what flush()
-  could not store in its timeout. Durability beyond the process is what the Redis mode adds;
+  Meanwhile records wait in memory, up to ``COSTR_USAGE_QUEUE_MAX_RECORDS``; past that (the
+  database down or slower than the traffic) they go to the spool under ``COSTR_USAGE_SPOOL_DIR``
+  (``apps.usage.spool``) and this thread stores them once it has caught up. A record is never
+  dropped and the caller never waits;
 - **redis**: appended to the Redis stream ``COSTR_USAGE_STREAM`` (one XADD per batch) for
   ``manage.py run_usage_writer``; this process never writes usage to the database. While Redis
   does not answer, batches go to the spool under ``COSTR_USAGE_SPOOL_DIR`` (``apps.usage.spool``)
-  and are replayed into the stream when it answers again.
+  and are replayed into the stream when it answers again. The same bound holds for what waits
+  in memory: past it the thread spools without asking Redis. While the thread waits on a Redis
+  that does not answer (paused: one socket timeout, ``stream.SINK_SOCKET_TIMEOUT``, then one
+  short probe a second), records can pass the bound by at most that wait's traffic.
 
-``flush()`` waits until everything handed over before the call has been delivered: stored
-(embedded), or in the stream or the spool (redis). It first takes what the loops hold, a batch
-whose send is still in flight included (sent twice then; the unique request id stores it
+A record that cannot be stored is set aside alone (``apps.usage.writer``), never its neighbours,
+never retried forever: an embedded process writes it to ``dead-letter.jsonl`` in the spool
+directory, the Redis mode's writer to the dead-letter stream; the log says so without content.
+
+``flush()`` waits until everything handed over before the call has been delivered: stored or
+spooled (embedded), or in the stream or the spool (redis). It first takes what the loops hold, a
+batch whose send is still in flight included (sent twice then; the unique request id stores it
 once). The ASGI lifespan calls it on shutdown, so a web process stopped with SIGTERM hands over
 what it served; with Redis down that takes one connect timeout (1 s) before the spool. Only a
 process killed outright (SIGKILL, OOM) loses what is still in its memory, normally the last
@@ -38,19 +47,24 @@ LINGER_SECONDS of traffic.
 """
 
 import asyncio
+import json
 import logging
 import os
 import queue
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+from apps.usage.spool import Spool
 from apps.usage.stream import (
     KIND_EVENTS,
     KIND_REFUSALS,
+    ORPHAN_SCAN_SECONDS,
     AsyncStream,
     Packed,
     StreamProducer,
+    decode_entry,
     encode,
     encode_packed,
     pack,
@@ -71,6 +85,10 @@ MAX_BACKOFF_SECONDS = 10.0
 # URL, so a flood of requests naming random organizations must not grow memory without bound;
 # beyond this, new keys are dropped (and the drop logged) until the next hand-over.
 MAX_REFUSAL_KEYS = 10_000
+# While a batch waits to be retried, how often the thread looks whether the queue has passed its
+# bound (and spools it).
+BOUND_CHECK_SECONDS = 0.1
+DEAD_LETTER_FILE = "dead-letter.jsonl"
 
 _queue: "queue.SimpleQueue[Packed | list[Packed] | _FlushRequest]" = queue.SimpleQueue()
 _thread_lock = threading.Lock()
@@ -80,6 +98,10 @@ _refusals_lock = threading.Lock()
 _refusals: dict[tuple[str, str, int, str], int] = {}
 _refusals_dropped = 0
 _loop_batches: "dict[asyncio.AbstractEventLoop, _LoopBatch]" = {}
+# Records in _queue, counted as they are put (a loop's batch at once) and taken: the bound is in
+# records, and a queue item is one record or a whole batch.
+_queued_lock = threading.Lock()
+_queued_records = 0
 # False from a failed send on a loop until the thread has delivered to Redis again: meanwhile
 # batches go through the thread, which spools them and probes Redis at its own pace.
 _direct = True
@@ -94,10 +116,13 @@ class _FlushRequest:
 
 def emit(record: dict) -> None:
     """Hand one usage record over. O(1), memory only, never raises."""
+    global _queued_records
     try:
         packed = pack(record)
         loop = asyncio._get_running_loop()
         if loop is None:
+            with _queued_lock:
+                _queued_records += 1
             _queue.put(packed)
             if _thread is None:  # not is_alive() per record: the thread never returns (see _run)
                 _ensure_thread()
@@ -168,6 +193,9 @@ def _take_from_loops(deadline: float) -> bool:
 
 
 def _to_thread(items: list[Packed]) -> None:
+    global _queued_records
+    with _queued_lock:
+        _queued_records += len(items)
     _queue.put(items)
     if _thread is None:
         _ensure_thread()
@@ -178,8 +206,9 @@ def _forget_the_parents_sink() -> None:
     may have been held at the fork, and what it had queued or opened (connections, the spool
     file) stays the parent's to deliver and close."""
     global _queue, _thread, _thread_lock, _flush_requested, _refusals_lock, _refusals
-    global _refusals_dropped, _loop_batches, _direct
+    global _refusals_dropped, _loop_batches, _direct, _queued_lock, _queued_records
     _queue = queue.SimpleQueue()
+    _queued_lock, _queued_records = threading.Lock(), 0
     _loop_batches, _direct = {}, True
     _thread, _thread_lock = None, threading.Lock()
     _flush_requested = threading.Event()
@@ -284,10 +313,12 @@ class _LoopBatch:
 def _run() -> None:
     while True:
         try:
+            for request in _spool_if_over_bound():
+                request.done.set()
             records, flushes = _take_batch()
             counts = _take_refusals()
             if records or counts:
-                _deliver(records, counts)
+                flushes += _deliver(records, counts)
             else:
                 _current_transport().idle()
             for request in flushes:
@@ -306,7 +337,7 @@ def _take_batch() -> tuple[list[Packed], list[_FlushRequest]]:
         _flush_requested.clear()
         return [], [first]
     if isinstance(first, list):
-        batch = first  # a loop's batch: it lingered there already
+        batch = list(first)  # a loop's batch: it lingered there already
     else:
         if _queue.qsize() < BATCH_SIZE - 1:
             # Linger for company by sleeping, not by waking for each record that arrives: a
@@ -322,12 +353,54 @@ def _take_batch() -> tuple[list[Packed], list[_FlushRequest]]:
             break
         if isinstance(item, _FlushRequest):
             _flush_requested.clear()
-            return batch, [item]  # deliver now: someone is waiting
+            return _taken(batch), [item]  # deliver now: someone is waiting
         if isinstance(item, list):
             batch.extend(item)
         else:
             batch.append(item)
-    return batch, []
+    return _taken(batch), []
+
+
+def _taken(batch: list[Packed]) -> list[Packed]:
+    global _queued_records
+    with _queued_lock:
+        _queued_records -= len(batch)
+    return batch
+
+
+def _over_bound() -> bool:
+    from django.conf import settings
+
+    return _queued_records > settings.COSTR_USAGE_QUEUE_MAX_RECORDS
+
+
+def _spool_if_over_bound() -> list[_FlushRequest]:
+    """Past the bound, everything queued goes to the spool (without asking Redis or the
+    database, which are behind or down), so memory stays bounded and nothing is dropped. Returns
+    the flush requests met on the way: the records before them are spooled."""
+    if not _over_bound():
+        return []
+    records: list[Packed] = []
+    flushes: list[_FlushRequest] = []
+    while True:
+        try:
+            item = _queue.get_nowait()
+        except queue.Empty:
+            break
+        if isinstance(item, _FlushRequest):
+            _flush_requested.clear()
+            flushes.append(item)
+        elif isinstance(item, list):
+            records.extend(item)
+        else:
+            records.append(item)
+    if records:
+        _current_transport().spool_records(_taken(records))
+        logger.warning(
+            "usage queue past its bound: %d records spooled, stored once the writer catches up",
+            len(records),
+        )
+    return flushes
 
 
 def _take_refusals() -> list[dict]:
@@ -343,15 +416,18 @@ def _take_refusals() -> list[dict]:
     ]
 
 
-def _deliver(records: list[Packed], counts: list[dict]) -> None:
-    """Deliver by the current transport, retrying until it succeeds: a batch is never dropped."""
+def _deliver(records: list[Packed], counts: list[dict]) -> list[_FlushRequest]:
+    """Deliver by the current transport, retrying until it succeeds: a batch is never dropped.
+    While it waits, a queue past its bound goes to the spool, this batch first (it came first).
+    Returns the flush requests met on the way, to answer once this batch is delivered."""
     from apps.usage.writer import backoff_delays
 
     delays = None
+    flushes: list[_FlushRequest] = []
     while True:
         try:
             _current_transport().deliver(records, counts)
-            return
+            return flushes
         except Exception as error:
             delays = delays or backoff_delays(MAX_BACKOFF_SECONDS)
             delay = next(delays)
@@ -362,7 +438,18 @@ def _deliver(records: list[Packed], counts: list[dict]) -> None:
                 error,
                 delay,
             )
-            threading.Event().wait(delay)
+        retry_at = time.monotonic() + delay
+        while True:
+            if records and _over_bound():
+                _current_transport().spool_records(records)
+                records = []
+            flushes += _spool_if_over_bound()
+            if not (records or counts):
+                return flushes
+            remaining = retry_at - time.monotonic()
+            if remaining <= 0:
+                break
+            threading.Event().wait(min(remaining, BOUND_CHECK_SECONDS))
 
 
 _transports: dict[tuple, object] = {}
@@ -374,50 +461,125 @@ def _current_transport():
     from django.conf import settings
 
     url = settings.COSTR_USAGE_REDIS_URL
-    if not url:
-        key = ("embedded",)
-    else:
-        key = (
-            "redis",
-            url,
-            settings.COSTR_USAGE_STREAM,
-            str(settings.COSTR_USAGE_SPOOL_DIR),
-            settings.COSTR_USAGE_SPOOL_SEGMENT_BYTES,
-        )
+    spool = (str(settings.COSTR_USAGE_SPOOL_DIR), settings.COSTR_USAGE_SPOOL_SEGMENT_BYTES)
+    key = ("embedded", *spool) if not url else ("redis", url, settings.COSTR_USAGE_STREAM, *spool)
     transport = _transports.get(key)
     if transport is None:
         for old in _transports.values():
             old.close()
         _transports.clear()
         transport = _transports[key] = (
-            _DatabaseTransport() if key[0] == "embedded" else _RedisTransport(*key[1:])
+            _DatabaseTransport(*key[1:]) if key[0] == "embedded" else _RedisTransport(*key[1:])
         )
     return transport
 
 
 class _DatabaseTransport:
-    """Embedded mode: this thread stores the batch itself."""
+    """Embedded mode: this thread stores the batch itself, and what was spooled past the queue's
+    bound (by this process, or by one that died) once it has caught up."""
+
+    def __init__(self, spool_dir: str, segment_bytes: int) -> None:
+        self.spool = Spool(spool_dir, segment_bytes=segment_bytes)
+        self.dead_letters = Path(spool_dir) / DEAD_LETTER_FILE
+        self._next_replay = 0.0  # at once: a process that died may have left a spool
 
     def deliver(self, records: list[Packed], counts: list[dict]) -> None:
         from django.db import close_old_connections, connection
 
         from apps.usage.writer import UNREACHABLE, forget_connection, store_events, store_refusals
 
+        items = []
+        for record in records:
+            try:
+                items.append(unpack(record))
+            except ValueError as error:  # one unreadable record, alone
+                self.dead_letter(
+                    KIND_EVENTS, [{"keys": record[0], "values": repr(record[1])}], error
+                )
         try:
             close_old_connections()
-            store_events([unpack(record) for record in records], dead_letter=_log_dead_letter)
-            store_refusals(counts, dead_letter=_log_dead_letter)
+            store_events(items, dead_letter=self.dead_letter)
+            store_refusals(counts, dead_letter=self.dead_letter)
         except UNREACHABLE:
             forget_connection()
             raise
+        self.idle()
         if _queue.empty():
             connection.close()  # nothing waiting: do not hold a connection while idle
 
+    def spool_records(self, records: list[Packed]) -> None:
+        self.spool.append(_entries_of(records))
+        self._next_replay = 0.0
+
     def idle(self) -> None:
-        pass
+        """Store what the spool holds, once the queue is well under its bound (caught up) and the
+        last try is not too recent (the database may still be down)."""
+        from django.conf import settings
+
+        now = time.monotonic()
+        if now < self._next_replay or _queued_records > settings.COSTR_USAGE_QUEUE_MAX_RECORDS // 2:
+            return
+        self._next_replay = now + (TICK_SECONDS if self.spool.pending else ORPHAN_SCAN_SECONDS)
+        from apps.usage.writer import UNREACHABLE, forget_connection
+
+        try:
+            self.spool.replay(self._store_entries)
+        except UNREACHABLE as error:
+            forget_connection()
+            self.spool.pending = True
+            logger.warning("spooled usage not stored yet (%s: %s)", type(error).__name__, error)
+            return
+        except Exception:  # the spool unreadable: the batch just stored must not be retried
+            self.spool.pending = True
+            logger.exception("spooled usage not stored yet")
+            return
+        if not self.spool.pending:
+            self._next_replay = now + ORPHAN_SCAN_SECONDS
+
+    def _store_entries(self, entries: list[dict[str, str]]) -> None:
+        """One chunk of a spool file: stored, or UNREACHABLE (the file stays for a later try;
+        what it stored then comes again, once, by its request id)."""
+        from apps.usage.writer import store_events, store_refusals
+
+        for entry in entries:
+            try:
+                kind, items, rejected = decode_entry(entry)
+            except ValueError as error:
+                self.dead_letter("entry", [entry], error)
+                continue
+            for item, reason in rejected:
+                self.dead_letter(kind, [item], ValueError(reason))
+            if kind == KIND_EVENTS:
+                store_events(items, dead_letter=self.dead_letter)
+            else:
+                store_refusals(items, dead_letter=self.dead_letter)
+            # A long replay must not let the queue grow: nothing is in hand, so flushes that come
+            # out of the queue here are answered.
+            for request in _spool_if_over_bound():
+                request.done.set()
+
+    def dead_letter(self, kind: str, items: list, error: BaseException) -> None:
+        """Embedded mode has no dead-letter stream: a JSON-lines file beside the spool keeps what
+        could not be stored, with the reason; the log says so without the content."""
+        from apps.usage.writer import describe
+
+        logger.error(
+            "%d usage %s could not be stored and were set aside to %s (%s)",
+            len(items),
+            kind,
+            self.dead_letters,
+            type(error).__name__,
+        )
+        line = json.dumps({"kind": kind, "error": describe(error), "data": items}, default=str)
+        try:
+            self.dead_letters.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(self.dead_letters, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+        except OSError:
+            logger.exception("dead-letter file %s not written", self.dead_letters)
 
     def close(self) -> None:
-        pass
+        self.spool.close()
 
 
 class _RedisTransport:
@@ -439,6 +601,9 @@ class _RedisTransport:
             global _direct
             _direct = True  # loops may append to the stream again
 
+    def spool_records(self, records: list[Packed]) -> None:
+        self.producer.spool.append(_entries_of(records))
+
     def idle(self) -> None:
         self.producer.retry_pending()
 
@@ -446,14 +611,9 @@ class _RedisTransport:
         self.producer.close()
 
 
-def _log_dead_letter(kind: str, items: list[dict], error: BaseException) -> None:
-    """Embedded mode has no dead-letter stream: the log keeps what could not be stored."""
-    import json
-
-    logger.error(
-        "usage %s could not be stored and were set aside (%s: %s): %s",
-        kind,
-        type(error).__name__,
-        error,
-        json.dumps(items, default=str),
-    )
+def _entries_of(records: list[Packed]) -> list[dict[str, str]]:
+    """Stream entries (as the spool keeps them) of BATCH_SIZE records each."""
+    return [
+        encode_packed(KIND_EVENTS, records[start : start + BATCH_SIZE])
+        for start in range(0, len(records), BATCH_SIZE)
+    ]

@@ -25,12 +25,14 @@ Needs Redis 6.2 or later (XAUTOCLAIM).
 
 import json
 import logging
+import math
 import time
 
 import orjson
 import redis
 import redis.asyncio
 
+from apps.usage.contract import clean_text
 from apps.usage.spool import Spool, replay_directory
 
 logger = logging.getLogger("costr.usage.stream")
@@ -49,6 +51,12 @@ GROUP = "usage-writers"
 PROBE_SECONDS = 1.0
 # How often a process looks for spool files left behind by dead processes on its host.
 ORPHAN_SCAN_SECONDS = 60.0
+# The sink's own Redis calls: a Redis that accepts connections and never answers (paused, swapping)
+# holds the sink thread this long per try, while records wait in memory; past it they spool.
+SINK_SOCKET_TIMEOUT = 2.0
+# A probe of a Redis found down answers at once when it is back; a short wait bounds what a
+# paused Redis costs per probe.
+PROBE_TIMEOUT = 0.5
 
 
 def dead_letter_stream(stream: str) -> str:
@@ -82,18 +90,52 @@ def pack(item: dict) -> Packed:
     keys. The sink packs each record on the proxy's thread as it is handed over, so the record
     dict is freed at once instead of waiting out the batch's linger; measured with
     ``bench.sink_cost``, that costs the proxy less than keeping the dicts and encoding the batch
-    in the sink thread (docs/benchmarks.md)."""
+    in the sink thread (docs/benchmarks.md).
+
+    Whatever the caller passed, what comes out can be read back and stored: a string orjson
+    cannot encode (a lone surrogate) or a NUL (PostgreSQL refuses it) sends the item through
+    ``_pack_cleaned``. Both are found by what the fast path already does (its error, one scan of
+    its bytes), so a clean record, the proxy's every record, costs nothing more."""
     keys = tuple(item)
     try:
         # default=str: a record is JSON-able by contract; a stray datetime or Decimal must not
         # cost the batch.
         values = orjson.dumps(tuple(item.values()), default=str)
     except TypeError:
+        return keys, _pack_cleaned(item)
+    if b"\\u0000" in values:
+        return keys, _pack_cleaned(item)
+    return keys, values
+
+
+def _pack_cleaned(item: dict) -> bytes:
+    values = clean_value(list(item.values()))
+    try:
+        return orjson.dumps(values, default=_clean_str)
+    except TypeError:
         # What orjson refuses and the standard encoder takes: integers beyond 64 bits, keys
         # that are not strings, in a provider's raw usage. (Read back, such an integer becomes
         # a float; no token count comes near.)
-        values = json.dumps(list(item.values()), separators=(",", ":"), default=str).encode()
-    return keys, values
+        return json.dumps(values, separators=(",", ":"), default=_clean_str).encode()
+
+
+def clean_value(value):
+    """``value`` with every string in it, dictionary keys included, valid UTF-8 without NUL
+    (``contract.clean_text``, nothing cut: limits are the writer's) and every float finite
+    (orjson reads no NaN): what any encoder can write and orjson can read back."""
+    if isinstance(value, str):
+        return clean_text(value, len(value))
+    if isinstance(value, dict):
+        return {clean_value(key): clean_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_value(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _clean_str(value) -> str:
+    return clean_value(str(value))
 
 
 def unpack(packed: Packed) -> dict:
@@ -125,44 +167,75 @@ def encode_packed(kind: str, packed: list[Packed]) -> dict[str, str]:
 
 
 def _group(keys: tuple, rows: list[bytes]) -> bytes:
-    return b"[" + orjson.dumps(keys) + b",[" + b",".join(rows) + b"]]"
+    try:
+        names = orjson.dumps(keys)
+    except TypeError:  # a caller's odd key (not a string, a lone surrogate): cleaned, not fatal
+        names = orjson.dumps([clean_value(str(key)) for key in keys])
+    return b"[" + names + b",[" + b",".join(rows) + b"]]"
 
 
 def decode(fields: dict) -> tuple[str, list[dict]]:
-    """(kind, items) of a stream entry; ValueError for anything this version cannot read."""
+    """(kind, items) of a stream entry; ValueError for anything this version cannot read, an
+    item included (the writer reads with ``decode_entry``, which sets such an item aside alone)."""
+    kind, items, rejected = decode_entry(fields)
+    if rejected:
+        raise ValueError(rejected[0][1])
+    return kind, items
+
+
+def decode_entry(fields: dict) -> tuple[str, list[dict], list[tuple[object, str]]]:
+    """(kind, items, rejected) of a stream entry or spool line: every item that can be read, and
+    each one that cannot, alone, with the reason. ValueError only for an entry that cannot be read
+    at all (not JSON, unknown kind or version).
+
+    One web process's batch carries many organizations' records, so a hostile string in one of
+    them must not cost the others: a data field orjson refuses (a lone surrogate escape, written
+    by a sink before strings were cleaned; bytes that are not UTF-8) is read again by the
+    standard decoder, which takes it, and its strings are cleaned."""
     fields = {_text(k): _text(v) for k, v in fields.items()}
     kind = fields.get("kind")
     if kind not in (KIND_EVENTS, KIND_REFUSALS):
         raise ValueError(f"unknown entry kind {kind!r}")
     version = fields.get("v")
-    if version == FORMAT_VERSION:
-        items = _items_of_groups(orjson.loads(fields.get("data", "")))
-    elif version == LEGACY_FORMAT_VERSION:
-        items = orjson.loads(fields.get("data", ""))
-    else:
+    if version not in (FORMAT_VERSION, LEGACY_FORMAT_VERSION):
         raise ValueError(f"unknown entry version {version!r}")
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+    data = fields.get("data", "")
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = clean_value(json.loads(data))  # ValueError if it is not JSON at all
+    if version == FORMAT_VERSION:
+        return kind, *_items_of_groups(parsed)
+    if not isinstance(parsed, list):
         raise ValueError("entry data is not a list of objects")
-    return kind, items
+    items = [item for item in parsed if isinstance(item, dict)]
+    rejected = [
+        (item, "entry item is not an object") for item in parsed if not isinstance(item, dict)
+    ]
+    return kind, items, rejected
 
 
-def _items_of_groups(groups) -> list[dict]:
+def _items_of_groups(groups) -> tuple[list[dict], list[tuple[object, str]]]:
     if not isinstance(groups, list):
         raise ValueError("entry data is not a list of groups")
-    items = []
+    items, rejected = [], []
     for group in groups:
         if not (isinstance(group, list) and len(group) == 2):
-            raise ValueError("entry group is not [keys, rows]")
+            rejected.append((group, "entry group is not [keys, rows]"))
+            continue
         keys, rows = group
         if not (isinstance(keys, list) and all(isinstance(key, str) for key in keys)):
-            raise ValueError("entry group keys are not a list of names")
+            rejected.append((group, "entry group keys are not a list of names"))
+            continue
         if not isinstance(rows, list):
-            raise ValueError("entry group rows are not a list")
+            rejected.append((group, "entry group rows are not a list"))
+            continue
         for row in rows:
-            if not (isinstance(row, list) and len(row) == len(keys)):
-                raise ValueError("entry row does not match its keys")
-            items.append(dict(zip(keys, row, strict=True)))
-    return items
+            if isinstance(row, list) and len(row) == len(keys):
+                items.append(dict(zip(keys, row, strict=True)))
+            else:
+                rejected.append(({"keys": keys, "row": row}, "entry row does not match its keys"))
+    return items, rejected
 
 
 def append(client: redis.Redis, stream: str, entries: list[dict[str, str]]) -> None:
@@ -182,7 +255,8 @@ class StreamProducer:
         self.url = url
         self.stream = stream
         self.spool_dir = spool_dir
-        self.client = client_for(url)
+        self.client = client_for(url, socket_timeout=SINK_SOCKET_TIMEOUT)
+        self.probe_client = client_for(url, socket_timeout=PROBE_TIMEOUT)
         self.spool = Spool(spool_dir, segment_bytes=segment_bytes)
         self._next_probe = 0.0
         self._next_orphan_scan = 0.0
@@ -195,7 +269,7 @@ class StreamProducer:
             return
         try:
             if self._down:
-                self.client.ping()  # a cheap probe before any spool file is read
+                self.probe_client.ping()  # a cheap probe before any spool file is read
             if self.spool.pending or now >= self._next_orphan_scan:
                 self._next_orphan_scan = now + ORPHAN_SCAN_SECONDS
                 self.spool.replay(self._append)
@@ -238,6 +312,7 @@ class StreamProducer:
     def close(self) -> None:
         self.spool.close()
         self.client.close()
+        self.probe_client.close()
 
 
 def replay_orphans(client: redis.Redis, stream: str, spool_dir: str) -> int:
@@ -246,4 +321,5 @@ def replay_orphans(client: redis.Redis, stream: str, spool_dir: str) -> int:
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A field as text; bytes that are not UTF-8 become U+FFFD (the entry is read, not lost)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -5,10 +5,17 @@ Two kinds of failure are told apart, because they need opposite answers:
 - the database is unreachable (``OperationalError``, ``InterfaceError``: refused, reset, locked):
   nothing is wrong with the batch; keep it and retry with capped backoff until the database is
   back, however long that takes;
-- a record cannot be stored at all (any other exception: a missing field, a bad value): retrying
-  cannot help and must not hold up the records behind it. The batch is split in halves until
-  the bad record stands alone; it goes to the dead letters (the Redis mode's
-  ``<stream>:dead-letter`` stream, or the log in the embedded mode) and the rest is stored.
+- a record cannot be stored at all (any other exception: a missing field, a bad value, a value
+  the database refuses even as an ``OperationalError``, e.g. over a size limit, while it
+  answers): retrying cannot help and must not hold up the records behind it. The batch is split
+  in halves until the bad record stands alone; it goes to the dead letters (the Redis mode's
+  ``<stream>:dead-letter`` stream, or the embedded mode's ``dead-letter.jsonl`` in the spool
+  directory), the log says so without its content, and the rest is stored.
+
+Before any of that, every string of a record (model, customer, property names and values, raw
+usage, …) is made valid UTF-8 without NUL (``stream.clean_value``): the proxy cleans what it
+hands over, but spool files, stream entries and callers from before that, or from elsewhere, may
+not have, and a hostile string is stored cleaned rather than set aside.
 """
 
 import contextlib
@@ -35,9 +42,69 @@ FIRST_BACKOFF_SECONDS = 0.1
 DeadLetter = Callable[[str, list[dict], BaseException], None]
 
 
+# SQLSTATE classes of a database that answers and refuses what it was sent: data exception,
+# integrity constraint, syntax or access rule, program limit exceeded (PostgreSQL reports the last
+# as an OperationalError, e.g. an index row over its size).
+_REFUSED_SQLSTATE_CLASSES = ("22", "23", "42", "54")
+# SQLSTATEs of a database busy or going away, however it reports them: worth the batch's retry.
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "55P03", "57")
+
+
 def store_events(records: list[dict], *, dead_letter: DeadLetter) -> int:
     """Store ``records``; return how many were new. Raises only UNREACHABLE."""
+    records = [clean_record(record) for record in records]
     return _isolating(services.usage_events_write, usage_stream.KIND_EVENTS, records, dead_letter)
+
+
+def clean_record(record):
+    """``record`` with its strings made storable (valid UTF-8, no NUL), unchanged if they are.
+    The cost is a scan per field, paid by the writer, never by the proxy."""
+    if not isinstance(record, dict):
+        return record  # not a record at all: set aside by the write, alone
+    cleaned = None
+    for name, value in record.items():
+        if isinstance(value, str):
+            if value.isascii() and "\x00" not in value:
+                continue
+        elif not isinstance(value, dict | list):
+            continue
+        safe = usage_stream.clean_value(value)
+        if safe != value:
+            if cleaned is None:
+                cleaned = dict(record)
+            cleaned[name] = safe
+    return record if cleaned is None else cleaned
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """True when ``error`` means the database could not take any batch now (down, restarting,
+    locked, a deadlock), so the batch is kept and retried; False when the database answered and
+    refused these records, so the bad one is found and set aside, never retried forever."""
+    if not isinstance(error, UNREACHABLE):
+        return False
+    sqlstate = getattr(error.__cause__, "sqlstate", None) or ""
+    if sqlstate.startswith(_REFUSED_SQLSTATE_CLASSES):
+        return False
+    if sqlstate.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
+        return True
+    message = str(error).lower()
+    if "locked" in message or "busy" in message:  # SQLite: another writer holds the file
+        return True
+    # Anything else: the database's answer to a probe tells an outage from a refusal.
+    return not _database_answers()
+
+
+def _database_answers() -> bool:
+    from django.db import connection
+
+    forget_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except DatabaseError:
+        forget_connection()
+        return False
 
 
 def store_refusals(counts: list[dict], *, dead_letter: DeadLetter) -> int:
@@ -53,9 +120,9 @@ def _isolating(write, kind: str, items: list[dict], dead_letter: DeadLetter) -> 
         return 0
     try:
         return write(items) or 0
-    except UNREACHABLE:
-        raise
     except Exception as error:
+        if database_unreachable(error):
+            raise
         if len(items) == 1:
             dead_letter(kind, items, error)
             return 0
@@ -82,7 +149,9 @@ def forget_connection() -> None:
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:2000]
+    """The error as text to keep beside a dead letter: cleaned, as it may quote a hostile value."""
+    text = f"{type(error).__name__}: {error}"
+    return usage_stream.clean_value(text[:2000])
 
 
 class StreamWriter:
@@ -181,10 +250,12 @@ class StreamWriter:
         counts: list[dict] = []
         for entry_id, fields in entries:
             try:
-                kind, items = usage_stream.decode(fields)
+                kind, items, rejected = usage_stream.decode_entry(fields)
             except ValueError as error:
                 self._dead_letter("entry", [_printable(fields)], error, source=entry_id)
                 continue
+            for item, reason in rejected:  # each alone: its neighbours are stored
+                self._dead_letter(kind, [item], ValueError(reason), source=entry_id)
             (records if kind == usage_stream.KIND_EVENTS else counts).extend(items)
         if not self._store(ids, records, counts):
             return  # stopping with the database still down: the entries stay pending
@@ -307,11 +378,15 @@ class StreamWriter:
     def _dead_letter(
         self, kind: str, items: list[dict], error: BaseException, *, source: str = ""
     ) -> None:
+        # The log names what happened, never the content: that, and the full reason, are in the
+        # dead-letter stream, for someone who may read it.
         logger.error(
-            "usage %s set aside to %s: %s",
+            "%d usage %s set aside to %s (%s, entry %s)",
+            len(items),
             kind,
             usage_stream.dead_letter_stream(self.stream),
-            describe(error),
+            type(error).__name__,
+            source or "-",
         )
         self.client.xadd(
             usage_stream.dead_letter_stream(self.stream),
@@ -326,7 +401,7 @@ class StreamWriter:
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _printable(fields: dict) -> dict:

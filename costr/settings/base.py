@@ -157,6 +157,9 @@ COSTR_USAGE_SPOOL_DIR = env.str("COSTR_USAGE_SPOOL_DIR", default=str(VAR_DIR / "
 COSTR_USAGE_SPOOL_SEGMENT_BYTES = env.int(
     "COSTR_USAGE_SPOOL_SEGMENT_BYTES", default=64 * 1024 * 1024
 )
+# Usage records a web process keeps in memory waiting for the database (embedded) or Redis; past
+# it they go to the spool above and are stored when the writer catches up. About 1 KB each.
+COSTR_USAGE_QUEUE_MAX_RECORDS = env.int("COSTR_USAGE_QUEUE_MAX_RECORDS", default=10_000)
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [

@@ -27,6 +27,13 @@ from tests.outage import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def spool_dir(settings, tmp_path):
+    """Spool and dead letters of the embedded mode in the test's own directory."""
+    settings.COSTR_USAGE_SPOOL_DIR = str(tmp_path / "embedded-spool")
+    return tmp_path / "embedded-spool"
+
+
 def test_every_record_handed_over_is_written_once_by_the_time_flush_returns(org):
     for index in range(50):
         sink.emit(_record(org, f"req_sink_{index}"))
@@ -75,8 +82,10 @@ def test_refusal_counters_are_bounded_between_hand_overs(org, other_org, monkeyp
     assert any("1 refusal counts dropped" in r.getMessage() for r in caplog.records)
 
 
-def test_a_record_that_cannot_be_stored_is_logged_and_the_others_are_stored(org, caplog):
-    broken = _record(org, "req_broken", timestamp="not a timestamp")
+def test_a_record_that_cannot_be_stored_is_set_aside_alone_and_the_others_are_stored(
+    org, caplog, spool_dir
+):
+    broken = _record(org, "req_broken", timestamp="not a timestamp", customer="secret-name")
     sink.emit(_record(org, "req_fine_1"))
     sink.emit(broken)
     sink.emit(_record(org, "req_fine_2"))
@@ -85,9 +94,15 @@ def test_a_record_that_cannot_be_stored_is_logged_and_the_others_are_stored(org,
 
     stored = sorted(UsageEvent.objects.for_org(org).values_list("request_id", flat=True))
     assert stored == ["req_fine_1", "req_fine_2"]
-    set_aside = [r for r in caplog.records if r.name == "costr.usage.sink"]
+    # Kept with its reason in the dead-letter file; the log says so without the content.
+    [line] = (spool_dir / sink.DEAD_LETTER_FILE).read_text().splitlines()
+    dead = json.loads(line)
+    assert dead["data"] == [broken]
+    assert dead["error"].startswith("ValueError")
+    set_aside = [r.getMessage() for r in caplog.records if r.name == "costr.usage.sink"]
     assert len(set_aside) == 1
-    assert "req_broken" in set_aside[0].getMessage()
+    assert "req_broken" not in set_aside[0]
+    assert "secret-name" not in set_aside[0]
 
 
 def test_bad_arguments_never_raise_into_the_caller(org):

@@ -158,18 +158,8 @@ def test_an_entry_of_the_earlier_format_is_still_stored(org, client, usage_strea
     assert client.xlen(usage_stream_name) == 0
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        '{"request_id":"req_x"}',  # not a list of groups
-        '[[["request_id","status"],[["req_x"]]]]',  # a row shorter than its keys
-        '[[["request_id",7],[["req_x",200]]]]',  # a key that is not a name
-        '[[["request_id"]]]',  # a group without rows
-    ],
-)
-def test_a_malformed_entry_of_the_current_format_is_set_aside_whole(
-    org, client, usage_stream_name, data
-):
+def test_an_entry_that_is_not_a_list_of_groups_is_set_aside_whole(org, client, usage_stream_name):
+    data = '{"request_id":"req_x"}'
     client.xadd(
         usage_stream_name, {"kind": "events", "v": usage_stream.FORMAT_VERSION, "data": data}
     )
@@ -180,6 +170,42 @@ def test_a_malformed_entry_of_the_current_format_is_set_aside_whole(
     assert _stored(org) == ["req_after_malformed"]
     dead = client.xrange(usage_stream.dead_letter_stream(usage_stream_name))
     assert [json.loads(fields[b"data"])[0]["data"] for _, fields in dead] == [data]
+    assert client.xlen(usage_stream_name) == 0
+
+
+def test_a_malformed_row_or_group_is_set_aside_alone_and_its_neighbours_are_stored(
+    org, client, usage_stream_name
+):
+    """One web process's entry carries many organizations' records: a part of it that cannot be
+    read costs that part only."""
+    good = [_record(org, f"req_beside_{n}") for n in range(3)]
+    keys = list(good[0])
+    rows = [list(record.values()) for record in good]
+    data = json.dumps(
+        [
+            [keys, [rows[0], ["req_short"], rows[1]]],  # a row shorter than its keys
+            [["request_id", 7], [["req_x", 200]]],  # a key that is not a name
+            [["request_id"]],  # a group without rows
+            [keys, [rows[2]]],
+        ]
+    )
+    client.xadd(
+        usage_stream_name, {"kind": "events", "v": usage_stream.FORMAT_VERSION, "data": data}
+    )
+
+    _writer(client, usage_stream_name).run(until_empty=True)
+
+    assert _stored(org) == sorted(record["request_id"] for record in good)
+    dead = client.xrange(usage_stream.dead_letter_stream(usage_stream_name))
+    set_aside = [(json.loads(f[b"data"]), f[b"error"].decode()) for _, f in dead]
+    assert set_aside == [
+        ([{"keys": keys, "row": ["req_short"]}], "ValueError: entry row does not match its keys"),
+        (
+            [[["request_id", 7], [["req_x", 200]]]],
+            "ValueError: entry group keys are not a list of names",
+        ),
+        ([[["request_id"]]], "ValueError: entry group is not [keys, rows]"),
+    ]
     assert client.xlen(usage_stream_name) == 0
 
 
