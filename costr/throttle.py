@@ -29,6 +29,8 @@ logger = logging.getLogger("costr.throttle")
 # addresses must not grow memory without bound).
 MAX_REMEMBERED_BLOCKS = 10_000
 REDIS_TIMEOUT_SECONDS = 1.0
+# Fixed, not the cache's prefix: every process of a deployment must count in the same keys.
+REDIS_KEY_PREFIX = "costr:throttle"
 
 
 class _CounterStore:
@@ -39,10 +41,9 @@ class _CounterStore:
         self.pid = os.getpid()
         url = settings.REDIS_URL
         if url:
-            prefix = settings.CACHES["default"].get("KEY_PREFIX") or "costr"
             self.storage = storage.RedisStorage(
                 url,
-                key_prefix=f"{prefix}:throttle",
+                key_prefix=REDIS_KEY_PREFIX,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
