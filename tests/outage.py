@@ -7,6 +7,7 @@ connection, a reset socket, a missing database file, exactly as in production.
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -295,3 +296,129 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(20)
         self.process = None
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of its own (``initdb`` into a temporary directory, a free port, trust
+    authentication), so a test can stop, restart and freeze the very server its processes use.
+    The shared server on 5432 is never touched.
+
+    initdb refuses to run as root, so the cluster belongs to the ``postgres`` OS user when the
+    tests run as root. ``pause()`` freezes the postmaster and every backend (SIGSTOP), which is
+    what a stalled host or a network that drops packets looks like to a client: connections stay
+    open and nothing answers.
+    """
+
+    def __init__(self) -> None:
+        # Its own directory under the system temp dir: the postgres user cannot enter pytest's
+        # (root-only) temporary directories.
+        self.directory = Path(tempfile.mkdtemp(prefix="costr-pg-"))
+        self.data = self.directory / "data"
+        self.log = self.directory / "server.log"
+        self.port = free_port()
+        self.bin = self._binaries()
+        self._owner = "postgres" if os.geteuid() == 0 else None
+        self._paused: list[int] = []
+
+    @staticmethod
+    def _binaries() -> Path:
+        found = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3])
+        )
+        if not found:
+            raise RuntimeError("no PostgreSQL binaries under /usr/lib/postgresql/*/bin")
+        return found[-1].parent
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if self._owner:
+            command = ["runuser", "-u", self._owner, "--", *command]
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=self.directory
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def create(self) -> "PostgresCluster":
+        if self._owner:
+            shutil.chown(self.directory, user=self._owner)
+        self._run(
+            "initdb",
+            "--pgdata",
+            str(self.data),
+            "--username",
+            "postgres",
+            "--auth",
+            "trust",
+            "--encoding",
+            "UTF8",
+            "--no-sync",
+        )
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            # No socket file in a shared directory: TCP on 127.0.0.1 only.
+            "unix_socket_directories": f"'{self.directory}'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "100",
+            "shared_buffers": "16MB",
+        }
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        return self.start()
+
+    def start(self) -> "PostgresCluster":
+        self._run("pg_ctl", "--pgdata", str(self.data), "--log", str(self.log), "--wait", "start")
+        return self
+
+    def stop(self) -> None:
+        """Fast shutdown: open transactions roll back, every client's connection is cut."""
+        self.resume()
+        self._run("pg_ctl", "--pgdata", str(self.data), "--mode", "fast", "--wait", "stop")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (backends, checkpointer, walwriter, …)."""
+        postmaster = self.postmaster_pid()
+        children = subprocess.run(
+            [shutil.which("pgrep") or "pgrep", "-P", str(postmaster)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        return [postmaster, *(int(pid) for pid in children)]
+
+    def pause(self) -> None:
+        """SIGSTOP the postmaster first (no new backend forks), then every child."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+            self._paused.append(pid)
+
+    def resume(self) -> None:
+        paused, self._paused = self._paused, []
+        for pid in reversed(paused):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError, FileNotFoundError, subprocess.TimeoutExpired):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> "PostgresCluster":
+        return self.create()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.destroy()

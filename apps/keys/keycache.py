@@ -8,8 +8,16 @@ when its TTL runs out, which bounds how long a revoked token can work anywhere.
 
 Entries hold ciphertexts, never plaintext: a provider key is decrypted per request, in memory,
 by ``provider_key_plaintext``.
+
+The proxy looks tokens up in a worker thread that lives as long as the process, outside Django's
+request cycle, so those lookups and the last-use flush go through ``costr.db.run_outside_request``
+(a connection killed by a database restart is replaced, not reused forever). A lookup that does
+not answer within ``LOOKUP_DEADLINE_SECONDS`` (a frozen or unreachable server) is treated as a
+failed one: a known token is served from what was known, so traffic keeps flowing.
 """
 
+import asyncio
+import functools
 import logging
 import threading
 import time
@@ -20,6 +28,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
+
+from costr.db import run_outside_request
 
 logger = logging.getLogger("costr.keys.keycache")
 
@@ -32,6 +42,12 @@ MAX_ENTRIES = 10_000
 # An unknown token is remembered briefly too, so a client retrying a bad token in a loop does
 # not turn every request into a query; short, so a fresh token works almost at once elsewhere.
 NEGATIVE_TTL_SECONDS = 1.0
+# A lookup normally answers in milliseconds. One that takes longer than this is waiting on a
+# database that does not answer (frozen, partitioned): the request stops waiting for it and is
+# answered from what was known, as if the lookup had failed. While such a lookup is still
+# stuck, later lookups do not queue behind it (they would wait on the same thread) and fail at
+# once in the same way.
+LOOKUP_DEADLINE_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,16 +157,53 @@ def resolve(token_hash: str) -> ResolvedToken | None:
 
 
 async def aresolve(token_hash: str) -> ResolvedToken | None:
-    """``resolve`` for async code: the database is touched only on a cache miss."""
+    """``resolve`` for async code (the proxy): the database is touched only on a cache miss,
+    and a request waits at most ``LOOKUP_DEADLINE_SECONDS`` for it."""
     hit, value = _cached(token_hash)
     if not hit:
         _ensure_subscriber()
         try:
-            value = await sync_to_async(_load)(token_hash)
+            value = await _lookup_within_deadline(token_hash)
         except Exception as error:
             return _usable(_stale_or_raise(token_hash, error))
         _store(token_hash, value)
     return _usable(value)
+
+
+# Lookups started by aresolve and not finished yet, with when they started. A lookup that
+# outlives its deadline keeps running in its thread (a thread cannot be cancelled); it is kept
+# here, referenced, until it ends.
+_lookups_in_flight: "dict[asyncio.Future, float]" = {}
+
+
+def _load_outside_request(token_hash: str) -> ResolvedToken | None:
+    """``_load`` on a live connection: the proxy's lookup thread is outside any request."""
+    return run_outside_request(functools.partial(_load, token_hash), idempotent=True)
+
+
+async def _lookup_within_deadline(token_hash: str) -> ResolvedToken | None:
+    now = time.monotonic()
+    stuck_for = max((now - started for started in _lookups_in_flight.values()), default=0.0)
+    if stuck_for > LOOKUP_DEADLINE_SECONDS:
+        raise TimeoutError(
+            f"a token lookup has had no answer from the database for {stuck_for:.0f}s"
+        )
+    lookup = asyncio.ensure_future(sync_to_async(_load_outside_request)(token_hash))
+    _lookups_in_flight[lookup] = now
+    lookup.add_done_callback(_lookup_ended)
+    try:
+        # shield: on timeout, stop waiting without cancelling (which would wait for the thread).
+        return await asyncio.wait_for(asyncio.shield(lookup), LOOKUP_DEADLINE_SECONDS)
+    except TimeoutError as error:
+        raise TimeoutError(
+            f"no answer from the database within {LOOKUP_DEADLINE_SECONDS}s for a token lookup"
+        ) from error
+
+
+def _lookup_ended(lookup: asyncio.Future) -> None:
+    _lookups_in_flight.pop(lookup, None)
+    if not lookup.cancelled():
+        lookup.exception()  # retrieved: a late failure was already answered by the deadline
 
 
 @sensitive_variables("plaintext")
@@ -282,7 +335,9 @@ def flush_uses() -> None:
     else:
         from apps.keys.services import last_used_apply
 
-        last_used_apply(uses)
+        # Runs on the flusher thread, outside any request. Moving a time forward twice is
+        # harmless (last_used_apply never moves one back), so a lost connection may retry.
+        run_outside_request(functools.partial(last_used_apply, uses), idempotent=True)
 
 
 def _flush_forever() -> None:

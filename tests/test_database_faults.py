@@ -1,0 +1,319 @@
+"""PostgreSQL restarted, stopped and frozen under a running Costr, on a cluster of this module's
+own (``tests.outage.PostgresCluster``; the shared server is never touched).
+
+The processes are real: the proxy is ``uvicorn costr.asgi:application`` in its own process,
+in front of the fake provider, with ``DATABASE_URL`` on the throwaway cluster; in the Redis mode
+``manage.py run_usage_writer`` runs beside it. What is checked is what DESIGN.md promises:
+Costr's database trouble never blocks a request that could be forwarded, Costr recovers by
+itself without a restart (Promise 5), and every forwarded request is exactly one usage event
+(Promise 6).
+"""
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.outage import ROOT, PostgresCluster, free_port, wait_until
+
+# How long a test may wait for recovery before it fails: a limit on hanging, not a
+# performance threshold (recovery itself takes well under a second).
+RECOVERY_TIMEOUT = 20.0
+# The proxy's key cache TTL in these tests: short, so entries expire during an outage and the
+# proxy has to go back to the database for them.
+KEYCACHE_TTL = "1"
+
+SEED = """
+import json
+from apps.accounts.services import user_signup
+from apps.keys.services import provider_key_create, proxy_token_create
+
+seeded = {}
+for slug in ("fault-a", "fault-b"):
+    owner, organization = user_signup(
+        email=f"owner@{slug}.test", password=None, organization_name=slug, organization_slug=slug
+    )
+    provider_key_create(organization=organization, provider="openai", key=KEY, actor=None)
+    seeded[slug] = {
+        role: proxy_token_create(
+            organization=organization, name=f"{role}-{n}", scopes=["proxy"], actor=None
+        ).plaintext
+        for n, role in enumerate(ROLES)
+    }
+print(json.dumps(seeded))
+"""
+# Each test uses its own tokens, so one test's revocations and cache never meet another's.
+ROLES = [
+    f"{test}-{role}"
+    for test in ("restart", "pause", "writer-embedded", "writer-redis")
+    for role in ("known", "new", "doomed")
+]
+
+
+@dataclass
+class Costr:
+    """The cluster with Costr's schema and two organizations, and how to run Costr on it."""
+
+    cluster: PostgresCluster
+    url: str
+    env: dict[str, str]
+    tokens: dict[str, dict[str, str]]
+
+    def events(self) -> list[str]:
+        """Request ids of the stored usage events, once per row (a duplicate would show)."""
+        with psycopg.connect(self.url, connect_timeout=5) as db:
+            rows = db.execute("SELECT request_id FROM usage_usageevent").fetchall()
+        return [row[0] for row in rows]
+
+    def revoke(self, token: str) -> None:
+        """Revoke behind the proxy's back: only its own lookup can learn of it."""
+        import hashlib
+
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        with psycopg.connect(self.url, connect_timeout=5) as db:
+            db.execute(
+                "UPDATE keys_proxytoken SET revoked_at = now() WHERE token_hash = %s", [digest]
+            )
+
+
+def _python(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
+    assert result.returncode == 0, f"{args}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def costr(fake_provider):
+    cluster = PostgresCluster().create()
+    try:
+        with psycopg.connect(cluster.url(), autocommit=True) as db:
+            db.execute("CREATE DATABASE costr")
+        url = cluster.url("costr")
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", str(ROOT)),
+            "DJANGO_SETTINGS_MODULE": "costr.settings.test",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "COSTR_ENCRYPTION_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            "DATABASE_URL": url,
+            "COSTR_UPSTREAM_OPENAI": fake_provider.url,
+            "COSTR_KEYCACHE_TTL_SECONDS": KEYCACHE_TTL,
+            "LOG_LEVEL": "INFO",
+        }
+        _python(["manage.py", "migrate", "--noinput"], env)
+        seed = f"KEY = {fake_provider.keys['openai']!r}\nROLES = {ROLES!r}\n{SEED}"
+        seeded = _python(["manage.py", "shell", "-c", seed], env)
+        tokens = json.loads(seeded.stdout.strip().splitlines()[-1])
+        yield Costr(cluster=cluster, url=url, env=env, tokens=tokens)
+    finally:
+        cluster.destroy()
+
+
+class Proxy:
+    """``uvicorn costr.asgi:application`` in its own process, on the cluster."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        self._log_handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "costr.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--lifespan",
+                "on",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+        wait_until(self._healthy, timeout=60, message=self.output)
+
+    def _healthy(self) -> bool:
+        assert self.process.poll() is None, self.output()
+        try:
+            return self.client.get(f"{self.base}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def chat(self, org: str, token: str, *, timeout: float | None = None) -> httpx.Response:
+        return self.client.post(
+            f"{self.base}/p/{org}/openai/v1/chat/completions",
+            headers={"authorization": f"Bearer {token}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
+            timeout=timeout or self.client.timeout,
+        )
+
+    def stop(self) -> None:
+        """SIGTERM: the lifespan shutdown flushes the usage sink, as on a deploy."""
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_handle.close()
+
+
+@dataclass
+class Traffic:
+    """Requests sent in a loop from a thread, and what came back."""
+
+    proxy: Proxy
+    tokens: list[tuple[str, str]]  # (org slug, token)
+    forwarded: list[str] = field(default_factory=list)  # request ids of answered requests
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> "Traffic":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for org, token in self.tokens:
+                try:
+                    response = self.proxy.chat(org, token)
+                except httpx.HTTPError as error:
+                    self.failures.append(repr(error))
+                    continue
+                _note(response, self.forwarded, self.refused)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(60)
+
+
+def _note(response: httpx.Response, forwarded: list[str], refused: list) -> None:
+    """A response with Costr's request id was forwarded upstream (and must be one event);
+    anything else was refused by Costr before forwarding."""
+    if response.status_code == 200:
+        forwarded.append(response.headers["x-costr-request-id"])
+    else:
+        refused.append((response.status_code, response.headers.get("x-costr-error", "")))
+
+
+def _status(proxy: Proxy, org: str, token: str, forwarded: list[str], **kwargs) -> int:
+    """One request's status; its request id joins ``forwarded`` if it was forwarded."""
+    response = proxy.chat(org, token, **kwargs)
+    _note(response, forwarded, [])
+    return response.status_code
+
+
+def _served(proxy: Proxy, org: str, token: str, forwarded: list[str]) -> bool:
+    return _status(proxy, org, token, forwarded) == 200
+
+
+def _all_stored_once(costr: Costr, forwarded: list[str], proxy: Proxy):
+    def check():
+        stored = costr.events()
+        assert len(stored) == len(set(stored)), "an event was stored twice"
+        return set(forwarded) <= set(stored)
+
+    wait_until(check, timeout=RECOVERY_TIMEOUT, message=proxy.output)
+    stored = costr.events()
+    assert sorted(stored) == sorted(set(forwarded)) and len(set(forwarded)) == len(forwarded)
+
+
+@pytest.fixture
+def proxy_for(costr, tmp_path):
+    started = []
+
+    def start(**extra: str) -> Proxy:
+        proxy = Proxy({**costr.env, **extra}, tmp_path / f"proxy-{len(started)}.log")
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def _tokens(costr: Costr, test: str, role: str) -> list[tuple[str, str]]:
+    return [(org, costr.tokens[org][f"{test}-{role}"]) for org in ("fault-a", "fault-b")]
+
+
+def _no_events_yet(costr: Costr) -> None:
+    """Each test counts its own events: the tables start empty for it."""
+    with psycopg.connect(costr.url, connect_timeout=5) as db:
+        db.execute("DELETE FROM usage_usageevent")
+        db.execute("DELETE FROM usage_customer")
+        db.commit()
+
+
+def test_a_postgresql_restart_under_load_heals_without_restarting_the_proxy(costr, proxy_for):
+    _no_events_yet(costr)
+    proxy = proxy_for()
+    known = _tokens(costr, "restart", "known")
+    new = _tokens(costr, "restart", "new")
+    doomed = _tokens(costr, "restart", "doomed")
+    forwarded: list[str] = []
+    for org, token in known + doomed:
+        assert _served(proxy, org, token, forwarded), proxy.output()
+
+    traffic = Traffic(proxy, known).start()
+    wait_until(lambda: len(traffic.forwarded) >= 4, timeout=RECOVERY_TIMEOUT)
+    costr.cluster.restart()
+    try:
+        # Tokens the proxy never saw: their first lookup is on the restarted server.
+        for org, token in new:
+            wait_until(
+                lambda org=org, token=token: _served(proxy, org, token, forwarded),
+                timeout=RECOVERY_TIMEOUT,
+                message=proxy.output,
+            )
+        # Tokens it knew are checked again, not served from what it knew before the restart:
+        # revoked now, they are refused as soon as their cache entry expires.
+        for _, token in doomed:
+            costr.revoke(token)
+        for org, token in doomed:
+            wait_until(
+                lambda org=org, token=token: _status(proxy, org, token, forwarded) == 401,
+                timeout=RECOVERY_TIMEOUT,
+                message=proxy.output,
+            )
+        count = len(traffic.forwarded)
+        wait_until(lambda: len(traffic.forwarded) >= count + 4, timeout=RECOVERY_TIMEOUT)
+    finally:
+        traffic.stop()
+
+    # Known tokens were served throughout (fail-open), and nothing was lost.
+    assert traffic.refused == [] and traffic.failures == [], (traffic.refused, traffic.failures)
+    _all_stored_once(costr, forwarded + traffic.forwarded, proxy)
