@@ -620,12 +620,19 @@ class EventsView(OrganizationViewMixin, TemplateView):
             older=cursor_encode(rows[-1].timestamp, rows[-1].pk) if rows else "",
             filter_query=query.urlencode(),
             filtered=bool(form.described()),
+            can_export=self.membership.has_role(EventsExportView.required_role),
         )
         return self.render_to_response(context)
 
 
 class EventsExportView(OrganizationViewMixin, View):
-    """The filtered events as CSV, streamed (the set may hold millions), and audited."""
+    """The filtered events as CSV, streamed (the set may hold millions), and audited.
+
+    Admins and owners only, like the full export (``usage.lifecycle_views.UsageExportView``): with
+    no filter it is the same data, so a member who may not take the one may not take the other.
+    """
+
+    required_role = "admin"
 
     def get(self, request, *args, **kwargs):
         form = EventFilterForm(request.GET, zone=_zone(self.organization))

@@ -175,8 +175,8 @@ def test_times_are_read_and_shown_in_the_org_time_zone(client, priced, member):
         ({"outcome": "exploded"}, "Select a valid choice"),
     ],
 )
-def test_bad_filters_are_explained(client, priced, member, params, message):
-    client.force_login(member)
+def test_bad_filters_are_explained(client, priced, admin, params, message):
+    client.force_login(admin)
     response = client.get(url("events", priced), params)
     assert response.status_code == 400
     assert message in response.content.decode()
@@ -221,7 +221,7 @@ def _csv(response) -> list[list[str]]:
     return list(csv.reader(io.StringIO(body)))
 
 
-def test_export_streams_the_filtered_events_as_csv(client, priced, member):
+def test_export_streams_the_filtered_events_as_csv(client, priced, admin):
     from django.http import StreamingHttpResponse
 
     _use(
@@ -232,7 +232,7 @@ def test_export_streams_the_filtered_events_as_csv(client, priced, member):
     )
     _use(priced, _utc(2026, 11, 2, 11), customer="acme", model="mystery-model")
     _use(priced, _utc(2026, 11, 2, 12), customer="other")
-    client.force_login(member)
+    client.force_login(admin)
 
     response = client.get(url("events_export", priced), {"customer": "acme"})
     assert isinstance(response, StreamingHttpResponse)
@@ -256,10 +256,10 @@ def test_export_streams_the_filtered_events_as_csv(client, priced, member):
     assert (odd["input_tokens"], odd["output_tokens"], odd["stream"]) == ("1000", "100", "false")
 
 
-def test_export_is_audited_with_its_filters(client, priced, member):
+def test_export_is_audited_with_its_filters(client, priced, admin):
     from apps.accounts.models import AuditEvent
 
-    client.force_login(member)
+    client.force_login(admin)
     response = client.get(
         url("events_export", priced),
         {"customer": "acme", "status": "200", "property": "feature=chat"},
@@ -267,16 +267,16 @@ def test_export_is_audited_with_its_filters(client, priced, member):
     b"".join(response.streaming_content)
 
     event = AuditEvent.objects.for_org(priced).get(action="usage.exported")
-    assert event.actor == member
+    assert event.actor == admin
     assert event.details == {
         "filters": {"customer": "acme", "status": 200, "properties": {"feature": "chat"}}
     }
 
 
 def test_export_reads_events_in_one_query_whatever_their_number(
-    client, priced, member, django_assert_num_queries
+    client, priced, admin, django_assert_num_queries
 ):
-    client.force_login(member)
+    client.force_login(admin)
     for n in range(30):
         _use(priced, _utc(2026, 11, 2, 10, n), customer=f"c{n % 4}")
     # Session, user, membership (3); the audit event (1); the events (1).
