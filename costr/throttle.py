@@ -137,6 +137,16 @@ class Throttle:
             self._blocked_until.clear()
 
 
+def describe(rate_setting: str) -> str:
+    """A rate setting for people: ``"30/minute"`` → ``"30 per minute"``, ``"5/10 minutes"`` →
+    ``"5 per 10 minutes"``."""
+    rate = parse(getattr(settings, rate_setting))
+    unit = rate.GRANULARITY.name
+    if rate.multiples == 1:
+        return f"{rate.amount} per {unit}"
+    return f"{rate.amount} per {rate.multiples} {unit}s"
+
+
 def hashed(value: str) -> str:
     """A key for a personal value (an e-mail address) that does not store it in clear."""
     return hashlib.sha256(value.strip().lower().encode()).hexdigest()

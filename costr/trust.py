@@ -18,6 +18,7 @@ from apps.billing.services import RESOURCES
 from apps.keys import keycache, vault
 from apps.keys.keyring import get_keyring
 from apps.usage import lifecycle
+from costr import throttle
 from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC
 
 BENCHMARKS_JSON = settings.BASE_DIR / "docs" / "benchmarks.json"
@@ -46,8 +47,21 @@ def security(request):
             "stripe_methods": sorted(method.upper() for method in READ_METHODS),
             "purge_time": f"{PURGE_HOUR_UTC:02d}:{PURGE_MINUTE_UTC:02d}",
             "deletion_hours": lifecycle.DELETION_DEADLINE_HOURS,
+            "throttles": throttles_in_force(),
         },
     )
+
+
+def throttles_in_force() -> dict:
+    """The abuse limits as configured, for the page to state exactly."""
+    return {
+        "login_failures": settings.COSTR_THROTTLE_LOGIN_FAILURES,
+        "login_lockout_minutes": round(settings.COSTR_THROTTLE_LOGIN_LOCKOUT_SECONDS / 60),
+        "reset_per_email": throttle.describe("COSTR_THROTTLE_PASSWORD_RESET_PER_EMAIL"),
+        "reset_per_address": throttle.describe("COSTR_THROTTLE_PASSWORD_RESET_PER_ADDRESS"),
+        "invalid_tokens": throttle.describe("COSTR_THROTTLE_INVALID_TOKENS_PER_ADDRESS"),
+        "shared": bool(settings.REDIS_URL),
+    }
 
 
 def benchmark_summary() -> dict | None:
