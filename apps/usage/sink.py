@@ -85,9 +85,8 @@ MAX_BACKOFF_SECONDS = 10.0
 # URL, so a flood of requests naming random organizations must not grow memory without bound;
 # beyond this, new keys are dropped (and the drop logged) until the next hand-over.
 MAX_REFUSAL_KEYS = 10_000
-# While a batch waits to be retried, how often the thread looks whether the queue has passed its
-# bound (and spools it).
-BOUND_CHECK_SECONDS = 0.1
+# The overflow thread logs at most this often while it spools.
+OVERFLOW_LOG_SECONDS = 10.0
 DEAD_LETTER_FILE = "dead-letter.jsonl"
 
 _queue: "queue.SimpleQueue[Packed | list[Packed] | _FlushRequest]" = queue.SimpleQueue()
@@ -102,6 +101,13 @@ _loop_batches: "dict[asyncio.AbstractEventLoop, _LoopBatch]" = {}
 # records, and a queue item is one record or a whole batch.
 _queued_lock = threading.Lock()
 _queued_records = 0
+# Past the bound, batches go here instead, for the "usage-overflow" thread to write to the spool:
+# a thread of its own, so the bound holds while the sink thread waits on a database or a Redis
+# that does not answer (a paused Redis holds it a socket timeout per try).
+_overflow: "queue.SimpleQueue[list[Packed] | _FlushRequest]" = queue.SimpleQueue()
+_overflow_thread: threading.Thread | None = None
+# Set by the overflow thread once it closed a spool file; the sink thread then replays the spool.
+_overflow_spooled = threading.Event()
 # False from a failed send on a loop until the thread has delivered to Redis again: meanwhile
 # batches go through the thread, which spools them and probes Redis at its own pace.
 _direct = True
@@ -116,14 +122,14 @@ class _FlushRequest:
 
 def emit(record: dict) -> None:
     """Hand one usage record over. O(1), memory only, never raises."""
-    global _queued_records
     try:
         packed = pack(record)
         loop = asyncio._get_running_loop()
         if loop is None:
-            with _queued_lock:
-                _queued_records += 1
-            _queue.put(packed)
+            if _admit(1):
+                _queue.put(packed)
+            else:
+                _to_overflow([packed])
             if _thread is None:  # not is_alive() per record: the thread never returns (see _run)
                 _ensure_thread()
             return
@@ -160,9 +166,16 @@ def flush(timeout: float = 10.0) -> bool:
         return taken  # nothing was ever handed to the thread in this process
     request = _FlushRequest()
     _queue.put(request)
+    overflow = None
+    if _overflow_thread is not None:
+        overflow = _FlushRequest()
+        _overflow.put(overflow)
     _flush_requested.set()
     _ensure_thread()
-    return request.done.wait(max(deadline - time.monotonic(), 0)) and taken
+    done = request.done.wait(max(deadline - time.monotonic(), 0))
+    if overflow is not None:
+        done = overflow.done.wait(max(deadline - time.monotonic(), 0)) and done
+    return done and taken
 
 
 def _take_from_loops(deadline: float) -> bool:
@@ -193,12 +206,39 @@ def _take_from_loops(deadline: float) -> bool:
 
 
 def _to_thread(items: list[Packed]) -> None:
-    global _queued_records
-    with _queued_lock:
-        _queued_records += len(items)
-    _queue.put(items)
+    if _admit(len(items)):
+        _queue.put(items)
+    else:
+        _to_overflow(items)
     if _thread is None:
         _ensure_thread()
+
+
+def _admit(count: int) -> bool:
+    """Count ``count`` records into the queue, or False when that would pass the bound (then they
+    go to the overflow thread). An empty queue takes any batch."""
+    global _queued_records
+    from django.conf import settings
+
+    bound = settings.COSTR_USAGE_QUEUE_MAX_RECORDS
+    with _queued_lock:
+        if _queued_records and _queued_records + count > bound:
+            return False
+        _queued_records += count
+        return True
+
+
+def _to_overflow(items: list[Packed]) -> None:
+    global _overflow_thread
+    _overflow.put(items)
+    if _overflow_thread is not None and _overflow_thread.is_alive():
+        return
+    with _thread_lock:
+        if _overflow_thread is None or not _overflow_thread.is_alive():
+            _overflow_thread = threading.Thread(
+                target=_run_overflow, name="usage-overflow", daemon=True
+            )
+            _overflow_thread.start()
 
 
 def _forget_the_parents_sink() -> None:
@@ -207,8 +247,10 @@ def _forget_the_parents_sink() -> None:
     file) stays the parent's to deliver and close."""
     global _queue, _thread, _thread_lock, _flush_requested, _refusals_lock, _refusals
     global _refusals_dropped, _loop_batches, _direct, _queued_lock, _queued_records
+    global _overflow, _overflow_thread, _overflow_spooled
     _queue = queue.SimpleQueue()
     _queued_lock, _queued_records = threading.Lock(), 0
+    _overflow, _overflow_thread, _overflow_spooled = queue.SimpleQueue(), None, threading.Event()
     _loop_batches, _direct = {}, True
     _thread, _thread_lock = None, threading.Lock()
     _flush_requested = threading.Event()
@@ -313,12 +355,13 @@ class _LoopBatch:
 def _run() -> None:
     while True:
         try:
-            for request in _spool_if_over_bound():
-                request.done.set()
+            if _overflow_spooled.is_set():
+                _overflow_spooled.clear()
+                _current_transport().spooled_elsewhere()
             records, flushes = _take_batch()
             counts = _take_refusals()
             if records or counts:
-                flushes += _deliver(records, counts)
+                flushes += _deliver(records, counts, flushing=bool(flushes))
             else:
                 _current_transport().idle()
             for request in flushes:
@@ -368,39 +411,55 @@ def _taken(batch: list[Packed]) -> list[Packed]:
     return batch
 
 
-def _over_bound() -> bool:
+def _run_overflow() -> None:
+    """The overflow thread: batches past the bound to the spool, durably, each burst in a file
+    closed at once so that the sink thread can replay it; never dropped (a spool that cannot be
+    written, a full disk, is retried)."""
+    spool: Spool | None = None
+    next_log = 0.0
+    while True:
+        records: list[Packed] = []
+        flushes: list[_FlushRequest] = []
+        item = _overflow.get()
+        while True:
+            if isinstance(item, _FlushRequest):
+                flushes.append(item)
+            else:
+                records.extend(item)
+            try:
+                item = _overflow.get_nowait()
+            except queue.Empty:
+                break
+        while records:
+            try:
+                spool = _overflow_spool(spool)
+                spool.append(_entries_of(records))
+                spool.close()
+            except Exception:
+                logger.exception("usage overflow not spooled yet, retrying")
+                threading.Event().wait(TICK_SECONDS)
+                continue
+            _overflow_spooled.set()
+            if time.monotonic() >= next_log:
+                next_log = time.monotonic() + OVERFLOW_LOG_SECONDS
+                logger.warning(
+                    "usage queue past its bound: %d records spooled to %s, stored once the "
+                    "sink catches up",
+                    len(records),
+                    spool.directory,
+                )
+            records = []
+        for request in flushes:
+            request.done.set()
+
+
+def _overflow_spool(spool: Spool | None) -> Spool:
     from django.conf import settings
 
-    return _queued_records > settings.COSTR_USAGE_QUEUE_MAX_RECORDS
-
-
-def _spool_if_over_bound() -> list[_FlushRequest]:
-    """Past the bound, everything queued goes to the spool (without asking Redis or the
-    database, which are behind or down), so memory stays bounded and nothing is dropped. Returns
-    the flush requests met on the way: the records before them are spooled."""
-    if not _over_bound():
-        return []
-    records: list[Packed] = []
-    flushes: list[_FlushRequest] = []
-    while True:
-        try:
-            item = _queue.get_nowait()
-        except queue.Empty:
-            break
-        if isinstance(item, _FlushRequest):
-            _flush_requested.clear()
-            flushes.append(item)
-        elif isinstance(item, list):
-            records.extend(item)
-        else:
-            records.append(item)
-    if records:
-        _current_transport().spool_records(_taken(records))
-        logger.warning(
-            "usage queue past its bound: %d records spooled, stored once the writer catches up",
-            len(records),
-        )
-    return flushes
+    directory = Path(settings.COSTR_USAGE_SPOOL_DIR)
+    if spool is None or spool.directory != directory:
+        spool = Spool(directory, segment_bytes=settings.COSTR_USAGE_SPOOL_SEGMENT_BYTES)
+    return spool
 
 
 def _take_refusals() -> list[dict]:
@@ -416,18 +475,21 @@ def _take_refusals() -> list[dict]:
     ]
 
 
-def _deliver(records: list[Packed], counts: list[dict]) -> list[_FlushRequest]:
+def _deliver(
+    records: list[Packed], counts: list[dict], *, flushing: bool = False
+) -> list[_FlushRequest]:
     """Deliver by the current transport, retrying until it succeeds: a batch is never dropped.
-    While it waits, a queue past its bound goes to the spool, this batch first (it came first).
-    Returns the flush requests met on the way, to answer once this batch is delivered."""
+    Meanwhile new records wait in the queue up to its bound, then in the spool. A flush() that
+    waits for this batch (``flushing``) or comes while it retries (a shutdown with the database
+    down) spools the batch and the whole queue instead, so that what was handed over outlives
+    the process; returns the flush requests so answered."""
     from apps.usage.writer import backoff_delays
 
     delays = None
-    flushes: list[_FlushRequest] = []
     while True:
         try:
             _current_transport().deliver(records, counts)
-            return flushes
+            return []
         except Exception as error:
             delays = delays or backoff_delays(MAX_BACKOFF_SECONDS)
             delay = next(delays)
@@ -438,18 +500,34 @@ def _deliver(records: list[Packed], counts: list[dict]) -> list[_FlushRequest]:
                 error,
                 delay,
             )
-        retry_at = time.monotonic() + delay
-        while True:
-            if records and _over_bound():
-                _current_transport().spool_records(records)
-                records = []
-            flushes += _spool_if_over_bound()
-            if not (records or counts):
-                return flushes
-            remaining = retry_at - time.monotonic()
-            if remaining <= 0:
-                break
-            threading.Event().wait(min(remaining, BOUND_CHECK_SECONDS))
+        if flushing or _flush_requested.wait(delay):
+            _flush_requested.clear()
+            try:
+                return _spool_all(records, counts)
+            except Exception:
+                logger.exception("usage batch not spooled either, retrying")
+
+
+def _spool_all(records: list[Packed], counts: list[dict]) -> list[_FlushRequest]:
+    """The batch in hand and everything queued, to the spool; the flush requests met."""
+    flushes: list[_FlushRequest] = []
+    queued: list[Packed] = []
+    while True:
+        try:
+            item = _queue.get_nowait()
+        except queue.Empty:
+            break
+        if isinstance(item, _FlushRequest):
+            flushes.append(item)
+        elif isinstance(item, list):
+            queued.extend(item)
+        else:
+            queued.append(item)
+    entries = _entries_of(records + _taken(queued))
+    if counts:
+        entries.append(encode(KIND_REFUSALS, counts))
+    _current_transport().spool_entries(entries)
+    return flushes
 
 
 _transports: dict[tuple, object] = {}
@@ -507,9 +585,14 @@ class _DatabaseTransport:
         if _queue.empty():
             connection.close()  # nothing waiting: do not hold a connection while idle
 
-    def spool_records(self, records: list[Packed]) -> None:
-        self.spool.append(_entries_of(records))
+    def spooled_elsewhere(self) -> None:
+        """The overflow thread spooled records: store them once caught up."""
+        self.spool.pending = True
         self._next_replay = 0.0
+
+    def spool_entries(self, entries: list[dict[str, str]]) -> None:
+        self.spool.append(entries)
+        self._next_replay = time.monotonic() + TICK_SECONDS
 
     def idle(self) -> None:
         """Store what the spool holds, once the queue is well under its bound (caught up) and the
@@ -553,10 +636,6 @@ class _DatabaseTransport:
                 store_events(items, dead_letter=self.dead_letter)
             else:
                 store_refusals(items, dead_letter=self.dead_letter)
-            # A long replay must not let the queue grow: nothing is in hand, so flushes that come
-            # out of the queue here are answered.
-            for request in _spool_if_over_bound():
-                request.done.set()
 
     def dead_letter(self, kind: str, items: list, error: BaseException) -> None:
         """Embedded mode has no dead-letter stream: a JSON-lines file beside the spool keeps what
@@ -601,8 +680,12 @@ class _RedisTransport:
             global _direct
             _direct = True  # loops may append to the stream again
 
-    def spool_records(self, records: list[Packed]) -> None:
-        self.producer.spool.append(_entries_of(records))
+    def spooled_elsewhere(self) -> None:
+        """The overflow thread spooled records: replay them into the stream once it answers."""
+        self.producer.spool.pending = True
+
+    def spool_entries(self, entries: list[dict[str, str]]) -> None:
+        self.producer.spool.append(entries)
 
     def idle(self) -> None:
         self.producer.retry_pending()
