@@ -17,18 +17,26 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import environ
 import httpx
 import psycopg
 import pytest
+from django.db import InterfaceError, OperationalError, connections, transaction
 
-from tests.outage import ROOT, PostgresCluster, free_port, wait_until
+from costr.db import run_outside_request
+from tests.outage import ROOT, ChildProcess, PostgresCluster, RedisServer, free_port, wait_until
 
 # How long a test may wait for recovery before it fails: a limit on hanging, not a
 # performance threshold (recovery itself takes well under a second).
 RECOVERY_TIMEOUT = 20.0
+# A request to a proxy whose database is frozen must be answered; one that takes longer than
+# this is hanging on the database.
+FROZEN_REQUEST_TIMEOUT = 15.0
 # The proxy's key cache TTL in these tests: short, so entries expire during an outage and the
 # proxy has to go back to the database for them.
 KEYCACHE_TTL = "1"
@@ -75,6 +83,14 @@ class Costr:
             rows = db.execute("SELECT request_id FROM usage_usageevent").fetchall()
         return [row[0] for row in rows]
 
+    def describe(self, request_ids: list[str]) -> list[tuple]:
+        with psycopg.connect(self.url, connect_timeout=5) as db:
+            return db.execute(
+                "SELECT request_id, token_id, status, outcome, timestamp FROM usage_usageevent"
+                " WHERE request_id = ANY(%s) ORDER BY timestamp",
+                [request_ids],
+            ).fetchall()
+
     def revoke(self, token: str) -> None:
         """Revoke behind the proxy's back: only its own lookup can learn of it."""
         import hashlib
@@ -104,9 +120,12 @@ def _python(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Comple
 def costr(fake_provider):
     cluster = PostgresCluster().create()
     try:
+        # A name of this run's own: a process left from another run that reaches this port
+        # (ports are reused) finds no database of that name, rather than writing into it.
+        name = f"costr_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(cluster.url(), autocommit=True) as db:
-            db.execute("CREATE DATABASE costr")
-        url = cluster.url("costr")
+            db.execute(f'CREATE DATABASE "{name}"')
+        url = cluster.url(name)
         env = {
             "PATH": os.environ["PATH"],
             "HOME": os.environ.get("HOME", str(ROOT)),
@@ -249,7 +268,10 @@ def _all_stored_once(costr: Costr, forwarded: list[str], proxy: Proxy):
 
     wait_until(check, timeout=RECOVERY_TIMEOUT, message=proxy.output)
     stored = costr.events()
-    assert sorted(stored) == sorted(set(forwarded)) and len(set(forwarded)) == len(forwarded)
+    assert len(set(forwarded)) == len(forwarded)
+    extra = sorted(set(stored) - set(forwarded))
+    assert extra == [], costr.describe(extra)
+    assert sorted(stored) == sorted(forwarded)
 
 
 @pytest.fixture
@@ -317,3 +339,227 @@ def test_a_postgresql_restart_under_load_heals_without_restarting_the_proxy(cost
     # Known tokens were served throughout (fail-open), and nothing was lost.
     assert traffic.refused == [] and traffic.failures == [], (traffic.refused, traffic.failures)
     _all_stored_once(costr, forwarded + traffic.forwarded, proxy)
+
+
+def test_a_frozen_postgresql_does_not_stop_known_tokens(costr, proxy_for):
+    _no_events_yet(costr)
+    proxy = proxy_for()
+    known = _tokens(costr, "pause", "known")
+    new = _tokens(costr, "pause", "new")
+    forwarded: list[str] = []
+    for org, token in known:
+        assert _served(proxy, org, token, forwarded), proxy.output()
+
+    costr.cluster.pause()
+    try:
+        # Every cache entry expires: each known token now needs a lookup, which cannot answer.
+        time.sleep(float(KEYCACHE_TTL) + 0.5)
+        for _ in range(3):
+            for org, token in known:
+                status = _status(proxy, org, token, forwarded, timeout=FROZEN_REQUEST_TIMEOUT)
+                assert status == 200, proxy.output()
+        # A token never seen cannot be checked: refused with Costr's mark, so an SDK falls
+        # back to the provider, rather than left hanging.
+        for org, token in new:
+            response = proxy.chat(org, token, timeout=FROZEN_REQUEST_TIMEOUT)
+            assert response.status_code == 503, response.text
+            assert response.headers["x-costr-error"] == "costr_unavailable"
+    finally:
+        costr.cluster.resume()
+
+    for org, token in new:
+        wait_until(
+            lambda org=org, token=token: _served(proxy, org, token, forwarded),
+            timeout=RECOVERY_TIMEOUT,
+            message=proxy.output,
+        )
+    _all_stored_once(costr, forwarded, proxy)
+
+
+@pytest.mark.parametrize("mode", ["embedded", "redis"])
+def test_the_usage_writer_keeps_its_batch_while_postgresql_is_down(
+    costr, proxy_for, mode, tmp_path
+):
+    """Embedded: the proxy's own writer thread stores usage. Redis: the proxy appends to a
+    stream and ``run_usage_writer`` stores it. Either holds its batch through the outage and
+    stores it, once, when the database is back."""
+    _no_events_yet(costr)
+    extra: dict[str, str] = {}
+    redis_server = writer = None
+    if mode == "redis":
+        redis_server = RedisServer(tmp_path / "redis")
+        redis_server.start()
+        extra = {
+            "COSTR_USAGE_REDIS_URL": redis_server.url,
+            "COSTR_USAGE_STREAM": f"costr-test:usage:{uuid.uuid4().hex}",
+            "COSTR_USAGE_SPOOL_DIR": str(tmp_path / "spool"),
+        }
+    try:
+        proxy = proxy_for(**extra)
+        if mode == "redis":
+            writer = ChildProcess(
+                ["run_usage_writer", "--max-backoff", "0.5"],
+                env={**costr.env, **extra},
+                log=tmp_path / "writer.log",
+            )
+            writer.wait_for_output("reading")
+        known = _tokens(costr, f"writer-{mode}", "known")
+        forwarded: list[str] = []
+        for org, token in known:
+            assert _served(proxy, org, token, forwarded), proxy.output()
+        # The writer has written once, so it holds a connection the outage will kill.
+        wait_until(lambda: set(forwarded) <= set(costr.events()), timeout=RECOVERY_TIMEOUT)
+
+        # What each writer logs when it keeps a batch because the database is down.
+        writer_log, kept = (
+            (writer.output, "unreachable") if writer else (proxy.output, "not delivered")
+        )
+        failures_before = writer_log().count(kept)
+        costr.cluster.stop()
+        try:
+            for _ in range(5):
+                for org, token in known:
+                    assert _served(proxy, org, token, forwarded), proxy.output()
+            # The writer has met the outage with a batch in hand (it says so in its log).
+            wait_until(
+                lambda: writer_log().count(kept) > failures_before,
+                timeout=RECOVERY_TIMEOUT,
+                message=writer_log,
+            )
+        finally:
+            costr.cluster.start()
+
+        _all_stored_once(costr, forwarded, proxy)
+        if writer is not None:
+            writer.signal(signal.SIGTERM)
+            assert writer.wait(30) == 0, writer.output()
+    finally:
+        if writer is not None:
+            writer.kill()
+        if redis_server is not None:
+            redis_server.stop()
+
+
+# The helper itself, in this process, on a connection to the throwaway cluster.
+
+
+@pytest.fixture
+def cluster_connection(costr, django_db_blocker):
+    """A connection alias on the cluster, with the given CONN_MAX_AGE, and a table to write to."""
+    alias = "database-faults"
+    configured = []
+
+    def connect(max_age: int | None = 0):
+        connections.settings[alias] = {
+            **connections.settings["default"],
+            **environ.Env.db_url_config(costr.url),
+            "OPTIONS": {},
+            "CONN_MAX_AGE": max_age,
+        }
+        configured.append(alias)
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE TABLE IF NOT EXISTS fault_writes (id serial PRIMARY KEY)")
+            cursor.execute("TRUNCATE fault_writes")
+        return connection
+
+    with django_db_blocker.unblock():
+        yield connect
+        if configured:
+            connections[alias].close()
+            del connections.settings[alias]
+            delattr(connections._connections, alias)
+
+
+def _rows(connection) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM fault_writes")
+        return cursor.fetchone()[0]
+
+
+def _write_and_die(connection, attempts: list[int]) -> int:
+    """Insert a row (autocommit: it is committed), then lose the connection on the first try."""
+    attempts.append(1)
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO fault_writes DEFAULT VALUES")
+        if len(attempts) == 1:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        cursor.execute("SELECT 42")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.parametrize("max_age", [0, None], ids=["closed-after-use", "persistent"])
+def test_work_after_a_restart_gets_a_new_connection_before_it_starts(
+    costr, cluster_connection, max_age
+):
+    connection = cluster_connection(max_age)
+    connection.ensure_connection()
+    costr.cluster.restart()  # the connection above is now dead, and nothing has noticed
+
+    def write() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO fault_writes DEFAULT VALUES RETURNING id")
+            return cursor.fetchone()[0]
+
+    # Not idempotent, so never retried: it succeeds only if the dead connection was replaced
+    # before its statement was sent.
+    assert run_outside_request(write, idempotent=False, using=connection.alias) > 0
+    assert _rows(connection) == 1
+
+
+def test_idempotent_work_that_loses_its_connection_runs_once_more(cluster_connection):
+    connection = cluster_connection()
+    attempts: list[int] = []
+
+    result = run_outside_request(
+        lambda: _write_and_die(connection, attempts), idempotent=True, using=connection.alias
+    )
+
+    assert (result, len(attempts)) == (42, 2)
+    assert _rows(connection) == 2  # what a second run costs, hence idempotent work only
+
+
+def test_other_work_that_reached_the_server_is_not_run_again(cluster_connection):
+    connection = cluster_connection()
+    attempts: list[int] = []
+
+    with pytest.raises(OperationalError):
+        run_outside_request(
+            lambda: _write_and_die(connection, attempts), idempotent=False, using=connection.alias
+        )
+
+    assert len(attempts) == 1
+    assert _rows(connection) == 1  # committed although its connection died: not written twice
+
+
+def test_an_error_that_leaves_the_connection_alive_is_not_retried(cluster_connection):
+    connection = cluster_connection()
+    attempts: list[int] = []
+
+    def too_slow() -> None:
+        attempts.append(1)
+        with connection.cursor() as cursor:
+            cursor.execute("SET statement_timeout = '10ms'")
+            cursor.execute("SELECT pg_sleep(5)")
+
+    with pytest.raises(OperationalError, match="statement timeout"):
+        run_outside_request(too_slow, idempotent=True, using=connection.alias)
+    assert len(attempts) == 1
+
+
+def test_inside_a_transaction_the_connection_is_left_to_the_caller(cluster_connection):
+    connection = cluster_connection()
+    attempts: list[int] = []
+
+    with transaction.atomic(using=connection.alias):
+        opened = connection.connection
+        with pytest.raises((OperationalError, InterfaceError)):
+            run_outside_request(
+                lambda: _write_and_die(connection, attempts),
+                idempotent=True,
+                using=connection.alias,
+            )
+        # Neither closed before the work (with CONN_MAX_AGE 0 it would be) nor run again.
+        assert connection.connection is opened
+        assert len(attempts) == 1
+        connection.set_rollback(True)
