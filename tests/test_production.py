@@ -192,6 +192,8 @@ def test_the_procfile_processes_serve_pages_and_meter_requests(
     processes = _procfile()
     assert {"release", "web", "usage_writer", "worker", "beat"} <= processes.keys()
     port = free_port()
+    var_dir = tmp_path / "var"
+    var_dir.mkdir()
     env = _production_env(
         DATABASE_URL=database,
         REDIS_URL=redis_db_url,
@@ -199,7 +201,9 @@ def test_the_procfile_processes_serve_pages_and_meter_requests(
         WEB_CONCURRENCY="2",
         STATIC_ROOT=str(tmp_path / "static"),
         COSTR_UPSTREAM_OPENAI=fake_provider.url,
-        COSTR_USAGE_SPOOL_DIR=str(tmp_path / "spool"),
+        # The image's writable volume (beat's schedule, the usage spool).
+        COSTR_VAR_DIR=str(var_dir),
+        COSTR_USAGE_SPOOL_DIR=str(var_dir / "spool"),
         # Plain HTTP on loopback: the platform's TLS terminator is not part of this test.
         SECURE_SSL_REDIRECT="False",
     )
@@ -303,10 +307,11 @@ def test_the_procfile_processes_serve_pages_and_meter_requests(
         ping = _run(["/bin/sh", "-c", "exec celery --app costr inspect ping --timeout 10"], env)
         assert "pong" in ping.stdout
         wait_until(
-            lambda: "beat: Starting" in running["beat"].output(),
+            lambda: list(var_dir.glob("celerybeat-schedule*")),
             timeout=60,
             message=running["beat"].output,
         )
+        assert running["beat"].alive(), running["beat"].output()
     finally:
         statuses = {name: process.stop() for name, process in running.items()}
     # Each stops cleanly on SIGTERM, as on a deploy.

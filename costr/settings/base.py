@@ -46,12 +46,12 @@ COSTR_PROXY_MAX_BODY_BYTES = env.int("COSTR_PROXY_MAX_BODY_BYTES", default=50 * 
 COSTR_PROXY_INSPECT_BYTES = env.int("COSTR_PROXY_INSPECT_BYTES", default=4 * 1024 * 1024)
 # After a client disconnects, how long the proxy keeps reading the upstream for its usage.
 COSTR_PROXY_DRAIN_SECONDS = env.float("COSTR_PROXY_DRAIN_SECONDS", default=300.0)
-
-# Absolute origin used where no request is at hand (links printed by commands, e-mails).
 # A slow client gets 408: the request head must be complete within the first timeout (held by
 # costr.server's protocol), and each piece of the body arrive within the second.
 COSTR_PROXY_HEADER_READ_TIMEOUT = env.float("COSTR_PROXY_HEADER_READ_TIMEOUT", default=30.0)
 COSTR_PROXY_BODY_READ_TIMEOUT = env.float("COSTR_PROXY_BODY_READ_TIMEOUT", default=60.0)
+
+# Absolute origin used where no request is at hand (links printed by commands, e-mails).
 COSTR_BASE_URL = env.str("COSTR_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 # How long usage metadata is kept for a new organization (each org can change its own; the
@@ -209,10 +209,11 @@ AXES_LOCKOUT_CALLABLE = "apps.accounts.throttling.login_locked_out"
 # extend it, so the rightful owner can log in once it ends.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_ENABLE_ADMIN = False  # the cache handler keeps no rows to show
+SILENCED_SYSTEM_CHECKS: list[str] = []
 if not REDIS_URL:
     # The embedded mode's cache is per process, which axes warns of: there each process counts
     # failed logins on its own (the security page says so).
-    SILENCED_SYSTEM_CHECKS = ["axes.W001"]
+    SILENCED_SYSTEM_CHECKS.append("axes.W001")
 
 # Invitations are single-use and expire; the link carries a signed invitation id.
 COSTR_INVITATION_MAX_AGE_DAYS = env.int("COSTR_INVITATION_MAX_AGE_DAYS", default=7)
@@ -228,7 +229,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -1,6 +1,6 @@
 """Celery settings. Without Redis, tasks run in the calling process (embedded mode)."""
 
-from costr.env import env
+from costr.env import VAR_DIR, env
 from costr.schedule import BEAT_SCHEDULE
 
 _redis_url = env.str("REDIS_URL", default="")
@@ -19,3 +19,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = BEAT_SCHEDULE
+# Beat's state beside Costr's other local state, never in the working directory (the image's
+# /app is read-only to its user; var/ is its writable volume).
+CELERY_BEAT_SCHEDULE_FILENAME = env.str(
+    "CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule")
+)
