@@ -15,6 +15,13 @@ What it does, and why each part matters to a transparent proxy:
   bounded (``max_idle_per_origin``), idle connections closed after ``idle_expiry`` seconds.
   A connection is never reused after ``Connection: close``, an HTTP/1.0 answer without
   keep-alive, a body that ended early, a HEAD request, or any error.
+- One answer per request, never more: any byte after a complete answer (a second response, or
+  garbage, in the same read or later), and any byte or end of stream on an idle connection, is
+  a connection whose framing cannot be trusted. It is closed and never reused, since the next
+  request on it -- maybe another tenant's -- would read those bytes as its own answer. Before
+  an idle connection is reused its socket is polled, so bytes that reached the kernel but not
+  yet the event loop are caught too. (llhttp itself skips bare CR and LF between messages;
+  they carry no framing, so they alone do not count.)
 - A request that fails on a reused idle connection before any response byte arrived (the
   upstream closed the idle connection just as it was picked) is sent once more on a new
   connection; never after a response byte came back, and never a streamed body.
@@ -28,9 +35,15 @@ What it does, and why each part matters to a transparent proxy:
   until close), de-chunked by llhttp (httptools) and handed on as it arrives. Past
   ``HIGH_WATER`` buffered bytes the socket stops being read until the consumer catches up, so a
   slow client never makes Costr hold a whole body.
-- Timeouts: ``connect_timeout`` for TCP + TLS set-up; ``read_timeout`` for each wait on the
-  upstream (response headers, each body read, and each wait for a streamed request body to
-  drain).
+- Timeouts: ``connect_timeout`` for TCP + TLS set-up; ``read_timeout`` for the whole response
+  head (one wait: bytes of an unfinished head wake nobody, so a head trickled a byte at a time
+  cannot hold the connection longer), for each body read, and for each wait for a streamed
+  request body to drain. A body that keeps trickling faster than ``read_timeout`` is read for
+  as long as it lasts: bounding a whole body's time is the caller's business (the proxy's
+  client does, by leaving; after that ``COSTR_PROXY_DRAIN_SECONDS`` bounds the rest).
+- A response head (status line and headers, interim answers included) over
+  ``MAX_RESPONSE_HEAD_BYTES`` is a malformed answer: an endless header block or header line is
+  cut there, never buffered without bound.
 
 Failures raise ``UpstreamError`` subclasses: ``ConnectError`` / ``ConnectTimeout`` before the
 request left, ``ReadTimeout`` when the upstream went quiet, ``RemoteProtocolError`` for a
@@ -41,6 +54,7 @@ own iterator pass through unchanged (the connection is then closed, never reused
 import asyncio
 import collections
 import contextlib
+import select
 import socket
 import ssl
 from collections.abc import AsyncIterable, Iterable
@@ -52,6 +66,9 @@ from django.views.decorators.debug import sensitive_variables
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# Real providers' response heads are a few KiB; this is the limit Costr also sets on its own
+# clients' request heads (DESIGN.md, "Limits").
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -78,6 +95,14 @@ class ReadTimeout(UpstreamTimeout):
 
 class RemoteProtocolError(UpstreamError):
     """The connection closed before the answer was complete, or the answer was malformed."""
+
+
+class _StrayResponse(Exception):
+    """Raised from the parser's callbacks when a second message starts after a complete answer."""
+
+
+class _HeadTooLarge(Exception):
+    """Raised from the parser's callbacks when the response head outgrows its limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +145,12 @@ def default_ssl_context() -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=certifi.where())
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def _head_too_large() -> "RemoteProtocolError":
+    return RemoteProtocolError(
+        f"the upstream's response head is over {MAX_RESPONSE_HEAD_BYTES} bytes"
+    )
 
 
 def _fail_waiter(waiter: asyncio.Future, error: BaseException) -> None:
@@ -270,6 +301,9 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_drain_waiter",
+        "_fileno",
+        "_head_bytes",
+        "_head_received",
         "_interim",
         "_is_head",
         "_paused",
@@ -298,6 +332,11 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
+        self._fileno = -1
+        # The current response head's size: as parsed (header lines), and as received in reads
+        # that ended inside it (which also sees a line llhttp is still holding unfinished).
+        self._head_bytes = 0
+        self._head_received = 0
 
     # asyncio.Protocol
 
@@ -305,6 +344,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self._fileno = sock.fileno()
             with contextlib.suppress(OSError):  # not a TCP socket
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -316,14 +356,29 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         response.received_any = True
+        in_head = not response.headers_complete
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._broken(RemoteProtocolError("the upstream switched protocols"))
             return
         except httptools.HttpParserError as error:
-            self._broken(RemoteProtocolError(f"malformed response from the upstream: {error}"))
+            if response._message_complete:
+                # A second message, or garbage, after a complete answer in the same read: the
+                # answer stands as it was parsed, the connection is done.
+                self.abort()
+            elif isinstance(error.__context__, _HeadTooLarge):
+                self._broken(_head_too_large())
+            else:
+                self._broken(RemoteProtocolError(f"malformed response from the upstream: {error}"))
             return
+        if in_head and not response.headers_complete:
+            # llhttp holds an unfinished header line whole: count what it was given, so an
+            # endless line is cut too, not only many lines.
+            self._head_received += len(data)
+            if self._head_received > MAX_RESPONSE_HEAD_BYTES:
+                self._broken(_head_too_large())
+                return
         if response._message_complete:
             self._finished(response)
 
@@ -364,10 +419,17 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         response = self.response
+        if response._message_complete:
+            # The upstream answered more than once: nothing after the answer may be parsed into
+            # it (its headers would be overwritten) or left for the next request to read.
+            raise _StrayResponse
         response.headers = []
         self._interim = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise _HeadTooLarge
         self.response.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -420,6 +482,23 @@ class _Connection(asyncio.Protocol):
     def start(self, response: Response, is_head: bool) -> None:
         self.response = response
         self._is_head = is_head
+        self._head_bytes = self._head_received = 0
+
+    def has_pending_input(self) -> bool:
+        """Whether the socket holds bytes or an end of stream the event loop has not delivered.
+
+        An idle connection that has either is not reusable; the loop may simply not have run
+        its read callback yet (a busy worker), so asking the kernel is the only sure way. One
+        ``poll`` system call, with no limit on the descriptor's number (``select`` has one).
+        """
+        if self._fileno < 0:
+            return False
+        poller = select.poll()
+        poller.register(self._fileno, select.POLLIN | select.POLLPRI)
+        try:
+            return bool(poller.poll(0))
+        except OSError:
+            return True
 
     async def drain(self, timeout: float) -> None:
         """Wait until the transport's write buffer has room (flow control for streamed bodies)."""
@@ -496,7 +575,7 @@ class _Pool:
             if connection.closed or connection.transport.is_closing():
                 connection.abort()
                 continue
-            if now - connection.idle_since >= expiry:
+            if now - connection.idle_since >= expiry or connection.has_pending_input():
                 connection.abort()
                 continue
             return connection
