@@ -67,21 +67,32 @@ def _assert_api_throttled(response: httpx.Response) -> None:
     assert response.json()["error"]["code"] == "rate_limited"
 
 
-def test_a_bad_token_flood_on_the_proxy_is_throttled_per_address(proxy, token_limit):  # noqa: F811
+def test_a_bad_token_flood_on_the_proxy_is_throttled_per_address(
+    proxy,  # noqa: F811
+    make_organization,  # noqa: F811
+    token_limit,
+):
     attacker, bystander = _addresses()
     url = proxy.url("openai")
+    unseen_org, unseen = make_organization(providers=("openai",), scopes=("proxy",))
+    unseen_url = url.replace(f"/p/{proxy.organization.slug}/", f"/p/{unseen_org.slug}/")
     with _client(attacker) as flood, _client(bystander) as other:
+        # A token this process has served: another organization behind the attacker's address.
+        assert _chat(other, url, proxy.token).status_code == 200
         answers = [_chat(flood, url, BAD_TOKEN).status_code for _ in range(LIMIT)]
         assert answers == [401] * LIMIT
         _assert_proxy_throttled(_chat(flood, url, BAD_TOKEN))
-        # The address is refused before any look-up, its valid token too.
-        _assert_proxy_throttled(_chat(flood, url, proxy.token))
-        forwarded = len(proxy.fake.requests)
+        before = len(proxy.fake.requests)
+        # A blocked address gets no look-ups: a valid token this process has not met yet is
+        # refused, one it already knows is still served.
+        _assert_proxy_throttled(_chat(flood, unseen_url, unseen.plaintext))
+        assert len(proxy.fake.requests) == before
+        assert _chat(flood, url, proxy.token).status_code == 200
+        assert len(proxy.fake.requests) == before + 1
 
         # Another address: a valid token is served, a bad one is only refused.
-        assert _chat(other, url, proxy.token).status_code == 200
+        assert _chat(other, unseen_url, unseen.plaintext).status_code == 200
         assert _chat(other, url, BAD_TOKEN).status_code == 401
-    assert forwarded == 0  # nothing from the flooding address reached the provider
 
 
 def test_a_bad_token_flood_on_the_api_is_throttled_per_address(

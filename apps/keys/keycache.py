@@ -156,6 +156,13 @@ def resolve(token_hash: str) -> ResolvedToken | None:
     return _usable(value)
 
 
+def resolve_known(token_hash: str) -> ResolvedToken | None:
+    """The live token behind a hash if this process knows it now, without asking anyone: for
+    requests from an address that is being throttled, whose unknown tokens get no look-up."""
+    hit, value = _cached(token_hash)
+    return _usable(value) if hit else None
+
+
 async def aresolve(token_hash: str) -> ResolvedToken | None:
     """``resolve`` for async code (the proxy): the database is touched only on a cache miss,
     and a request waits at most ``LOOKUP_DEADLINE_SECONDS`` for it."""

@@ -287,16 +287,24 @@ async def _authorize(request: ProxiedRequest, headers, query) -> keycache.Resolv
     """The request's token, resolved, or a refusal.
 
     A token that fails counts against the client's address (``costr.throttle``, shared with the
-    API and, with Redis, with every process); past the limit the address is answered 429 before
-    any look-up, from a check in this process's memory, until the window allows more. A valid
-    token from an address that is not blocked costs nothing more than before.
+    API and, with Redis, with every process); past the limit the address gets no more token
+    look-ups until the window allows more: only tokens this process already knows to be valid
+    are served from it (an address is often shared: another organization behind the same NAT
+    keeps working), and every other request is answered 429. A valid token from an address that
+    is not blocked costs nothing more than before.
     """
     client = request.scope.get("client")
     address = client[0] if client else "unknown"
+    credential = request.adapter.credential_from(headers, query)
     wait = throttle.INVALID_TOKENS.blocked(address)
     if wait is not None:
-        raise _rate_limited(wait)
-    credential = request.adapter.credential_from(headers, query)
+        known = (
+            keycache.resolve_known(hashlib.sha256(credential.encode()).hexdigest())
+            if credential
+            else None
+        )
+        if known is None or known.organization_slug != request.org_slug:
+            raise _rate_limited(wait)
     if not credential:
         raise Refusal(401, "missing_token", "Send your Costr token where the SDK puts its API key.")
     if not credential.startswith(TOKEN_PREFIX):
