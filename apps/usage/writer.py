@@ -33,6 +33,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, close_old
 
 from apps.usage import services
 from apps.usage import stream as usage_stream
+from costr.db import run_outside_request
 
 logger = logging.getLogger("costr.usage.writer")
 
@@ -51,9 +52,18 @@ _TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "55P03", "57")
 
 
 def store_events(records: list[dict], *, dead_letter: DeadLetter) -> int:
-    """Store ``records``; return how many were new. Raises only UNREACHABLE."""
+    """Store ``records``; return how many were new. Raises only UNREACHABLE.
+
+    Runs outside any request (the sink thread, ``run_usage_writer``), so through
+    ``run_outside_request``; idempotent, since an event is unique by its request id: a batch
+    whose connection died, even after its commit, may simply be stored again."""
     records = [clean_record(record) for record in records]
-    return _isolating(services.usage_events_write, usage_stream.KIND_EVENTS, records, dead_letter)
+    return run_outside_request(
+        lambda: _isolating(
+            services.usage_events_write, usage_stream.KIND_EVENTS, records, dead_letter
+        ),
+        idempotent=True,
+    )
 
 
 def clean_record(record):
@@ -108,8 +118,16 @@ def _database_answers() -> bool:
 
 
 def store_refusals(counts: list[dict], *, dead_letter: DeadLetter) -> int:
-    """Add refusal counts; return how many refusals were added. Raises only UNREACHABLE."""
-    return _isolating(services.refusals_record, usage_stream.KIND_REFUSALS, counts, dead_letter)
+    """Add refusal counts; return how many refusals were added. Raises only UNREACHABLE.
+
+    Not idempotent (counts are added), so ``run_outside_request`` retries it only when its
+    connection failed before anything reached the database."""
+    return run_outside_request(
+        lambda: _isolating(
+            services.refusals_record, usage_stream.KIND_REFUSALS, counts, dead_letter
+        ),
+        idempotent=False,
+    )
 
 
 def _isolating(write, kind: str, items: list[dict], dead_letter: DeadLetter) -> int:
