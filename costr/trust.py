@@ -17,7 +17,8 @@ from apps.billing.client import READ_METHODS
 from apps.billing.services import RESOURCES
 from apps.keys import keycache, vault
 from apps.keys.keyring import get_keyring
-from apps.usage import lifecycle
+from apps.proxy.limits import ALLOWED_METHODS, MAX_HEAD_BYTES
+from apps.usage import contract, lifecycle
 from costr import throttle
 from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC
 
@@ -48,6 +49,7 @@ def security(request):
             "purge_time": f"{PURGE_HOUR_UTC:02d}:{PURGE_MINUTE_UTC:02d}",
             "deletion_hours": lifecycle.DELETION_DEADLINE_HOURS,
             "throttles": throttles_in_force(),
+            "limits": proxy_limits_in_force(),
         },
     )
 
@@ -61,6 +63,22 @@ def throttles_in_force() -> dict:
         "reset_per_address": throttle.describe("COSTR_THROTTLE_PASSWORD_RESET_PER_ADDRESS"),
         "invalid_tokens": throttle.describe("COSTR_THROTTLE_INVALID_TOKENS_PER_ADDRESS"),
         "shared": bool(settings.REDIS_URL),
+    }
+
+
+def proxy_limits_in_force() -> dict:
+    """The proxy's limits on what clients and providers send, as configured."""
+    return {
+        "head_kib": MAX_HEAD_BYTES // 1024,
+        "allowed_methods": sorted(ALLOWED_METHODS),
+        "header_timeout": settings.COSTR_PROXY_HEADER_READ_TIMEOUT,
+        "body_timeout": settings.COSTR_PROXY_BODY_READ_TIMEOUT,
+        "max_decoded_mib": settings.COSTR_PROXY_MAX_DECODED_BYTES // (1024 * 1024),
+        "queue_records": settings.COSTR_USAGE_QUEUE_MAX_RECORDS,
+        "customer_length": contract.MAX_CUSTOMER_LENGTH,
+        "property_name_length": contract.MAX_PROPERTY_NAME_LENGTH,
+        "property_value_length": contract.MAX_PROPERTY_VALUE_LENGTH,
+        "properties": contract.MAX_PROPERTIES,
     }
 
 

@@ -68,6 +68,22 @@ def test_security_page_states_the_proxy_limits_in_force(client, settings):
     assert f"last {round(keycache.STALE_IF_ERROR_SECONDS / 60)} minutes" in html
 
 
+def test_security_page_states_the_limits_on_what_reaches_the_proxy(client, settings):
+    settings.COSTR_PROXY_HEADER_READ_TIMEOUT = 17
+    settings.COSTR_PROXY_BODY_READ_TIMEOUT = 23
+    settings.COSTR_PROXY_MAX_DECODED_BYTES = 5 * 1024 * 1024
+    settings.COSTR_USAGE_QUEUE_MAX_RECORDS = 777
+
+    html = client.get(reverse("security")).content.decode()
+
+    assert "Request heads over 64 KiB are refused (431)" in html
+    assert "whole head within 17 seconds and each next piece of its body within 23 seconds" in html
+    assert "Only DELETE, GET, POST are forwarded" in html
+    assert "at most 5 MiB decompressed per response" in html
+    assert "A customer identifier is at most 255 characters, a property name 64" in html
+    assert "At most 777 records wait in a server's memory" in html
+
+
 def test_security_page_quotes_the_committed_benchmark(client, tmp_path, monkeypatch):
     figures = {
         "date": "2026-11-23",
