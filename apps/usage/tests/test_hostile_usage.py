@@ -344,6 +344,8 @@ def test_redis_paused_requests_keep_flowing_records_spool_and_arrive_once_after_
             timeout=30,
             message=lambda: f"{len(spooled())} of {len(during)} spooled",
         )
+        # ... while the sink thread still waits on Redis with the first batch in hand.
+        assert "req_first_in_pause" not in spooled()
         assert server.process.poll() is None
 
         server.process.send_signal(signal.SIGCONT)
