@@ -1,6 +1,8 @@
 """Test settings: the same services as the environment names, fast hashing, mail kept in memory."""
 
 import os
+import tempfile
+from pathlib import Path
 
 from costr.settings.base import *  # noqa: F403
 
@@ -17,6 +19,12 @@ STORAGES = {
 # The usage sink stays embedded even when REDIS_URL is set, so a test reads its events back after
 # sink.flush(); the tests of the Redis transport set COSTR_USAGE_REDIS_URL themselves.
 COSTR_USAGE_REDIS_URL = env.str("COSTR_USAGE_REDIS_URL", default="")  # noqa: F405
+# A run's spooled or set-aside records never land in var/spool, where `make run` would replay
+# them into the developer's own database.
+COSTR_USAGE_SPOOL_DIR = env.str(  # noqa: F405
+    "COSTR_USAGE_SPOOL_DIR",
+    default=str(Path(tempfile.gettempdir()) / f"costr-test-spool-{os.getpid()}"),
+)
 if CACHES["default"]["BACKEND"].endswith("RedisCache"):  # noqa: F405
     CACHES["default"]["KEY_PREFIX"] = "costr-test"  # noqa: F405
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
