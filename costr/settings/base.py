@@ -46,6 +46,12 @@ COSTR_PROXY_MAX_BODY_BYTES = env.int("COSTR_PROXY_MAX_BODY_BYTES", default=50 * 
 COSTR_PROXY_INSPECT_BYTES = env.int("COSTR_PROXY_INSPECT_BYTES", default=4 * 1024 * 1024)
 # After a client disconnects, how long the proxy keeps reading the upstream for its usage.
 COSTR_PROXY_DRAIN_SECONDS = env.float("COSTR_PROXY_DRAIN_SECONDS", default=300.0)
+# The most a compressed response body is decoded to for usage reading; past it the body still
+# goes to the client as it came and the event gets no usage. 64 MiB holds every answer the SDKs
+# ask for (the largest, a 2048-input embeddings batch in the SDKs' default base64, is ~34 MB)
+# while a decompression bomb costs a worker at most ~0.3 s of CPU (measured), spread over many
+# loop turns. apps/proxy/decoding.py bounds the work per chunk.
+COSTR_PROXY_MAX_DECODED_BYTES = env.int("COSTR_PROXY_MAX_DECODED_BYTES", default=64 * 1024 * 1024)
 # A slow client gets 408: the request head must be complete within the first timeout (held by
 # costr.server's protocol), and each piece of the body arrive within the second.
 COSTR_PROXY_HEADER_READ_TIMEOUT = env.float("COSTR_PROXY_HEADER_READ_TIMEOUT", default=30.0)

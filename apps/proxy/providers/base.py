@@ -1,5 +1,6 @@
 """What every provider adapter shares: the normalised usage record, request metadata, header and
-query helpers, incremental content decoding, and the usage readers that watch response bodies.
+query helpers, and the usage readers that watch response bodies (decoding them with
+``apps.proxy.decoding``, re-exported here).
 
 Everything here runs on the proxy's hot path, so it works on the bytes already passing, in
 O(chunk) time and bounded memory, and it never raises into the proxy: a body Costr cannot read
@@ -10,20 +11,19 @@ import functools
 import json
 import logging
 import re
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from django.views.decorators.debug import sensitive_variables
 
+# Content decoding lives in its own module; the adapters import it from here, with the rest.
+from apps.proxy.decoding import DECODED_PIECE_BYTES as DECODED_PIECE_BYTES
+from apps.proxy.decoding import ContentDecoder, content_decoder
+from apps.proxy.decoding import ContentDecodingError as ContentDecodingError
+from apps.proxy.decoding import DecodedSizeExceeded as DecodedSizeExceeded
 from apps.proxy.sse import TAIL_BYTES, Event, SSESplitter
-
-try:
-    import brotli
-except ImportError:  # pragma: no cover - brotli is a declared dependency
-    brotli = None
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,6 @@ JSON_HEAD_BYTES = 64 * 1024
 # From this size a kept body is first read from its end (``usage_document_from_tail``): parsing
 # a whole embeddings body costs ~15 ms of CPU per MB, its tail a small fraction of that.
 JSON_TAIL_FIRST_BYTES = 16 * 1024
-# Decoded output is handed on in pieces of about this size (brotli may overshoot it by half), so
-# a small compressed chunk that expands enormously never becomes one enormous bytes object.
-DECODED_PIECE_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -195,146 +192,6 @@ def query_with_param_replaced(query_string: bytes, name: bytes, value: str) -> b
 
 def is_event_stream(content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == "text/event-stream"
-
-
-# ---------------------------------------------------------------------------------------------
-# Content decoding
-
-
-class ContentDecodingError(Exception):
-    """The body is not valid for its Content-Encoding."""
-
-
-_ENCODING_ALIASES = {
-    "identity": "identity",
-    "gzip": "gzip",
-    "x-gzip": "gzip",
-    "deflate": "deflate",
-    "br": "br",
-}
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
-_GZIP_MAGIC = b"\x1f\x8b"
-_DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error,) + (
-    (brotli.error,) if brotli is not None else ()
-)
-
-
-class ContentDecoder:
-    """Incremental decoder for one Content-Encoding, with output in bounded pieces.
-
-    ``deflate`` is accepted both zlib-wrapped (what the RFC says) and raw (what some servers
-    send), told apart by the zlib header. A gzip body may hold several members, as RFC 1952
-    allows; any other data after the end of the compressed stream is ignored.
-    """
-
-    __slots__ = ("_brotli", "_encoding", "_ended", "_head", "_members", "_zlib")
-
-    def __init__(self, encoding: str):
-        self._encoding = encoding
-        self._zlib: Any = None
-        self._brotli: Any = brotli.Decompressor() if encoding == "br" else None
-        self._head = b""  # the first bytes of a zlib stream, until its header can be judged
-        self._members = 0
-        self._ended = False
-
-    @property
-    def encoding(self) -> str:
-        """The coding decoded: ``identity``, ``gzip``, ``deflate`` or ``br``."""
-        return self._encoding
-
-    def decode(self, chunk: bytes) -> Iterator[bytes]:
-        """Decoded bytes for this chunk; raises ContentDecodingError on a corrupt body."""
-        if self._encoding == "identity":
-            if chunk:
-                yield chunk
-            return
-        try:
-            if self._brotli is not None:
-                yield from self._unbrotli(chunk)
-            else:
-                yield from self._inflate(chunk)
-        except _DECODE_ERRORS as error:
-            raise ContentDecodingError(str(error)) from error
-
-    def flush(self) -> Iterator[bytes]:
-        """Whatever the decoder still holds at the end of the body (a cut body is no error)."""
-        if self._zlib is None:
-            return
-        try:
-            rest = self._zlib.flush()
-        except zlib.error:
-            return
-        if rest:
-            yield rest
-
-    def _inflate(self, data: bytes) -> Iterator[bytes]:
-        while True:
-            if self._zlib is None:
-                if self._ended:
-                    return
-                self._head += data
-                if len(self._head) < 2:
-                    return
-                data, self._head = self._head, b""
-                if self._encoding == "deflate":
-                    wbits = _deflate_wbits(data)
-                elif self._members and not data.startswith(_GZIP_MAGIC):
-                    self._ended = True
-                    return
-                else:
-                    wbits = _GZIP_WBITS
-                self._zlib = zlib.decompressobj(wbits)
-                self._members += 1
-            output = self._zlib.decompress(data, DECODED_PIECE_BYTES)
-            if output:
-                yield output
-            if self._zlib.eof:
-                data = self._zlib.unused_data
-                self._zlib = None
-                self._ended = self._encoding == "deflate"
-                continue
-            data = self._zlib.unconsumed_tail
-            if not data and len(output) < DECODED_PIECE_BYTES:
-                return
-
-    def _unbrotli(self, data: bytes) -> Iterator[bytes]:
-        if self._brotli.is_finished():
-            return
-        output = self._brotli.process(data, output_buffer_limit=DECODED_PIECE_BYTES)
-        # A full buffer means more output may be pending (``can_accept_more_data`` is not
-        # reliable across brotli releases): drain it with empty input until a short piece.
-        while output:
-            yield output
-            if len(output) < DECODED_PIECE_BYTES or self._brotli.is_finished():
-                return
-            output = self._brotli.process(b"", output_buffer_limit=DECODED_PIECE_BYTES)
-
-
-def _deflate_wbits(head: bytes) -> int:
-    """zlib-wrapped when the first two bytes form a valid zlib header, else raw deflate."""
-    cmf, flg = head[0], head[1]
-    is_zlib = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf * 256 + flg) % 31 == 0
-    return zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
-
-
-def content_decoder(content_encoding: str | None) -> ContentDecoder | None:
-    """A decoder for a response's Content-Encoding, or None when Costr cannot decode it.
-
-    Unknown codings (zstd, compress, …) and stacked codings (``gzip, br``) answer None: the
-    usage of such a response is recorded as unknown.
-    """
-    codings = [
-        coding.strip().lower() for coding in (content_encoding or "").split(",") if coding.strip()
-    ]
-    codings = [coding for coding in codings if coding != "identity"]
-    if not codings:
-        return ContentDecoder("identity")
-    if len(codings) > 1:
-        return None
-    encoding = _ENCODING_ALIASES.get(codings[0])
-    if encoding is None or (encoding == "br" and brotli is None):
-        return None
-    return ContentDecoder(encoding)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,6 +378,10 @@ class UsageReader:
     nothing was learned, a Usage with its token fields None when only the model is known.
     ``complete`` turns True as soon as reading further bytes cannot change the result, which
     lets the proxy stop reading the upstream early after the client went away.
+
+    A compressed body is decoded within the decoder's bounds (``apps.proxy.decoding``): past
+    them the reader gives up like for any unreadable body, and the proxy forwards the rest as
+    it came.
     """
 
     def __init__(self, decoder: ContentDecoder | None = None):
@@ -532,6 +393,11 @@ class UsageReader:
     @property
     def complete(self) -> bool:
         return self._complete
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes this reader's decoder has produced (0 for an uncompressed body)."""
+        return self._decoder.decoded_bytes
 
     def feed(self, chunk: bytes) -> None:
         if self._complete or self._failed:

@@ -13,14 +13,20 @@ upstream goes on, or where the real proxy (its own server thread) is the client.
 """
 
 import asyncio
+import functools
+import gzip
 import socket
+import struct
 import threading
 import time
+import zlib
 
+import brotli
 import pytest
 import uvloop
 
-from apps.proxy import http1
+from apps.proxy import decoding, http1
+from apps.proxy.decoding import content_decoder
 from apps.proxy.http1 import Client, Origin
 from apps.proxy.tests.test_upstream import OK, Server, fetch
 
@@ -381,3 +387,257 @@ def test_a_pooled_connection_still_serves_after_the_hostile_checks(run):
     server, bodies = run(scenario())
     assert bodies == [b"hello"] * 5
     assert server.connections == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Decompression bombs: bounded per chunk and per response, the bytes still flow
+
+MIB = 1024 * 1024
+BOMB_HEAD = (
+    b'{"id":"msg_bomb","type":"message","role":"assistant","model":"claude-bomb","content":[]'
+)
+BOMB_TAIL = b',"usage":{"input_tokens":11,"output_tokens":7}}'
+
+
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(filler_mib: int) -> bytes:
+    """A valid gzip body: an Anthropic message whose usage comes after ``filler_mib`` MiB of
+    spaces (valid JSON whitespace), compressed about a thousandfold.
+
+    Built from one compressed MiB repeated: after a full flush a deflate compressor forgets its
+    history, so the same MiB compresses to the same bytes every time.
+    """
+    block = b" " * MIB
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    head = compressor.compress(BOMB_HEAD) + compressor.flush(zlib.Z_FULL_FLUSH)
+    filler = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    tail = compressor.compress(BOMB_TAIL) + compressor.flush()
+    crc = zlib.crc32(BOMB_HEAD)
+    for _ in range(filler_mib):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(BOMB_TAIL, crc)
+    size = len(BOMB_HEAD) + filler_mib * MIB + len(BOMB_TAIL)
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + head + filler * filler_mib + tail + trailer
+
+
+def anthropic_reader(content_encoding="gzip"):
+    from apps.proxy.providers import get_adapter
+    from apps.proxy.providers.base import RequestInfo
+
+    adapter = get_adapter("anthropic")
+    return adapter.usage_reader(RequestInfo("messages"), 200, "application/json", content_encoding)
+
+
+def test_the_bomb_is_a_valid_body_whose_usage_a_whole_decode_would_find():
+    """Guards the tests below: the bomb is well-formed, and a small one is read for usage."""
+    assert gzip.decompress(gzip_bomb(3)) == BOMB_HEAD + b" " * (3 * MIB) + BOMB_TAIL
+    reader = anthropic_reader()
+    reader.feed(gzip_bomb(3))
+    usage = reader.finish()
+    assert (usage.input_tokens, usage.output_tokens) == (11, 7)
+    assert reader.decoded_bytes == len(BOMB_HEAD) + 3 * MIB + len(BOMB_TAIL)
+
+
+def test_one_chunk_of_a_bomb_decodes_into_a_bounded_amount():
+    chunk = gzip_bomb(2048)[: 64 * 1024]  # 64 KiB that would inflate to about 64 MiB
+    decoder = content_decoder("gzip")
+    decoded = sum(len(piece) for piece in decoder.decode(chunk))
+    assert decoded == decoder.decoded_bytes
+    # A 64 KiB chunk's allowance: 1 MiB (the floor, and 16 times its size).
+    assert decoded <= MIB
+
+
+@pytest.mark.parametrize("chunk_size", [64 * 1024, 512], ids=["large-chunks", "small-chunks"])
+def test_a_bomb_stops_the_reader_within_the_bound_and_leaves_no_usage(settings, chunk_size):
+    """Large chunks fill the backlog; small ones each stay within their allowance, and the
+    response's bound stops them."""
+    settings.COSTR_PROXY_MAX_DECODED_BYTES = 16 * MIB
+    body = gzip_bomb(256)  # 256 KiB compressed, 256 MiB decoded
+    reader = anthropic_reader()
+    for start in range(0, len(body), chunk_size):
+        reader.feed(body[start : start + chunk_size])
+    assert reader.finish() is None
+    assert reader.decoded_bytes <= 16 * MIB + 1
+
+
+def test_a_brotli_bomb_is_bounded_too(settings):
+    settings.COSTR_PROXY_MAX_DECODED_BYTES = 16 * MIB
+    body = brotli.compress(BOMB_HEAD + b" " * (256 * MIB) + BOMB_TAIL, quality=5)
+    reader = anthropic_reader("br")
+    reader.feed(body)  # a few hundred bytes: one chunk
+    assert reader.finish() is None
+    # brotli's output buffer may overshoot its limit by one piece.
+    assert reader.decoded_bytes <= 16 * MIB + 2 * decoding.DECODED_PIECE_BYTES
+
+
+def test_a_large_real_body_is_read_whole_in_large_chunks():
+    """Real JSON expands a few times: chunks of the size the proxy reads when it is behind
+    (512 KiB) never fall behind the decoder's allowance, so usage is found."""
+    numbers = ",\n".join(
+        f"        {(index * 7919 % 100003) / 1e5 - 0.5:.17f}" for index in range(2**19)
+    )
+    body = BOMB_HEAD + b',"embedding":[' + numbers.encode() + b"]" + BOMB_TAIL
+    compressed = gzip.compress(body, 6)
+    reader = anthropic_reader()
+    for start in range(0, len(compressed), 512 * 1024):
+        reader.feed(compressed[start : start + 512 * 1024])
+        assert reader.decoded_bytes > 0
+    usage = reader.finish()
+    assert (usage.input_tokens, usage.output_tokens) == (11, 7)
+    assert reader.decoded_bytes == len(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the real proxy
+
+
+def _answer_with(head: bytes, body: bytes, *, sent_first: threading.Event, go_on: threading.Event):
+    """Answers the first request with ``head`` and half of ``body``, then waits for ``go_on``
+    (the test's other request) before the rest, then closes."""
+
+    def handler(upstream, conn, sock):
+        upstream.read_head(conn, sock)
+        half = len(body) // 2
+        sock.sendall(head + body[:half])
+        sent_first.set()
+        go_on.wait(30)
+        sock.sendall(body[half:])
+        sock.shutdown(socket.SHUT_WR)
+        upstream.pause(1)
+
+    return handler
+
+
+def _events_of(organization, expected: int):
+    from apps.usage import sink
+    from apps.usage.models import UsageEvent
+
+    deadline = time.monotonic() + 10
+    while True:
+        assert sink.flush(timeout=10)
+        events = list(UsageEvent.objects.for_org(organization).order_by("timestamp", "id"))
+        if len(events) >= expected or time.monotonic() > deadline:
+            return events
+        time.sleep(0.02)
+
+
+def test_a_gzip_bomb_through_the_proxy_flows_unchanged_bounded_and_harms_no_one(
+    proxy, settings, monkeypatch, costr_server, make_organization
+):
+    import httpx
+
+    from apps.proxy.providers import get_adapter
+
+    body = gzip_bomb(2048)  # 2 MiB compressed, 2 GiB decoded
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    # The proxy's own reader, recorded as the proxy makes it (a spy: it changes nothing).
+    adapter = get_adapter("anthropic")
+    readers = []
+    make_reader = adapter.usage_reader
+
+    def recording_usage_reader(*args, **kwargs):
+        readers.append(make_reader(*args, **kwargs))
+        return readers[-1]
+
+    monkeypatch.setattr(adapter, "usage_reader", recording_usage_reader)
+    other_organization, other_token = make_organization(providers=("openai",))
+    sent_first, other_done = threading.Event(), threading.Event()
+    received = {}
+
+    def bomb_client():
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream(
+                "POST",
+                f"{proxy.url('anthropic')}/v1/messages",
+                headers={"x-api-key": proxy.token, "anthropic-version": "2023-06-01"},
+                json={"model": "claude-bomb", "max_tokens": 5, "messages": []},
+            ) as response,
+        ):
+            received["status"] = response.status_code
+            received["body"] = b"".join(response.iter_raw())
+
+    handler = _answer_with(head, body, sent_first=sent_first, go_on=other_done)
+    with ThreadedUpstream(handler) as upstream:
+        settings.COSTR_UPSTREAM_ANTHROPIC = upstream.url
+        client_thread = threading.Thread(target=bomb_client)
+        client_thread.start()
+        try:
+            assert sent_first.wait(30)
+            # Another tenant's request, on the same worker, while the bomb is half through.
+            other = httpx.post(
+                f"{costr_server.url}/p/{other_organization.slug}/openai/v1/chat/completions",
+                headers={"authorization": f"Bearer {other_token.plaintext}"},
+                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=60,
+            )
+        finally:
+            other_done.set()
+            client_thread.join(60)
+
+    assert other.status_code == 200
+    assert received == {"status": 200, "body": body}
+    [reader] = readers
+    assert reader.decoded_bytes <= settings.COSTR_PROXY_MAX_DECODED_BYTES + 1
+    [event] = proxy.events()
+    assert (event.status, event.outcome, event.input_tokens, event.output_tokens) == (
+        200,
+        "ok",
+        None,
+        None,
+    )
+    [other_event] = _events_of(other_organization, 1)
+    assert other_event.input_tokens is not None
+
+
+def test_an_endless_response_head_is_answered_502_by_the_proxy(http, proxy, settings):
+    line = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+    with ThreadedUpstream(_endless_head(line, one_line=False)) as upstream:
+        settings.COSTR_UPSTREAM_ANTHROPIC = upstream.url
+        settings.COSTR_UPSTREAM_READ_TIMEOUT = 3
+        response = http.post(
+            f"{proxy.url('anthropic')}/v1/messages",
+            headers={"x-api-key": proxy.token, "anthropic-version": "2023-06-01"},
+            json={"model": "claude-x", "max_tokens": 5, "messages": []},
+        )
+    assert response.status_code == 502
+    assert response.headers["x-costr-error"] == "upstream_unreachable"
+    assert response.json()["type"] == "error"
+    [event] = proxy.events()
+    assert (event.status, event.outcome) == (502, "upstream_error")
+
+
+def test_a_body_trickled_slower_than_the_read_timeout_breaks_the_client_and_is_recorded(
+    http, proxy, settings
+):
+    import httpx
+
+    def handler(upstream, conn, sock):
+        upstream.read_head(conn, sock)
+        sock.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        for _ in range(20):
+            upstream.pause(0.5)
+            sock.sendall(b" ")
+
+    with ThreadedUpstream(handler) as upstream:
+        settings.COSTR_UPSTREAM_ANTHROPIC = upstream.url
+        settings.COSTR_UPSTREAM_READ_TIMEOUT = 0.2
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            http.stream(
+                "POST",
+                f"{proxy.url('anthropic')}/v1/messages",
+                headers={"x-api-key": proxy.token, "anthropic-version": "2023-06-01"},
+                json={"model": "claude-x", "max_tokens": 5, "messages": []},
+            ) as response,
+        ):
+            assert response.status_code == 200
+            response.read()
+    [event] = proxy.events()
+    assert (event.status, event.outcome) == (200, "upstream_disconnected")
