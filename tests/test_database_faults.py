@@ -183,8 +183,12 @@ class Proxy:
         except httpx.TransportError:
             return False
 
-    def output(self) -> str:
+    def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def output(self) -> str:
+        """The end of the server's log, for a failure message."""
+        return self.log_text()[-6000:]
 
     def chat(self, org: str, token: str, *, timeout: float | None = None) -> httpx.Response:
         return self.client.post(
@@ -412,7 +416,7 @@ def test_the_usage_writer_keeps_its_batch_while_postgresql_is_down(
 
         # What each writer logs when it keeps a batch because the database is down.
         writer_log, kept = (
-            (writer.output, "unreachable") if writer else (proxy.output, "not delivered")
+            (writer.output, "unreachable") if writer else (proxy.log_text, "not delivered")
         )
         failures_before = writer_log().count(kept)
         costr.cluster.stop()

@@ -1,7 +1,10 @@
+import functools
+
 from celery import shared_task
 from django.conf import settings
 
 from apps.keys import keycache, services
+from costr.db import run_outside_request
 
 
 @shared_task(name="keys.last_used_flush", time_limit=120, soft_time_limit=100)
@@ -15,4 +18,6 @@ def last_used_flush() -> int:
         pipe.delete(keycache.LAST_USED_REDIS_KEY)
         raw, _ = pipe.execute()
     uses = {name.decode(): float(when) for name, when in raw.items()}
-    return services.last_used_apply(uses)
+    # The times are already gone from Redis: a task failed now would lose them, so a connection
+    # lost mid-write is retried here (moving a time forward twice changes nothing).
+    return run_outside_request(functools.partial(services.last_used_apply, uses), idempotent=True)
