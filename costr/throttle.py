@@ -9,7 +9,10 @@ length), so ``Retry-After`` is exact: the time until the oldest counted event le
 It lives in the project package, not in an app, because the proxy may import no app but
 ``keys.keycache`` and the usage sink, and it needs this too. Nothing here blocks an event loop:
 ``ahit`` hands the counting to a thread. A counter store that does not answer fails open (the
-event is not counted, and logged), so a Redis outage never locks people out.
+event is not counted), so a Redis outage never locks people out; the outage is logged once when
+it begins and once when the store answers again (``StoreHealth``), not once per event, so a flood
+during an outage does not flood the log. The store is tried again every few seconds, and counting
+resumes with the first event that reaches it, without a restart.
 """
 
 import asyncio
@@ -33,6 +36,61 @@ REDIS_TIMEOUT_SECONDS = 1.0
 REDIS_KEY_PREFIX = "costr:throttle"
 
 
+class StoreHealth:
+    """Whether a store of counts answers, so that an outage is logged once when it begins and
+    once when it ends, and costs a request nothing while it lasts.
+
+    After a failure the store is left alone for ``retry_seconds``; then one caller asks it again
+    (the others go on uncounted meanwhile). Without that pause a Redis that is stalled rather
+    than down would hold every counted request for its socket timeout, and the threads waiting
+    on it (``ahit`` runs on the event loop's default executor, which also resolves host names
+    for upstream connections) would be taken from everyone else. The log names the error's type
+    only: never a key, which may be an e-mail address, nor a URL, which may hold a password.
+    """
+
+    retry_seconds = 2.0
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self._log = log
+        self._what = what
+        self._down = False
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+
+    def available(self) -> bool:
+        """True when the store may be asked now: it answered last time, or this caller is the
+        one that tries it again after the pause."""
+        if not self._down:  # the usual case: no lock taken
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if not self._down or now >= self._retry_at:
+                self._retry_at = now + self.retry_seconds
+                return True
+            return False
+
+    def failed(self, error: BaseException) -> None:
+        with self._lock:
+            self._retry_at = time.monotonic() + self.retry_seconds
+            if self._down:
+                return
+            self._down = True
+        self._log.warning(
+            "%s: the store of counts did not answer (%s); going on uncounted until it does",
+            self._what,
+            type(error).__name__,
+        )
+
+    def answered(self) -> None:
+        if not self._down:
+            return
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+        self._log.warning("%s: the store of counts answers again; counting resumed", self._what)
+
+
 class _CounterStore:
     """The ``limits`` storage and limiter of one process (made again after a fork: a Redis
     connection pool or the memory storage's expiry timer does not survive one)."""
@@ -51,6 +109,7 @@ class _CounterStore:
             self.storage = storage.MemoryStorage()
         self.url = url
         self.limiter = strategies.MovingWindowRateLimiter(self.storage)
+        self.health = StoreHealth(logger, "abuse throttles")
 
 
 _store_lock = threading.Lock()
@@ -89,13 +148,19 @@ class Throttle:
         not counted), the whole seconds to wait before one more is allowed."""
         rate = self.rate()
         store = _counter_store()
+        if not store.health.available():
+            return None
         try:
             if store.limiter.hit(rate, self.name, key):
+                store.health.answered()
                 return None
             reset_time = store.limiter.get_window_stats(rate, self.name, key).reset_time
-        except Exception:
-            logger.warning("throttle %s: counter store failed; not counted", self.name)
+        except Exception as error:
+            # Any failure of the store (Redis down, timed out, out of memory, a reply limits
+            # cannot read): this event goes on uncounted rather than refused.
+            store.health.failed(error)
             return None
+        store.health.answered()
         wait = max(1, math.ceil(reset_time - time.time()))
         self._remember_block(key, wait)
         return wait

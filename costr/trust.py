@@ -63,6 +63,7 @@ def throttles_in_force() -> dict:
         "reset_per_address": throttle.describe("COSTR_THROTTLE_PASSWORD_RESET_PER_ADDRESS"),
         "invalid_tokens": throttle.describe("COSTR_THROTTLE_INVALID_TOKENS_PER_ADDRESS"),
         "shared": bool(settings.REDIS_URL),
+        "store_retry_seconds": round(throttle.StoreHealth.retry_seconds),
     }
 
 

@@ -12,11 +12,18 @@ stops one client spraying many accounts; people behind one shared address share 
 
 Password-reset requests count per e-mail address asked for and per client address, whether or
 not an account has that address, so the answer never tells which addresses are registered.
+
+Both fail open (DESIGN.md, Promise 5): while the store of counts (Redis, when configured) does
+not answer, logins and reset mails go on uncounted, and an outage is logged once when it begins
+and once when it ends; counting resumes by itself with the first attempt that reaches the store.
 """
 
+import logging
 import math
 
+import redis
 from axes.backends import AxesStandaloneBackend
+from axes.handlers.cache import AxesCacheHandler
 from axes.handlers.proxy import AxesProxyHandler
 from axes.helpers import get_cool_off
 from django.contrib.auth import views as auth_views
@@ -24,6 +31,8 @@ from django.shortcuts import render
 
 from apps.accounts.forms import EmailAuthenticationForm
 from costr import throttle
+
+logger = logging.getLogger("costr.throttle")
 
 ACCOUNT_KEY_PREFIX = "account:"
 
@@ -69,6 +78,63 @@ def login_locked_out(request, original_response=None, credentials=None):
     )
     response["Retry-After"] = str(seconds)
     return response
+
+
+class FailOpenCacheHandler(AxesCacheHandler):
+    """``AXES_HANDLER``: axes' own cache handler, which raises whatever the Django cache raises,
+    so with Redis down every login would be a 500. Here an error of the Redis client counts as
+    "no failures known" and the attempt goes uncounted: logins work as they would without
+    throttling until Redis answers, and then the counts (and any lockout still in its window)
+    are back as they were. After a failure the cache is tried again every few seconds, not on
+    every attempt (``throttle.StoreHealth``).
+
+    Only the Redis client's errors are caught (the embedded mode's in-memory cache cannot fail
+    this way); anything else is a bug and still raises.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.health = throttle.StoreHealth(logger, "login throttle")
+
+    def get_failures(self, request, credentials: dict | None = None) -> int:
+        if not self.health.available():
+            return 0
+        try:
+            failures = super().get_failures(request, credentials)
+        except redis.RedisError as error:
+            self.health.failed(error)
+            return 0
+        self.health.answered()
+        return failures
+
+    def user_login_failed(self, sender, credentials: dict, request=None, **kwargs) -> None:
+        if not self.health.available():
+            return
+        try:
+            super().user_login_failed(sender, credentials, request, **kwargs)
+        except redis.RedisError as error:
+            self.health.failed(error)
+
+    def user_logged_in(self, sender, request, user, **kwargs) -> None:
+        if not self.health.available():
+            return
+        try:
+            super().user_logged_in(sender, request, user, **kwargs)
+        except redis.RedisError as error:
+            self.health.failed(error)
+
+    def reset_attempts(self, *, ip_address=None, username=None, ip_or_username=False) -> int:
+        """Lifting a lockout (a password reset) while the cache is down lifts nothing: the
+        new password is set all the same, and a lockout still counted runs out by itself."""
+        if not self.health.available():
+            return 0
+        try:
+            return super().reset_attempts(
+                ip_address=ip_address, username=username, ip_or_username=ip_or_username
+            )
+        except redis.RedisError as error:
+            self.health.failed(error)
+            return 0
 
 
 class LoginThrottleBackend(AxesStandaloneBackend):

@@ -202,7 +202,8 @@ AUTHENTICATION_BACKENDS = [
     "apps.accounts.throttling.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"  # the Django cache: Redis when configured
+# The Django cache (Redis when configured), through axes' cache handler made to fail open.
+AXES_HANDLER = "apps.accounts.throttling.FailOpenCacheHandler"
 AXES_FAILURE_LIMIT = COSTR_THROTTLE_LOGIN_FAILURES
 AXES_COOLOFF_TIME = timedelta(seconds=COSTR_THROTTLE_LOGIN_LOCKOUT_SECONDS)
 AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]  # each on its own, not the pair
