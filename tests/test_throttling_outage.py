@@ -8,11 +8,14 @@ out as before, with no restart of anything.
 
 import logging
 import random
+import signal
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 from axes.handlers.proxy import AxesProxyHandler
+from django.conf import settings
 from django.core import mail
 from django.test import override_settings
 from django.urls import reverse
@@ -57,6 +60,7 @@ def throttle_store(redis_server):
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": redis_server.url,
         "KEY_PREFIX": "costr-test",
+        "OPTIONS": settings.REDIS_CACHE_OPTIONS,
     }
     with override_settings(
         REDIS_URL=redis_server.url,
@@ -136,6 +140,25 @@ def test_with_redis_down_logins_work_uncounted_and_the_outage_is_logged_once(
     (warning,) = _outage_warnings(caplog)
     assert "login throttle" in warning and "uncounted" in warning
     _assert_nothing_personal_logged(caplog, owner.email, password, WRONG_PASSWORD)
+
+
+@pytest.mark.django_db(transaction=True)  # the login runs on a thread of its own
+def test_with_redis_frozen_a_login_is_answered_uncounted(client, throttle_store, owner, password):
+    """A Redis that accepts nothing and answers nothing (SIGSTOP: a stalled host, a cut
+    network) must not hang the login: the cache gives up and the login goes on uncounted."""
+    throttle_store.process.send_signal(signal.SIGSTOP)
+    answers = []
+    try:
+        attempt = threading.Thread(
+            target=lambda: answers.append(_login(client, owner.email, password, _address()))
+        )
+        attempt.start()
+        # A bound on how long the test may hang, not a performance threshold.
+        attempt.join(timeout=60)
+        assert not attempt.is_alive(), "the login hangs while Redis is frozen"
+    finally:
+        throttle_store.process.send_signal(signal.SIGCONT)
+    assert _logged_in(answers[0])
 
 
 def test_with_redis_down_a_password_reset_sends_its_mail_and_sets_the_password(
