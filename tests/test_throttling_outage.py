@@ -253,7 +253,10 @@ def test_the_security_page_says_what_holds_while_redis_is_down(client, settings)
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # only named on the page, never reached
     html = client.get(reverse("security")).content.decode()
 
-    assert "If Redis is down, logins, reset e-mails and token checks go on uncounted" in html
+    assert (
+        "If Redis is down or does not answer within a second, logins, reset e-mails and token"
+        " checks go on uncounted" in html
+    )
     assert "no login is locked out and no reset e-mail refused" in html
     retry = round(throttle.StoreHealth.retry_seconds)
     assert f"Costr tries Redis again every {retry} seconds" in html
