@@ -48,6 +48,20 @@ T = TypeVar("T")
 
 CONNECTION_ERRORS = (InterfaceError, OperationalError)
 
+# Celery tasks: Celery's Django fixup already closes every connection before and after each task
+# a worker runs (``DjangoWorkerFixup.on_task_prerun``/``on_task_postrun``), so a dead connection
+# never outlives the task that met it. What it does not do is run that task again: without this,
+# a task that met the database restarting (a reprice, a purge or a deletion that queues its own
+# next step) would be lost until beat queues it again, if beat does at all. Every task is safe
+# to run twice (STYLE.md), so each retries with backoff on these errors, on a new connection.
+TASK_RETRY_ON_CONNECTION_ERRORS = {
+    "autoretry_for": CONNECTION_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+
 
 def run_outside_request(
     work: Callable[[], T], *, idempotent: bool, using: str = DEFAULT_DB_ALIAS

@@ -444,6 +444,82 @@ def test_the_usage_writer_keeps_its_batch_while_postgresql_is_down(
             redis_server.stop()
 
 
+EXPIRED_EVENT = """
+from datetime import UTC, datetime, timedelta
+from apps.accounts.models import Organization
+from apps.usage.tests.factories import store_usage
+
+organization = Organization.objects.get(slug="fault-a")
+long_ago = (datetime.now(UTC) - timedelta(days=organization.retention_days + 30)).isoformat()
+store_usage(organization, timestamp=long_ago, request_id=REQUEST_ID)
+print(organization.pk)
+"""
+
+
+def test_a_celery_task_that_meets_a_stopped_database_runs_again_when_it_is_back(costr, tmp_path):
+    """A real worker (Celery's Django fixup closes connections around each task) takes the
+    retention purge while PostgreSQL is stopped: the task is queued again, not lost, and the
+    expired event is gone once the database is back."""
+    from celery import Celery
+
+    _no_events_yet(costr)
+    request_id = f"req_expired_{uuid.uuid4().hex}"
+    seeded = _python(
+        ["manage.py", "shell", "-c", f"REQUEST_ID = {request_id!r}\n{EXPIRED_EVENT}"], costr.env
+    )
+    organization_id = int(seeded.stdout.strip().splitlines()[-1])
+    assert costr.events() == [request_id]
+
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as log_handle:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "--app",
+                "costr",
+                "worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=ROOT,
+            # The settings a deployment's worker has (the test settings run every task eagerly,
+            # which a worker that re-queues a task must not).
+            env={
+                **costr.env,
+                "DJANGO_SETTINGS_MODULE": "costr.settings.local",
+                "DEBUG": "False",
+                "REDIS_URL": redis_server.url,
+            },
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+        )
+    sender = Celery(broker=redis_server.url)
+    try:
+        wait_until(lambda: "ready" in log.read_text(), timeout=60, message=log.read_text)
+        costr.cluster.stop()
+        try:
+            sender.send_task("usage.purge_expired", args=[organization_id])
+            wait_until(
+                lambda: "retry: Retry in" in log.read_text(),
+                timeout=RECOVERY_TIMEOUT,
+                message=log.read_text,
+            )
+        finally:
+            costr.cluster.start()
+        wait_until(lambda: costr.events() == [], timeout=RECOVERY_TIMEOUT, message=log.read_text)
+    finally:
+        sender.close()
+        worker.terminate()
+        worker.wait(30)
+        redis_server.stop()
+
+
 # The helper itself, in this process, on a connection to the throwaway cluster.
 
 

@@ -2,10 +2,12 @@ from celery import shared_task
 
 from apps.billing import sync
 from apps.billing.models import StripeConnection
+from costr.db import TASK_RETRY_ON_CONNECTION_ERRORS
 
 
 @shared_task(
     name="billing.stripe_sync",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
     time_limit=sync.SYNC_TIME_LIMIT_SECONDS,
     soft_time_limit=sync.SYNC_TIME_LIMIT_SECONDS - 120,
 )
@@ -15,7 +17,12 @@ def stripe_sync(organization_id: int) -> dict:
     return sync.stripe_sync(organization_id=organization_id).as_dict()
 
 
-@shared_task(name="billing.stripe_sync_all", time_limit=300, soft_time_limit=270)
+@shared_task(
+    name="billing.stripe_sync_all",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=300,
+    soft_time_limit=270,
+)
 def stripe_sync_all() -> int:
     """Beat's hourly entry point: one sync task per connected organization (not the demo's)."""
     organization_ids = list(

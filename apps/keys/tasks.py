@@ -4,10 +4,15 @@ from celery import shared_task
 from django.conf import settings
 
 from apps.keys import keycache, services
-from costr.db import run_outside_request
+from costr.db import TASK_RETRY_ON_CONNECTION_ERRORS, run_outside_request
 
 
-@shared_task(name="keys.last_used_flush", time_limit=120, soft_time_limit=100)
+@shared_task(
+    name="keys.last_used_flush",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=120,
+    soft_time_limit=100,
+)
 def last_used_flush() -> int:
     """Apply the last-use times that proxy processes collected in Redis."""
     if not settings.REDIS_URL:

@@ -4,9 +4,12 @@ from celery import shared_task
 
 from apps.accounts.models import Organization
 from apps.usage import lifecycle, services
+from costr.db import TASK_RETRY_ON_CONNECTION_ERRORS
 
 
-@shared_task(name="usage.reprice", time_limit=3600, soft_time_limit=3540)
+@shared_task(
+    name="usage.reprice", **TASK_RETRY_ON_CONNECTION_ERRORS, time_limit=3600, soft_time_limit=3540
+)
 def reprice(organization_id: int, since_iso: str | None = None) -> int:
     """Re-price an organization's events (from ``since_iso``, an ISO 8601 moment, or all) and
     rebuild the rollups of the days that changed. Safe to run twice: a second run finds the
@@ -18,7 +21,12 @@ def reprice(organization_id: int, since_iso: str | None = None) -> int:
     return services.usage_reprice(organization, since)
 
 
-@shared_task(name="usage.purge_expired", time_limit=900, soft_time_limit=870)
+@shared_task(
+    name="usage.purge_expired",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=900,
+    soft_time_limit=870,
+)
 def purge_expired(organization_id: int) -> int:
     """Delete one organization's usage older than its retention, a bounded amount per run; a
     run that did not finish queues the next."""
@@ -33,7 +41,12 @@ def purge_expired(organization_id: int) -> int:
     return result.events
 
 
-@shared_task(name="usage.purge_expired_all", time_limit=300, soft_time_limit=270)
+@shared_task(
+    name="usage.purge_expired_all",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=300,
+    soft_time_limit=270,
+)
 def purge_expired_all() -> int:
     """Daily: queue the retention purge of every organization."""
     organization_ids = list(
@@ -44,7 +57,12 @@ def purge_expired_all() -> int:
     return len(organization_ids)
 
 
-@shared_task(name="usage.organization_data_delete", time_limit=900, soft_time_limit=870)
+@shared_task(
+    name="usage.organization_data_delete",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=900,
+    soft_time_limit=870,
+)
 def organization_data_delete(organization_id: int) -> bool:
     """Delete a deleted organization's data, a bounded amount per run, the organization last;
     a run that did not finish queues the next."""
@@ -54,7 +72,12 @@ def organization_data_delete(organization_id: int) -> bool:
     return done
 
 
-@shared_task(name="usage.organization_deletions_resume", time_limit=300, soft_time_limit=270)
+@shared_task(
+    name="usage.organization_deletions_resume",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=300,
+    soft_time_limit=270,
+)
 def organization_deletions_resume() -> int:
     """Hourly: queue the deletion of every organization still waiting for it, so a lost task
     (a worker restarted mid-run) never leaves data past the promised deadline."""
