@@ -47,7 +47,7 @@ NEGATIVE_TTL_SECONDS = 1.0
 # answered from what was known, as if the lookup had failed. While such a lookup is still
 # stuck, later lookups do not queue behind it (they would wait on the same thread) and fail at
 # once in the same way.
-LOOKUP_DEADLINE_SECONDS = 2.0
+LOOKUP_DEADLINE_SECONDS = 3.0
 
 
 @dataclass(frozen=True, slots=True)
