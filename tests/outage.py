@@ -1,7 +1,8 @@
 """Real outages for tests of what survives them: a database connection that can be cut, a Redis
-server that can be stopped and started again, and the environment a child process (a usage
-writer) needs to reach the test database. No mocks: the code under test meets a refused
-connection, a reset socket, a missing database file, exactly as in production.
+server that can be stopped and started again, a PostgreSQL cluster of a test's own that can be
+restarted and frozen, and the environment a child process (a usage writer) needs to reach the
+test database. No mocks: the code under test meets a refused connection, a reset socket, a
+server that went away or stopped answering, a missing database file, exactly as in production.
 """
 
 import contextlib
