@@ -23,9 +23,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from apps.accounts.mixins import ScopedQuerysetMixin
 from apps.accounts.models import Organization, role_at_least
 from apps.accounts.selectors import membership_for, memberships_of_user
-from apps.accounts.tenancy import ScopedQuerysetMixin
 
 logger = logging.getLogger("costr.api")
 

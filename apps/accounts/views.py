@@ -20,6 +20,7 @@ from apps.accounts.forms import (
     RoleForm,
     SignupForm,
 )
+from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.models import DpaAcceptance, Invitation, Membership, Organization
 from apps.accounts.selectors import (
     memberships_of_user,
@@ -28,7 +29,6 @@ from apps.accounts.selectors import (
     organization_members,
     organization_pending_invitations,
 )
-from apps.accounts.tenancy import OrganizationViewMixin
 
 
 def landing(request):

@@ -13,8 +13,8 @@ from django.views import View
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.generic import TemplateView
 
+from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import client_ip
-from apps.accounts.tenancy import OrganizationViewMixin
 from apps.billing import selectors, services
 from apps.billing.forms import CustomerMappingForm, MetadataFieldForm, StripeConnectForm
 from apps.billing.models import StripeCustomer, SyncStatus

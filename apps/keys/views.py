@@ -7,8 +7,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.generic import TemplateView
 
+from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import client_ip
-from apps.accounts.tenancy import OrganizationViewMixin
 from apps.keys import services
 from apps.keys.forms import ProviderKeyForm, ProxyTokenForm
 from apps.keys.models import Provider, ProviderKey, ProxyToken

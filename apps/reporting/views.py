@@ -20,8 +20,8 @@ from django.utils import timezone
 from django.views import View
 from django.views.generic import TemplateView
 
+from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import audit_event_record, client_ip
-from apps.accounts.tenancy import OrganizationViewMixin
 from apps.billing import selectors as billing
 from apps.keys.proxy_urls import proxy_base_urls
 from apps.reporting import selectors

@@ -8,9 +8,9 @@ from django.views import View
 from django.views.generic import TemplateView
 
 from apps.accounts import services as accounts_services
+from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.models import retention_choices
 from apps.accounts.services import audit_event_record, client_ip
-from apps.accounts.tenancy import OrganizationViewMixin
 from apps.usage import export, lifecycle
 from apps.usage.models import UsageEvent
 from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC

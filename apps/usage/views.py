@@ -7,8 +7,8 @@ from django.utils.http import urlencode
 from django.views import View
 from django.views.generic import TemplateView
 
+from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import client_ip
-from apps.accounts.tenancy import OrganizationViewMixin
 from apps.usage import overrides
 from apps.usage.forms import PriceOverrideForm, RepriceForm, parse_utc_moment
 from apps.usage.models import PriceOverride

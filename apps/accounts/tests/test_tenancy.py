@@ -2,8 +2,9 @@ import pytest
 from django.views.generic import TemplateView
 
 from apps.accounts.api import OrganizationAPIView
+from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.models import AuditEvent, Membership
-from apps.accounts.tenancy import OrganizationViewMixin, TenantScopeError
+from apps.accounts.tenancy import TenantScopeError
 from apps.accounts.tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.django_db
