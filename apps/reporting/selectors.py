@@ -2,7 +2,7 @@
 
 Long ranges read the daily rollups, never raw events: a period is cut into whole UTC days, summed
 from rollups, and the partial days at its edges (a period in another time zone, or one ending
-now), summed from events with the same definitions (``usage.services.rollup_aggregates``), so both
+now), summed from events with the same definitions (``usage.rollups.rollup_aggregates``), so both
 halves agree to the cent. Which rollup: ``OrganizationDailyRollup`` (a few rows a day) for totals,
 days, models, providers and latency; ``DailyRollup`` (a row per customer and model a day) only for
 customer breakdowns; ``PropertyDailyRollup`` for properties. Only days counted in a time zone
@@ -37,8 +37,7 @@ from apps.usage.models import (
     UsageEvent,
 )
 from apps.usage.pricing import COST_PLACES
-from apps.usage.services import _rollup_aggregates as rollup_aggregates
-from apps.usage.services import latency_histogram_aggregates
+from apps.usage.rollups import latency_histogram_aggregates, rollup_aggregates
 
 GROUPS = ("customer", "model", "provider")
 # The event field each rollup key stands for.

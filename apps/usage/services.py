@@ -23,15 +23,13 @@ import logging
 import sqlite3
 from bisect import bisect_right
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
 from itertools import islice, pairwise
 from operator import itemgetter
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Q, Sum
-from django.db.models.functions import Coalesce
 
 from apps.accounts.models import Organization
 from apps.keys.models import ProxyToken
@@ -57,7 +55,6 @@ logger = logging.getLogger("costr.usage")
 ERROR_OUTCOMES = ("upstream_error", "upstream_disconnected", "costr_error")
 # Namespace of the PostgreSQL advisory lock that keeps a rollup rebuild and the writer apart.
 ROLLUP_LOCK_NAMESPACE = 0x5553  # "US"
-REPRICE_BATCH = 2000
 
 _EVENT_FIELDS = [f for f in UsageEvent._meta.concrete_fields if f.attname != "id"]
 EVENT_COLUMNS = [f.column for f in _EVENT_FIELDS]
@@ -76,7 +73,7 @@ _MAX_LENGTH_INDEXES = [
 ]
 _CUSTOMER_MAX_LENGTH = Customer._meta.get_field("external_id").max_length
 
-_ROLLUP_COUNTERS = [
+ROLLUP_COUNTERS = [
     "requests",
     "errors",
     "input_tokens",
@@ -93,7 +90,7 @@ _ROLLUP_COUNTERS = [
 ]
 _ROLLUP_KEY = ["organization_id", "day", "customer", "provider", "model"]
 _ORG_ROLLUP_KEY = ["organization_id", "day", "provider", "model"]
-_ORG_ROLLUP_COUNTERS = _ROLLUP_COUNTERS + LATENCY_BUCKETS
+_ORG_ROLLUP_COUNTERS = ROLLUP_COUNTERS + LATENCY_BUCKETS
 _PROPERTY_ROLLUP_KEY = ["organization_id", "day", "name", "value"]
 _TOKEN_FIELDS = (
     "input_tokens",
@@ -130,7 +127,7 @@ def usage_events_write(records: list[dict]) -> int:
     # the same order, so one waits for the other instead of deadlocking.
     records.sort(key=itemgetter("request_id"))
     # Priced before the transaction: locks are held for the writing only.
-    prepared = _prepare(records, _existing_tokens(records), _overrides_for(organizations))
+    prepared = _prepare(records, _existing_tokens(records), overrides_for(organizations))
     with transaction.atomic():
         _lock_rollups_shared(organizations)
         _name_customers(prepared)
@@ -170,7 +167,7 @@ def _existing_tokens(records: list[dict]) -> set[int]:
     )
 
 
-def _overrides_for(organization_ids: Iterable[int]) -> dict[int, Overrides]:
+def overrides_for(organization_ids: Iterable[int]) -> dict[int, Overrides]:
     found: dict[int, list] = {}
     for override in PriceOverride.objects.filter(organization_id__in=list(organization_ids)):
         found.setdefault(override.organization_id, []).append(override.as_price())
@@ -337,12 +334,12 @@ def _statements() -> dict[str, str]:
     columns = ", ".join(quote(c) for c in EVENT_COLUMNS)
     definitions = ", ".join(f"{quote(f.column)} {_incoming_type(f)}" for f in _EVENT_FIELDS)
     rollups = quote(DailyRollup._meta.db_table)
-    rollup_columns = _ROLLUP_KEY + _ROLLUP_COUNTERS
+    rollup_columns = _ROLLUP_KEY + ROLLUP_COUNTERS
     refusals = quote(RefusalCount._meta.db_table)
     rollups_tail = (
         f" ON CONFLICT ({', '.join(quote(c) for c in _ROLLUP_KEY)}) DO UPDATE SET "
         + ", ".join(
-            f"{quote(c)} = {rollups}.{quote(c)} + excluded.{quote(c)}" for c in _ROLLUP_COUNTERS
+            f"{quote(c)} = {rollups}.{quote(c)} + excluded.{quote(c)}" for c in ROLLUP_COUNTERS
         )
     )
     org_rollups = quote(OrganizationDailyRollup._meta.db_table)
@@ -358,9 +355,9 @@ def _statements() -> dict[str, str]:
 
     org_head, org_tail, org_placeholder = upsert(org_rollups, _ORG_ROLLUP_KEY, _ORG_ROLLUP_COUNTERS)
     property_head, property_tail, property_placeholder = upsert(
-        property_rollups, _PROPERTY_ROLLUP_KEY, _ROLLUP_COUNTERS
+        property_rollups, _PROPERTY_ROLLUP_KEY, ROLLUP_COUNTERS
     )
-    # The counters as aggregates over staged rows, in _ROLLUP_COUNTERS order.
+    # The counters as aggregates over staged rows, in ROLLUP_COUNTERS order.
     sums = (
         'count(*), count(*) FILTER (WHERE "status" >= 400 OR "outcome" IN ('
         + ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
@@ -485,7 +482,7 @@ def _rollups_add(prepared: _Prepared, inserted: set[str]) -> None:
     index = {name: EVENT_COLUMNS.index(name) for name in EVENT_COLUMNS}
     i_request, i_org = index["request_id"], index["organization_id"]
     i_provider, i_model = index["provider"], index["model"]
-    fields = [index[name] for name in _COUNTED_FIELDS]
+    fields = [index[name] for name in COUNTED_FIELDS]
     by_customer: dict[tuple, list] = {}
     by_model: dict[tuple, list] = {}
     by_property: dict[tuple, list] = {}
@@ -494,23 +491,23 @@ def _rollups_add(prepared: _Prepared, inserted: set[str]) -> None:
     ):
         if row[i_request] not in inserted:
             continue
-        counted = _counters_of(*(row[position] for position in fields))
+        counted = counters_of(*(row[position] for position in fields))
         org, provider, model = row[i_org], row[i_provider], row[i_model]
-        _counters_add(by_customer, (org, day, customer, provider, model), counted)
-        _counters_add(by_model, (org, day, provider, model), counted, histogram=True)
-        for name, value in _property_pairs(properties):
-            _counters_add(by_property, (org, day, name, value), counted)
+        counters_add(by_customer, (org, day, customer, provider, model), counted)
+        counters_add(by_model, (org, day, provider, model), counted, histogram=True)
+        for name, value in property_pairs(properties):
+            counters_add(by_property, (org, day, name, value), counted)
     _rollups_upsert(sorted(by_customer.items()))
     _rollups_upsert(sorted(by_model.items()), table="org_rollup")
     _rollups_upsert(sorted(by_property.items()), table="property_rollup")
 
 
-# The event fields a rollup's counters are computed from, in ``_counters_of``'s order.
-_COUNTED_FIELDS = ("status", "outcome", *_TOKEN_FIELDS, "cost_usd", "latency_ms", "ttfb_ms")
+# The event fields a rollup's counters are computed from, in ``counters_of``'s order.
+COUNTED_FIELDS = ("status", "outcome", *_TOKEN_FIELDS, "cost_usd", "latency_ms", "ttfb_ms")
 
 
-def _counters_of(status, outcome, *rest) -> list:
-    """One event's contribution to a rollup's counters, in ``_ROLLUP_COUNTERS`` order: the
+def counters_of(status, outcome, *rest) -> list:
+    """One event's contribution to a rollup's counters, in ``ROLLUP_COUNTERS`` order: the
     definitions ``DailyRollup`` documents (and the SQL and ORM aggregates repeat)."""
     tokens, (cost, latency, ttfb) = rest[:-3], rest[-3:]
     return [
@@ -530,7 +527,7 @@ def latency_bucket(latency_ms: int) -> int:
     return min(max(bisect_right(LATENCY_BOUNDS_MS, latency_ms) - 1, 0), len(LATENCY_BUCKETS) - 1)
 
 
-def _counters_add(sums: dict, key: tuple, counted: list, *, histogram: bool = False) -> None:
+def counters_add(sums: dict, key: tuple, counted: list, *, histogram: bool = False) -> None:
     total = sums.get(key)
     if total is None:
         total = sums[key] = [0] * (len(counted) + (len(LATENCY_BUCKETS) if histogram else 0))
@@ -540,7 +537,7 @@ def _counters_add(sums: dict, key: tuple, counted: list, *, histogram: bool = Fa
         total[len(counted) + latency_bucket(counted[10])] += 1
 
 
-def _property_pairs(properties) -> list[tuple[str, str]]:
+def property_pairs(properties) -> list[tuple[str, str]]:
     """(name, value) pairs a request adds to the property rollups, as ``PropertyDailyRollup``
     defines them (the PostgreSQL writer reads them with ``jsonb_each_text``)."""
     if type(properties) is not dict or not properties:
@@ -595,242 +592,6 @@ def _lock_rollups_shared(organization_ids: Iterable[int]) -> None:
             "FROM unnest(%s::bigint[]) AS x ORDER BY x",
             [ROLLUP_LOCK_NAMESPACE, sorted(organization_ids)],
         )
-
-
-def _lock_rollups_exclusive(organization_id: int) -> None:
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, (%s::bigint %% 2147483647)::int)",
-            [ROLLUP_LOCK_NAMESPACE, organization_id],
-        )
-
-
-def rollups_rebuild_day(*, organization: Organization, day: date) -> int:
-    """Replace one organization's rollups of one UTC day (``DailyRollup``,
-    ``OrganizationDailyRollup``, ``PropertyDailyRollup``) with sums computed from its events;
-    returns the number of rollup rows written.
-
-    Runs in one transaction holding the organization's rollup lock exclusively, while writers
-    hold it shared for their whole transaction. So every writer transaction either committed
-    before the rebuild looked at the events (its events are in the sums, and the rollup rows it
-    added are among those deleted) or starts its rollup work after the rebuild committed (its
-    events were invisible to the sums, and it adds them itself): nothing is counted twice or
-    missed. On SQLite, transactions that write are serialised anyway.
-    """
-    start = datetime.combine(day, time.min, tzinfo=UTC)
-    with transaction.atomic():
-        _lock_rollups_exclusive(organization.pk)
-        DailyRollup.objects.for_org(organization).filter(day=day).delete()
-        sums = (
-            UsageEvent.objects.for_org(organization)
-            .filter(timestamp__gte=start, timestamp__lt=start + timedelta(days=1))
-            .values("customer__external_id", "provider", "model")
-            .annotate(**_rollup_aggregates())
-            .order_by()
-        )
-        rollups = [
-            DailyRollup(
-                organization=organization,
-                day=day,
-                customer=row.pop("customer__external_id") or "",
-                **row,
-            )
-            for row in sums
-        ]
-        DailyRollup.objects.bulk_create(rollups)
-        written = len(rollups) + _org_rollups_rebuild(organization, day, start)
-        written += _property_rollups_rebuild(organization, day, start)
-    return written
-
-
-def _org_rollups_rebuild(organization: Organization, day: date, start: datetime) -> int:
-    OrganizationDailyRollup.objects.for_org(organization).filter(day=day).delete()
-    sums = (
-        UsageEvent.objects.for_org(organization)
-        .filter(timestamp__gte=start, timestamp__lt=start + timedelta(days=1))
-        .values("provider", "model")
-        .annotate(**_rollup_aggregates(), **latency_histogram_aggregates())
-        .order_by()
-    )
-    rollups = [OrganizationDailyRollup(organization=organization, day=day, **row) for row in sums]
-    OrganizationDailyRollup.objects.bulk_create(rollups)
-    return len(rollups)
-
-
-def _property_rollups_rebuild(organization: Organization, day: date, start: datetime) -> int:
-    """Summed here from the day's events that carry properties, with the writer's definitions
-    (``_counters_of``, ``_property_pairs``): a JSON key's values cannot be enumerated by the ORM
-    on every database."""
-    PropertyDailyRollup.objects.for_org(organization).filter(day=day).delete()
-    events = (
-        UsageEvent.objects.for_org(organization)
-        .filter(timestamp__gte=start, timestamp__lt=start + timedelta(days=1))
-        .exclude(properties={})
-        .values_list("properties", *_COUNTED_FIELDS)
-        .order_by()
-    )
-    sums: dict[tuple, list] = {}
-    for properties, *fields in events.iterator(chunk_size=5000):
-        pairs = _property_pairs(properties)
-        if pairs:
-            counted = _counters_of(*fields)
-            for name, value in pairs:
-                _counters_add(sums, (name, value), counted)
-    rollups = [
-        PropertyDailyRollup(
-            organization=organization,
-            day=day,
-            name=name,
-            value=value,
-            **dict(zip(_ROLLUP_COUNTERS, total, strict=True)),
-        )
-        for (name, value), total in sorted(sums.items())
-    ]
-    PropertyDailyRollup.objects.bulk_create(rollups, batch_size=1000)
-    return len(rollups)
-
-
-def latency_histogram_aggregates() -> dict:
-    """The latency histogram's buckets as aggregates over events (``LATENCY_BOUNDS_MS``): what
-    the writer adds to ``OrganizationDailyRollup``, for rebuilds and for the partial days a
-    report reads from events."""
-    last = len(LATENCY_BUCKETS) - 1
-    aggregates = {}
-    for index, name in enumerate(LATENCY_BUCKETS):
-        condition = Q(latency_ms__gte=LATENCY_BOUNDS_MS[index])
-        if index < last:
-            condition &= Q(latency_ms__lt=LATENCY_BOUNDS_MS[index + 1])
-        aggregates[name] = Count("id", filter=condition)
-    return aggregates
-
-
-def _rollup_aggregates() -> dict:
-    """The rollup's counters as aggregates over events: the same definitions as the writer's."""
-    zero = 0
-    return {
-        "requests": Count("id"),
-        "errors": Count("id", filter=Q(status__gte=400) | Q(outcome__in=ERROR_OUTCOMES)),
-        **{
-            name: Coalesce(Sum(name), zero)
-            for name in (
-                "input_tokens",
-                "cached_input_tokens",
-                "cache_write_tokens",
-                "cache_write_1h_tokens",
-                "output_tokens",
-                "reasoning_tokens",
-            )
-        },
-        # Before cost_usd, whose annotation would otherwise stand for the field here.
-        "unpriced_requests": Count("id", filter=Q(cost_usd__isnull=True)),
-        "cost_usd": Coalesce(
-            Sum("cost_usd"), Decimal(0), output_field=DailyRollup._meta.get_field("cost_usd")
-        ),
-        "latency_ms_sum": Coalesce(Sum("latency_ms"), zero),
-        "ttfb_ms_sum": Coalesce(Sum("ttfb_ms"), zero),
-        "ttfb_count": Count("ttfb_ms"),
-    }
-
-
-def rollups_rebuild(*, organization: Organization, since: date | None = None) -> tuple[int, int]:
-    """Rebuild every rollup of the organization from its events, a UTC day at a time (each day
-    ``rollups_rebuild_day``, its own transaction, so the writer goes on meanwhile): all days from
-    its first event (or ``since``) to its last event or rollup. For rollups added after events
-    were stored, or after a change of the rollups' definitions. Returns (days, rows written)."""
-    events = UsageEvent.objects.for_org(organization)
-    if since is not None:
-        events = events.filter(timestamp__gte=datetime.combine(since, time.min, tzinfo=UTC))
-    bounds = events.aggregate(first=Min("timestamp"), last=Max("timestamp"))
-    rollup_days = DailyRollup.objects.for_org(organization).filter(day__gte=since or date.min)
-    last_rollup = rollup_days.aggregate(last=Max("day"))["last"]
-    first = since or (bounds["first"] and bounds["first"].astimezone(UTC).date())
-    last = max(
-        [d for d in (bounds["last"] and bounds["last"].astimezone(UTC).date(), last_rollup) if d],
-        default=None,
-    )
-    if first is None or last is None:
-        return 0, 0
-    days = rows = 0
-    day = first
-    while day <= last:
-        rows += rollups_rebuild_day(organization=organization, day=day)
-        days += 1
-        day += timedelta(days=1)
-    return days, rows
-
-
-def usage_reprice(organization: Organization, since: datetime | None = None) -> int:
-    """Price the organization's events again (all, or those from ``since``) from their stored
-    token counts, model, tier and timestamp, with today's catalog and overrides; then rebuild the
-    rollups of every day where a cost changed. Returns the number of events re-priced.
-
-    Events are read and updated in batches by id, each batch its own transaction, so a large
-    organization never holds long locks. The writer never updates an event, so the two do not
-    meet on event rows; they meet on rollups, which ``rollups_rebuild_day`` handles. An event
-    written while a reprice runs was priced with the overrides its writer read; if that was
-    before the change that prompted the reprice, run it again (the settings page does, on every
-    change).
-    """
-    overrides = _overrides_for([organization.pk]).get(organization.pk)
-    events = UsageEvent.objects.for_org(organization)
-    if since is not None:
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        events = events.filter(timestamp__gte=since)
-    fields = (
-        "id",
-        "timestamp",
-        "provider",
-        "model",
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "service_tier",
-        "cost_usd",
-        "price_source",
-    )
-    repriced = 0
-    changed_days: set[date] = set()
-    last_id = 0
-    while True:
-        batch = list(events.filter(id__gt=last_id).order_by("id").only(*fields)[:REPRICE_BATCH])
-        if not batch:
-            break
-        last_id = batch[-1].id
-        changed = []
-        for event in batch:
-            cost, source = price_tokens(
-                event.provider,
-                event.model,
-                event.input_tokens,
-                event.cached_input_tokens,
-                event.cache_write_tokens,
-                event.cache_write_1h_tokens,
-                event.output_tokens,
-                event.timestamp,
-                event.service_tier,
-                overrides,
-            )
-            if (cost, source) != (event.cost_usd, event.price_source):
-                event.cost_usd, event.price_source = cost, source
-                changed.append(event)
-                changed_days.add(event.timestamp.astimezone(UTC).date())
-        with transaction.atomic():
-            events.bulk_update(changed, ["cost_usd", "price_source"], batch_size=500)
-        repriced += len(batch)
-    for day in sorted(changed_days):
-        rollups_rebuild_day(organization=organization, day=day)
-    logger.info(
-        "re-priced %d events of %s; %d days of rollups rebuilt",
-        repriced,
-        organization.slug,
-        len(changed_days),
-    )
-    return repriced
 
 
 def refusals_record(counts: list[dict]) -> int:

@@ -3,7 +3,7 @@ from datetime import datetime
 from celery import shared_task
 
 from apps.accounts.models import Organization
-from apps.usage import lifecycle, services
+from apps.usage import lifecycle, repricing
 from costr.db import TASK_RETRY_ON_CONNECTION_ERRORS
 
 
@@ -18,7 +18,7 @@ def reprice(organization_id: int, since_iso: str | None = None) -> int:
     if organization is None:
         return 0
     since = datetime.fromisoformat(since_iso) if since_iso else None
-    return services.usage_reprice(organization, since)
+    return repricing.usage_reprice(organization, since)
 
 
 @shared_task(

@@ -8,7 +8,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from apps.usage.models import DailyRollup, PriceOverride, UsageEvent
-from apps.usage.services import usage_events_write, usage_reprice
+from apps.usage.repricing import usage_reprice
+from apps.usage.services import usage_events_write
 from apps.usage.tasks import reprice
 from apps.usage.tests.test_writer import _record
 

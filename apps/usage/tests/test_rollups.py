@@ -15,7 +15,8 @@ from apps.usage.models import (
     PropertyDailyRollup,
     UsageEvent,
 )
-from apps.usage.services import rollups_rebuild_day, usage_events_write
+from apps.usage.rollups import rollups_rebuild_day
+from apps.usage.services import usage_events_write
 from apps.usage.tests.test_rollups_by_model_and_property import rollup_rows
 from apps.usage.tests.test_writer import _record
 

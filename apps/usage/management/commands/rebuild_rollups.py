@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.accounts.models import Organization
 from apps.accounts.selectors import organization_for_command
-from apps.usage.services import rollups_rebuild
+from apps.usage.rollups import rollups_rebuild
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ from datetime import UTC, date, datetime, time
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.accounts.selectors import organization_for_command
-from apps.usage.services import usage_reprice
+from apps.usage.repricing import usage_reprice
 
 
 class Command(BaseCommand):
