@@ -35,21 +35,22 @@ PROCFILE = ROOT / "Procfile"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
 
+def _with_database(url: str, name: str) -> str:
+    return urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
 def _server_url() -> str:
-    """The PostgreSQL server of this run (the environment's DATABASE_URL, else the local one)."""
+    """The maintenance database of this run's PostgreSQL server (the environment's
+    DATABASE_URL's server, else the local one)."""
     url = os.environ.get("DATABASE_URL", "")
     if url.startswith("postgres"):
-        return url
+        return _with_database(url, "postgres")
     url = "postgres://postgres@127.0.0.1:5432/postgres"
     try:
         psycopg.connect(url, connect_timeout=2).close()
     except psycopg.OperationalError:
         pytest.skip("no PostgreSQL on 127.0.0.1:5432 and DATABASE_URL unset")
     return url
-
-
-def _with_database(url: str, name: str) -> str:
-    return urlsplit(url)._replace(path=f"/{name}").geturl()
 
 
 @pytest.fixture(scope="module")
