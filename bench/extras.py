@@ -7,6 +7,10 @@ and writer benchmarks write into a scratch database ``costr_bench`` (dropped and
 the reporting benchmark makes its own (``costr_bench_reporting``). Without a reachable
 PostgreSQL the sections say so instead of guessing.
 
+With ``BENCH_BASE_TREE`` set to a checkout of an older commit (``git worktree add``), the proxy's
+CPU per request and added latency are also compared with that tree's, in the same run
+(``bench.regression``).
+
     .venv/bin/python -m bench.extras [--output docs/benchmarks.md]
 """
 
@@ -28,6 +32,9 @@ SECTIONS = [
     ("Usage writer", "bench.writer"),
     ("Usage writer: from the Redis stream", "bench.stream_writer"),
     ("Reporting", "bench.reporting"),
+    # One worker offered more than it serves for 60 s, embedded and Redis mode (Redis db 7 or
+    # BENCH_REDIS_URL; its own database costr_bench_memory on the same server).
+    ("Worker memory under sustained overload", "bench.memory"),
 ]
 
 
@@ -87,6 +94,23 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(sink_cost.section(sink_cost.measure(rounds=6)))
         except Exception as error:  # a benchmark that could not run says so in the report
             sections.append(f"## Usage sink: cost to the proxy\n\nNot measured: {error}\n")
+    base = os.environ.get("BENCH_BASE_TREE")
+    if base:
+        # The proxy's overhead against an older checkout (a git worktree), in the same run.
+        print(f"[bench] Proxy overhead against {base}…", flush=True)
+        title = "Proxy overhead: this tree against an older one"
+        done = subprocess.run(  # noqa: S603 - our own module, run with this interpreter
+            [sys.executable, "-m", "bench.regression", "--base", base],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            sections.append(done.stdout.strip() + "\n")
+        else:
+            tail = (done.stderr or done.stdout)[-2000:]
+            sections.append(f"## {title}\n\nNot measured:\n\n```\n{tail}\n```\n")
     with Path(args.output).open("a") as output:
         output.write("\n" + "\n".join(sections))
     print(f"[bench] appended {len(sections)} sections to {args.output}")

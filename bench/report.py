@@ -139,7 +139,8 @@ def render(r: dict, meta: dict) -> str:
     w("## Method\n")
     server = (
         "as in the Procfile: `gunicorn costr.asgi:application --worker-class "
-        "uvicorn_worker.UvicornWorker`, with **one** worker (uvloop + httptools)"
+        "costr.server.UvicornWorker`, with **one** worker (uvloop + httptools, Costr's limits on "
+        "request heads)"
         if meta.get("server", "gunicorn") == "gunicorn"
         else "under granian (`--server granian`, for comparison only), one worker, uvloop"
     )

@@ -129,11 +129,11 @@ def isolated_env(var_dir: Path) -> dict[str, str]:
     return env
 
 
-def provision(env: dict[str, str]) -> str:
+def provision(env: dict[str, str], root: Path = ROOT) -> str:
     done = subprocess.run(  # noqa: S603 -- our own interpreter and module
         [sys.executable, "-m", "bench.provision", ORG],
         env=env,
-        cwd=ROOT,
+        cwd=root,
         capture_output=True,
         text=True,
         timeout=180,
@@ -147,7 +147,14 @@ def provision(env: dict[str, str]) -> str:
     return token
 
 
-def server_argv(server: str, port: int) -> list[str]:
+# The Procfile's worker class: uvicorn with Costr's limits on request heads (costr/server.py).
+WORKER_CLASS = "costr.server.UvicornWorker"
+# uvicorn-worker's own class: what the Procfile named before costr/server.py existed (used to run
+# an older tree, or to see what Costr's protocol class costs).
+PLAIN_WORKER_CLASS = "uvicorn_worker.UvicornWorker"
+
+
+def server_argv(server: str, port: int, worker_class: str = WORKER_CLASS) -> list[str]:
     """Costr's server: gunicorn with one uvicorn worker as in the Procfile, or granian (only to
     compare; granian is not a dependency: `--server granian` needs it installed)."""
     if server == "granian":
@@ -176,7 +183,7 @@ def server_argv(server: str, port: int) -> list[str]:
         "gunicorn",
         "costr.asgi:application",
         "--worker-class",
-        "uvicorn_worker.UvicornWorker",
+        worker_class,
         "--workers",
         "1",
         "--bind",
@@ -197,11 +204,19 @@ def start(
     server: str = "gunicorn",
     usage_stream: tuple[str, str] | None = None,
     sink_off: bool = False,
+    *,
+    root: Path = ROOT,
+    worker_class: str = WORKER_CLASS,
+    extra_env: dict[str, str] | None = None,
+    config: str | None = None,
 ) -> Setup:
     """The fake and Costr, running. ``usage_stream`` is (Redis URL, stream name) to send usage
-    to a Redis stream, as in production, instead of the embedded writer."""
-    env = isolated_env(tmp / "var")
-    token = provision(env)
+    to a Redis stream, as in production, instead of the embedded writer. ``root`` is the tree
+    Costr runs from (another checkout, to compare; the fake always comes from this one),
+    ``extra_env`` is added to Costr's environment (``DATABASE_URL``, ``REDIS_URL``…), ``config``
+    a gunicorn ``--config``."""
+    env = {**isolated_env(tmp / "var"), **(extra_env or {})}
+    token = provision(env, root)
     fake_port, costr_port = procs.free_port(), procs.free_port()
     # Two cores: Costr's worker gets CPU 0 to itself; the fake provider and this load generator
     # share CPU 1. Without pinning the scheduler moves them about and the figures get noisier.
@@ -237,14 +252,16 @@ def start(
     }
     if usage_stream is not None:
         costr_env["COSTR_USAGE_REDIS_URL"], costr_env["COSTR_USAGE_STREAM"] = usage_stream
-    argv = server_argv(server, costr_port)
+    argv = server_argv(server, costr_port, worker_class)
     if sink_off:
-        argv += ["--config", "python:bench.sink_off"]
+        config = "python:bench.sink_off"
+    if config:
+        argv += ["--config", config]
     master = children.start(
         server,
         argv,
         env=costr_env,
-        cwd=ROOT,
+        cwd=root,
         log=tmp / "gunicorn.log",
         cpus=costr_cpus,
     )
