@@ -14,11 +14,24 @@ class TenantScopeError(RuntimeError):
     """A query over tenant-owned rows ran without naming an organization."""
 
 
-_SCOPING_LOOKUPS = ("organization", "organization_id")
+# Lookups that name exactly one organization: equality on its key, or on a unique field of it.
+# A lookup such as ``organization__isnull=False`` or ``organization__name__contains`` names
+# none in particular, so it scopes nothing.
+_SCOPING_LOOKUPS = frozenset(
+    {
+        "organization",
+        "organization__exact",
+        "organization_id",
+        "organization_id__exact",
+        "organization__pk",
+        "organization__id",
+        "organization__slug",
+    }
+)
 
 
 def _names_organization(kwargs) -> bool:
-    return any(key.split("__", 1)[0] in _SCOPING_LOOKUPS for key in kwargs)
+    return any(key in _SCOPING_LOOKUPS and value is not None for key, value in kwargs.items())
 
 
 class TenantQuerySet(models.QuerySet):

@@ -59,6 +59,32 @@ def test_excluding_an_organization_is_not_a_scope(org, other_org):
         list(Membership.objects.exclude(organization=other_org))
 
 
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        {"organization__isnull": False},
+        {"organization_id__gt": 0},
+        {"organization__name__contains": ""},
+        {"organization_id__in": []},
+        {"organization": None},
+    ],
+)
+def test_a_lookup_that_names_no_one_organization_is_not_a_scope(org, lookup):
+    MembershipFactory(organization=org)
+
+    with pytest.raises(TenantScopeError):
+        list(Membership.objects.filter(**lookup))
+
+
+@pytest.mark.parametrize("key", ["organization", "organization_id", "organization__slug"])
+def test_equality_on_the_organization_is_a_scope(org, other_org, key):
+    mine = MembershipFactory(organization=org)
+    MembershipFactory(organization=other_org)
+    value = {"organization": org, "organization_id": org.pk, "organization__slug": org.slug}[key]
+
+    assert list(Membership.objects.filter(**{key: value})) == [mine]
+
+
 def test_a_related_manager_of_a_scoped_row_is_scoped(org, other_org):
     membership = MembershipFactory(organization=org)
     MembershipFactory(organization=other_org, user=membership.user)
