@@ -5,6 +5,9 @@ from celery.schedules import crontab
 # The daily retention purge; the retention page tells people when it runs.
 PURGE_HOUR_UTC, PURGE_MINUTE_UTC = 3, 30
 
+# How often pending re-pricings are looked for; the page says the work starts within this.
+REPRICE_SWEEP_MINUTES = 5
+
 BEAT_SCHEDULE: dict[str, dict] = {
     "keys-last-used-flush": {"task": "keys.last_used_flush", "schedule": crontab(minute="*")},
     "usage-purge-expired": {
@@ -14,6 +17,11 @@ BEAT_SCHEDULE: dict[str, dict] = {
     "usage-organization-deletions": {
         "task": "usage.organization_deletions_resume",
         "schedule": crontab(minute="41"),
+    },
+    # Re-pricing someone asked for whose task was never queued (broker down) or was lost.
+    "usage-reprices-resume": {
+        "task": "usage.reprices_resume",
+        "schedule": crontab(minute=f"*/{REPRICE_SWEEP_MINUTES}"),
     },
     "billing-stripe-sync": {"task": "billing.stripe_sync_all", "schedule": crontab(minute="17")},
 }

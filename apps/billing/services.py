@@ -35,6 +35,7 @@ from apps.billing.models import (
 )
 from apps.keys.keyring import seal
 from apps.usage.models import Customer
+from costr.tasks import enqueue_on_commit
 
 RESTRICTED_KEY = re.compile(r"^rk_(live|test)_[A-Za-z0-9]{20,}$")
 METADATA_FIELD = re.compile(r"^[A-Za-z0-9_\-.]{1,40}$")
@@ -190,9 +191,15 @@ def revenue_source_for(permissions: dict) -> str:
 
 
 def _enqueue_sync_on_commit(organization_id: int) -> None:
+    """The connection is left ``QUEUED``; if the task cannot be queued (the broker is down),
+    the hourly sync of every connection (``billing.stripe_sync_all``) runs it."""
     from apps.billing.tasks import stripe_sync
 
-    transaction.on_commit(lambda: stripe_sync.delay(organization_id))
+    enqueue_on_commit(
+        stripe_sync,
+        organization_id,
+        fallback="the hourly Stripe sync (billing.stripe_sync_all) runs it",
+    )
 
 
 @sensitive_variables("key", "check")

@@ -17,6 +17,7 @@ failed one: a known token is served from what was known, so traffic keeps flowin
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -274,23 +275,60 @@ def _publish(message: str) -> None:
 def _on_message(message) -> None:
     data = message.get("data")
     if isinstance(data, bytes):
-        data = data.decode()
-    _drop_local(None if data == "*" else int(data))
+        data = data.decode(errors="replace")
+    try:
+        organization_id = None if data == "*" else int(data)
+    except (TypeError, ValueError):
+        organization_id = None  # not a message of Costr's: forgetting everything is always safe
+    _drop_local(organization_id)
+
+
+# The subscriber tries Redis again after this long, doubling up to the maximum while it stays
+# away. Whatever is published meanwhile is missed, but nothing missed outlives the outage: every
+# cached entry still expires after its TTL, and the cache is cleared on resubscribing.
+SUBSCRIBER_RETRY_FIRST_SECONDS = 0.5
+SUBSCRIBER_RETRY_MAX_SECONDS = 10.0
 
 
 def _listen_forever() -> None:
+    """Hear invalidations for as long as the process lives. A Redis outage is logged once when it
+    begins and once when the subscription is back (not once per attempt), with the error's type
+    only: a Redis error names the server, and the URL it came from may hold a password."""
+    retry_in = SUBSCRIBER_RETRY_FIRST_SECONDS
+    lost_at: float | None = None  # monotonic time the outage began, None while subscribed
     while True:
+        pubsub = None
         try:
             # No read timeout: the subscription waits for messages indefinitely.
             pubsub = _redis(socket_timeout=None).pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(**{INVALIDATION_CHANNEL: _on_message})
             # Anything published while disconnected was missed: start clean.
             _drop_local(None)
+            if lost_at is not None:
+                logger.warning(
+                    "keycache subscriber: subscribed to Redis again after %.0fs; cached tokens "
+                    "dropped, so no revocation published meanwhile is missed",
+                    time.monotonic() - lost_at,
+                )
+                lost_at = None
+            retry_in = SUBSCRIBER_RETRY_FIRST_SECONDS
             for _ in pubsub.listen():
                 pass
-        except Exception:
-            logger.warning("keycache subscriber lost Redis; retrying", exc_info=True)
-            time.sleep(1)
+        except Exception as error:
+            if lost_at is None:
+                lost_at = time.monotonic()
+                logger.warning(
+                    "keycache subscriber: Redis does not answer (%s); retrying every %.0fs at "
+                    "most, and until it is back each cached token is trusted for at most its TTL",
+                    type(error).__name__,
+                    SUBSCRIBER_RETRY_MAX_SECONDS,
+                )
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+        time.sleep(retry_in)
+        retry_in = min(retry_in * 2, SUBSCRIBER_RETRY_MAX_SECONDS)
 
 
 def _ensure_subscriber() -> None:
@@ -329,16 +367,51 @@ def drain_uses() -> dict[str, float]:
     return drained
 
 
+# Times that a flush could not deliver (Redis or, in embedded mode, the database unavailable),
+# kept for the next one: the latest per token or key, so at most one entry each however long
+# the outage lasts. Only flush_uses touches it, under _flush_lock.
+_undelivered: dict[str, float] = {}
+_flush_lock = threading.Lock()
+
+# HSET each field only if its new time is later than the one there: a time held back by an
+# outage must not replace a later one that another process wrote meanwhile.
+_HSET_IF_LATER = """
+for i = 1, #ARGV, 2 do
+  local known = redis.call('HGET', KEYS[1], ARGV[i])
+  if not known or tonumber(known) < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+
 def flush_uses() -> None:
-    uses = drain_uses()
-    if not uses:
-        return
+    """Deliver the last-use times noted since the last flush, and any a failed flush kept. On
+    failure they are kept for the next flush and the error is raised."""
+    with _flush_lock:
+        uses = drain_uses()
+        for name, when in _undelivered.items():
+            if uses.get(name, 0.0) < when:
+                uses[name] = when
+        _undelivered.clear()
+        if not uses:
+            return
+        try:
+            _deliver_uses(uses)
+        except BaseException:
+            _undelivered.update(uses)
+            raise
+
+
+def _deliver_uses(uses: dict[str, float]) -> None:
     if settings.REDIS_URL:
         client = _redis()
-        with client.pipeline() as pipe:
-            for name, when in uses.items():
-                pipe.hset(LAST_USED_REDIS_KEY, name, when)
-            pipe.execute()
+        try:
+            fields = [item for name, when in uses.items() for item in (name, repr(when))]
+            client.eval(_HSET_IF_LATER, 1, LAST_USED_REDIS_KEY, *fields)
+        finally:
+            client.close()
     else:
         from apps.keys.services import last_used_apply
 
@@ -348,12 +421,25 @@ def flush_uses() -> None:
 
 
 def _flush_forever() -> None:
+    failing = False
     while True:
         time.sleep(USE_FLUSH_SECONDS)
         try:
             flush_uses()
-        except Exception:
-            logger.warning("last-used times could not be flushed", exc_info=True)
+        except Exception as error:
+            if not failing:
+                failing = True
+                # Logged once per outage; the first one's traceback says where it failed.
+                logger.warning(
+                    "last-used times could not be written (%s); they are kept and written "
+                    "by the next flush that succeeds",
+                    type(error).__name__,
+                    exc_info=True,
+                )
+        else:
+            if failing:
+                failing = False
+                logger.warning("last-used times are written again, the ones held back included")
 
 
 def _ensure_flusher() -> None:

@@ -29,6 +29,7 @@ from apps.usage.models import (
     RefusalCount,
     UsageEvent,
 )
+from costr.tasks import Enqueued, enqueue_on_commit
 
 # Every rollup of usage, deleted with the events they summed.
 ROLLUP_MODELS = (DailyRollup, OrganizationDailyRollup, PropertyDailyRollup)
@@ -106,25 +107,35 @@ def usage_purge_expired(
     return PurgeResult(events=events, rollups=rollups, refusals=refusals, done=done)
 
 
-def usage_purge_enqueue(*, organization: Organization) -> None:
-    """Purge now rather than at the next daily run (after retention was shortened)."""
+def usage_purge_enqueue(*, organization: Organization) -> Enqueued:
+    """Purge now rather than at the next daily run (after retention was shortened). If the task
+    cannot be queued (the broker is down), the daily purge deletes the same usage."""
     from apps.usage.tasks import purge_expired as task
 
-    transaction.on_commit(lambda: task.delay(organization.pk))
+    return enqueue_on_commit(
+        task,
+        organization.pk,
+        fallback="the daily retention purge (usage.purge_expired_all) deletes the same usage",
+    )
 
 
 def organization_delete(
     *, organization: Organization, actor: User | None, ip: str | None = None
-) -> None:
+) -> Enqueued:
     """Account deletion, first step: out of reach and its secrets destroyed at once (every
     worker's token cache is told on commit); the data goes with ``organization_data_delete``,
-    which this enqueues."""
+    which this enqueues. If it cannot be queued (the broker is down), the hourly sweep
+    ``usage.organization_deletions_resume`` queues it, well within the deadline."""
     from apps.usage.tasks import organization_data_delete as task
 
     with transaction.atomic():
         organization_deletion_mark(organization=organization, actor=actor, ip=ip)
         organization_secrets_destroy(organization=organization)
-        transaction.on_commit(lambda: task.delay(organization.pk))
+        return enqueue_on_commit(
+            task,
+            organization.pk,
+            fallback="the hourly deletion sweep (usage.organization_deletions_resume) queues it",
+        )
 
 
 def organization_data_delete(

@@ -57,11 +57,17 @@ class RetentionView(OrganizationViewMixin, TemplateView):
             organization=self.organization, days=days, actor=request.user, ip=client_ip(request)
         )
         if shorter:
-            lifecycle.usage_purge_enqueue(organization=self.organization)
+            purge = lifecycle.usage_purge_enqueue(organization=self.organization)
+            cutoff = f"{lifecycle.retention_cutoff(self.organization):%d %B %Y}"
+            # The purge could not be started now (the task queue is down): the daily one does it.
+            when = (
+                f"will be deleted by the daily purge at {PURGE_HOUR_UTC:02d}:"
+                f"{PURGE_MINUTE_UTC:02d} UTC"
+                if purge.queued is False
+                else "is being deleted"
+            )
             messages.success(
-                request,
-                f"Retention is now {days} days. Usage from before "
-                f"{lifecycle.retention_cutoff(self.organization):%d %B %Y} (UTC) is being deleted.",
+                request, f"Retention is now {days} days. Usage from before {cutoff} (UTC) {when}."
             )
         else:
             messages.success(request, f"Retention is now {days} days.")

@@ -164,6 +164,23 @@ class PriceOverride(TenantModel):
         )
 
 
+class PendingReprice(TenantModel):
+    """A re-pricing someone asked for that has not finished yet. Written in the transaction that
+    records the request and deleted by the task when it is done, so a request whose task was
+    never queued (the broker was down) or was lost (a worker died) is still run: the sweep
+    ``usage.reprices_resume`` queues it again."""
+
+    since = models.DateTimeField(null=True, blank=True)  # None: every event
+    requested_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["requested_at"]
+
+    def __str__(self):
+        return f"re-pricing since {self.since:%Y-%m-%d %H:%M}" if self.since else "re-pricing"
+
+
 class DailyRollup(TenantModel):
     """Per organization, UTC day, customer, provider and model: the sums dashboards read, so a long
     range never scans raw events. The writer adds every newly stored event in the transaction that

@@ -12,7 +12,8 @@ from django.db import transaction
 
 from apps.accounts.models import Organization, User
 from apps.accounts.services import audit_event_record
-from apps.usage.models import PriceOverride
+from apps.usage.models import PendingReprice, PriceOverride
+from costr.tasks import Enqueued, enqueue_on_commit
 
 
 class PriceOverrideError(Exception):
@@ -100,9 +101,11 @@ def price_override_delete(
 
 def usage_reprice_request(
     *, organization: Organization, since: datetime, actor: User | None, ip: str | None = None
-) -> None:
+) -> Enqueued:
     """Queue the re-pricing of the organization's events from ``since`` on, once the audit
-    record of the request is committed."""
+    record of the request is committed. The request is kept in the database until the task has
+    done it (``PendingReprice``), so if the task cannot be queued now (the broker is down) the
+    sweep ``usage.reprices_resume`` runs it within minutes."""
     from apps.usage.tasks import reprice  # the task module loads Celery; only needed here
 
     since_iso = since.isoformat()
@@ -115,5 +118,11 @@ def usage_reprice_request(
             ip=ip,
             details={"since": since_iso},
         )
-        organization_id = organization.pk
-        transaction.on_commit(lambda: reprice.delay(organization_id, since_iso))
+        pending = PendingReprice.objects.create(organization=organization, since=since)
+        return enqueue_on_commit(
+            reprice,
+            organization.pk,
+            since_iso,
+            pending.pk,
+            fallback="the re-pricing sweep (usage.reprices_resume) queues it",
+        )

@@ -1,24 +1,76 @@
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from celery import shared_task
+from django.db.models import Q
+from django.utils import timezone
 
 from apps.accounts.models import Organization
 from apps.usage import lifecycle, repricing
+from apps.usage.models import PendingReprice
 from costr.db import TASK_RETRY_ON_CONNECTION_ERRORS
+from costr.schedule import REPRICE_SWEEP_MINUTES
+
+# A pending re-pricing that has not started a sweep interval after it was asked for was never
+# queued or was lost before a worker took it (the page promises a start within two intervals);
+# one that started longer ago than the task's time limit died with its worker. Either is queued
+# again by ``reprices_resume``.
+REPRICE_TIME_LIMIT_SECONDS = 3600
+REPRICE_REQUEUE_AFTER = timedelta(minutes=REPRICE_SWEEP_MINUTES)
 
 
 @shared_task(
-    name="usage.reprice", **TASK_RETRY_ON_CONNECTION_ERRORS, time_limit=3600, soft_time_limit=3540
+    name="usage.reprice",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=REPRICE_TIME_LIMIT_SECONDS,
+    soft_time_limit=REPRICE_TIME_LIMIT_SECONDS - 60,
 )
-def reprice(organization_id: int, since_iso: str | None = None) -> int:
+def reprice(
+    organization_id: int, since_iso: str | None = None, pending_id: int | None = None
+) -> int:
     """Re-price an organization's events (from ``since_iso``, an ISO 8601 moment, or all) and
     rebuild the rollups of the days that changed. Safe to run twice: a second run finds the
-    prices already right and changes nothing. An organization deleted meanwhile is skipped."""
+    prices already right and changes nothing; one for a ``PendingReprice`` that is gone (done
+    by an earlier copy of this message) does nothing at all. An organization deleted meanwhile
+    is skipped."""
     organization = Organization.objects.filter(pk=organization_id).first()
     if organization is None:
         return 0
+    pending = None
+    if pending_id is not None:
+        pending = PendingReprice.objects.filter(organization=organization, pk=pending_id)
+        if not pending.update(started_at=timezone.now()):
+            return 0  # already done
     since = datetime.fromisoformat(since_iso) if since_iso else None
-    return repricing.usage_reprice(organization, since)
+    repriced = repricing.usage_reprice(organization, since)
+    if pending is not None:
+        pending.delete()
+    return repriced
+
+
+@shared_task(
+    name="usage.reprices_resume",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=300,
+    soft_time_limit=270,
+)
+def reprices_resume() -> int:
+    """Every few minutes: queue every re-pricing that was asked for and neither started soon
+    after nor finished within the task's time limit (its message was never sent, or lost)."""
+    now = timezone.now()
+    waiting = (
+        PendingReprice.objects.unscoped(reason="the sweep looks for every org's lost re-pricing")
+        .filter(organization__deletion_requested_at__isnull=True)
+        .filter(
+            Q(started_at__isnull=True, requested_at__lt=now - REPRICE_REQUEUE_AFTER)
+            | Q(started_at__lt=now - timedelta(seconds=REPRICE_TIME_LIMIT_SECONDS))
+        )
+        .values_list("pk", "organization_id", "since")
+    )
+    queued = 0
+    for pending_id, organization_id, since in list(waiting):
+        reprice.delay(organization_id, since.isoformat() if since else None, pending_id)
+        queued += 1
+    return queued
 
 
 @shared_task(

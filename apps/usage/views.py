@@ -12,6 +12,7 @@ from apps.accounts.services import client_ip
 from apps.usage import overrides
 from apps.usage.forms import PriceOverrideForm, RepriceForm, parse_utc_moment
 from apps.usage.models import PriceOverride
+from costr.schedule import REPRICE_SWEEP_MINUTES
 
 
 def usd(value) -> str:
@@ -115,12 +116,18 @@ class RepriceView(OrganizationViewMixin, View):
             messages.error(request, " ".join(form.errors["since"]))
             return redirect("price_overrides", org_slug=org_slug)
         since = form.cleaned_data["since"]
-        overrides.usage_reprice_request(
+        reprice = overrides.usage_reprice_request(
             organization=self.organization, since=since, actor=request.user, ip=client_ip(request)
+        )
+        # Not queued now (the task queue is down): the request is kept, and a sweep starts it.
+        start = (
+            f"will start within {2 * REPRICE_SWEEP_MINUTES} minutes"
+            if reprice.queued is False
+            else "is queued"
         )
         messages.success(
             request,
             f"Re-pricing events since {since:%Y-%m-%d %H:%M} UTC with today's prices and "
-            "overrides. Costs and totals update as it runs, usually within minutes.",
+            f"overrides {start}. Costs and totals update as it runs, usually within minutes.",
         )
         return redirect("price_overrides", org_slug=org_slug)
