@@ -28,6 +28,7 @@ its own, not a broker's: they propagate as before.
 import logging
 from dataclasses import dataclass
 
+from celery import current_app
 from django.db import transaction
 
 logger = logging.getLogger("costr.tasks")
@@ -54,8 +55,13 @@ class Enqueued:
     queued: bool | None = None
 
 
-def enqueue(task, *args, fallback: str) -> bool:
-    """Queue ``task(*args)`` now; False (logged) when the broker did not take it."""
+def enqueue(task_name: str, *args, fallback: str) -> bool:
+    """Queue the task named ``task_name`` now; False (logged) when the broker did not take it.
+
+    Tasks are named, not imported: a service that queues its own follow-up work would
+    otherwise import the tasks module that imports it (each app's ``ready()`` registers its
+    tasks)."""
+    task = current_app.tasks[task_name]
     if task.app.conf.task_always_eager:
         task.apply_async(args)
         return True
@@ -73,14 +79,14 @@ def enqueue(task, *args, fallback: str) -> bool:
     return True
 
 
-def enqueue_on_commit(task, *args, fallback: str) -> Enqueued:
-    """Queue ``task(*args)`` once the current transaction commits (at once outside one), never
-    raising for the broker's sake. ``args`` are ids and primitives (JSON only); ``fallback``
-    says which periodic sweep runs the work if this message is never sent."""
-    outcome = Enqueued(task_name=task.name, fallback=fallback)
+def enqueue_on_commit(task_name: str, *args, fallback: str) -> Enqueued:
+    """Queue the task named ``task_name`` once the current transaction commits (at once outside
+    one), never raising for the broker's sake. ``args`` are ids and primitives (JSON only);
+    ``fallback`` says which periodic sweep runs the work if this message is never sent."""
+    outcome = Enqueued(task_name=task_name, fallback=fallback)
 
     def send() -> None:
-        outcome.queued = enqueue(task, *args, fallback=fallback)
+        outcome.queued = enqueue(task_name, *args, fallback=fallback)
 
     transaction.on_commit(send)
     return outcome

@@ -15,7 +15,7 @@ from rest_framework.throttling import BaseThrottle
 from apps.accounts.api import OrganizationAPIView
 from apps.accounts.models import Membership
 from apps.accounts.tests.factories import MembershipFactory, OrganizationFactory
-from apps.keys import keycache, services
+from apps.keys import keycache, last_used, services
 from apps.keys.models import ProxyToken
 from apps.usage.models import UsageEvent
 
@@ -230,7 +230,7 @@ def test_api_use_is_noted_for_the_tokens_last_used_time_without_a_write(client, 
     assert not [q for q in queries if q["sql"].lstrip().upper().startswith("UPDATE")]
     uses = keycache.drain_uses()
     assert f"token:{token.pk}" in uses
-    services.last_used_apply(uses)
+    last_used.last_used_apply(uses)
     token.refresh_from_db()
     assert token.last_used_at is not None
 

@@ -1,3 +1,5 @@
+from importlib import import_module
+
 from django.apps import AppConfig
 
 
@@ -5,3 +7,7 @@ class BillingConfig(AppConfig):
     name = "apps.billing"
     label = "billing"
     verbose_name = "Billing (Stripe, read-only)"
+
+    def ready(self):
+        # Registers the app's tasks, which services queue by name (costr.tasks).
+        import_module(f"{self.name}.tasks")

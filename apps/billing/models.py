@@ -16,6 +16,11 @@ from apps.keys.models import EncryptedSecret
 DEFAULT_METADATA_FIELD = "costr_customer_id"
 
 
+# A sync's hard time limit: a claim (``RUNNING``) older than this is a sync that died without
+# saying so.
+SYNC_TIME_LIMIT_SECONDS = 30 * 60
+
+
 class SyncStatus(models.TextChoices):
     NEVER = "never", "Not synced yet"
     QUEUED = "queued", "Queued"

@@ -22,6 +22,7 @@ from apps.accounts.services import audit_event_record
 from apps.billing.client import ReadOnlyStripe
 from apps.billing.models import (
     DEFAULT_METADATA_FIELD,
+    SYNC_TIME_LIMIT_SECONDS,
     CustomerMapping,
     MappedBy,
     RevenueMonth,
@@ -193,10 +194,8 @@ def revenue_source_for(permissions: dict) -> str:
 def _enqueue_sync_on_commit(organization_id: int) -> None:
     """The connection is left ``QUEUED``; if the task cannot be queued (the broker is down),
     the hourly sync of every connection (``billing.stripe_sync_all``) runs it."""
-    from apps.billing.tasks import stripe_sync
-
     enqueue_on_commit(
-        stripe_sync,
+        "billing.stripe_sync",
         organization_id,
         fallback="the hourly Stripe sync (billing.stripe_sync_all) runs it",
     )
@@ -300,8 +299,6 @@ def stripe_sync_request(
     """Queue a sync now. False while one is running (a run older than the task's time limit
     died and does not count). Queuing again while queued is allowed: a lost message must not
     leave the button dead, and a second run finds the first one's work done."""
-    from apps.billing.sync import SYNC_TIME_LIMIT_SECONDS
-
     organization = connection.organization
     running_since = timezone.now() - timedelta(seconds=SYNC_TIME_LIMIT_SECONDS)
     with transaction.atomic():

@@ -31,6 +31,7 @@ from apps.accounts.models import Organization
 from apps.billing import services
 from apps.billing.client import ReadOnlyStripe
 from apps.billing.models import (
+    SYNC_TIME_LIMIT_SECONDS,
     RevenueMonth,
     RevenueSource,
     StripeBalanceTransaction,
@@ -43,9 +44,6 @@ from apps.billing.models import (
 from apps.keys.keyring import open_secret
 
 logger = logging.getLogger(__name__)
-
-# A claim older than this is a sync that died without saying so (the task's hard time limit).
-SYNC_TIME_LIMIT_SECONDS = 30 * 60
 
 CHARGE_TYPES = frozenset({"charge", "payment"})
 REFUND_TYPES = frozenset(

@@ -1,4 +1,5 @@
 import logging
+from importlib import import_module
 
 from django.apps import AppConfig
 from django.conf import settings
@@ -12,6 +13,8 @@ class KeysConfig(AppConfig):
     verbose_name = "Key vault"
 
     def ready(self):
+        # Registers the app's tasks, which services queue by name (costr.tasks).
+        import_module(f"{self.name}.tasks")
         if settings.COSTR_ENCRYPTION_KEYS_GENERATED:
             logger.warning(
                 "COSTR_ENCRYPTION_KEYS is not set: stored secrets are encrypted with a key "

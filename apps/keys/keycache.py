@@ -413,7 +413,7 @@ def _deliver_uses(uses: dict[str, float]) -> None:
         finally:
             client.close()
     else:
-        from apps.keys.services import last_used_apply
+        from apps.keys.last_used import last_used_apply
 
         # Runs on the flusher thread, outside any request. Moving a time forward twice is
         # harmless (last_used_apply never moves one back), so a lost connection may retry.

@@ -3,7 +3,8 @@ import functools
 from celery import shared_task
 from django.conf import settings
 
-from apps.keys import keycache, services
+from apps.keys import keycache
+from apps.keys.last_used import last_used_apply
 from costr.db import TASK_RETRY_ON_CONNECTION_ERRORS, run_outside_request
 
 
@@ -25,4 +26,4 @@ def last_used_flush() -> int:
     uses = {name.decode(): float(when) for name, when in raw.items()}
     # The times are already gone from Redis: a task failed now would lose them, so a connection
     # lost mid-write is retried here (moving a time forward twice changes nothing).
-    return run_outside_request(functools.partial(services.last_used_apply, uses), idempotent=True)
+    return run_outside_request(functools.partial(last_used_apply, uses), idempotent=True)

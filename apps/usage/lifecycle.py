@@ -110,10 +110,8 @@ def usage_purge_expired(
 def usage_purge_enqueue(*, organization: Organization) -> Enqueued:
     """Purge now rather than at the next daily run (after retention was shortened). If the task
     cannot be queued (the broker is down), the daily purge deletes the same usage."""
-    from apps.usage.tasks import purge_expired as task
-
     return enqueue_on_commit(
-        task,
+        "usage.purge_expired",
         organization.pk,
         fallback="the daily retention purge (usage.purge_expired_all) deletes the same usage",
     )
@@ -126,13 +124,11 @@ def organization_delete(
     worker's token cache is told on commit); the data goes with ``organization_data_delete``,
     which this enqueues. If it cannot be queued (the broker is down), the hourly sweep
     ``usage.organization_deletions_resume`` queues it, well within the deadline."""
-    from apps.usage.tasks import organization_data_delete as task
-
     with transaction.atomic():
         organization_deletion_mark(organization=organization, actor=actor, ip=ip)
         organization_secrets_destroy(organization=organization)
         return enqueue_on_commit(
-            task,
+            "usage.organization_data_delete",
             organization.pk,
             fallback="the hourly deletion sweep (usage.organization_deletions_resume) queues it",
         )

@@ -106,7 +106,6 @@ def usage_reprice_request(
     record of the request is committed. The request is kept in the database until the task has
     done it (``PendingReprice``), so if the task cannot be queued now (the broker is down) the
     sweep ``usage.reprices_resume`` runs it within minutes."""
-    from apps.usage.tasks import reprice  # the task module loads Celery; only needed here
 
     since_iso = since.isoformat()
     with transaction.atomic():
@@ -120,7 +119,7 @@ def usage_reprice_request(
         )
         pending = PendingReprice.objects.create(organization=organization, since=since)
         return enqueue_on_commit(
-            reprice,
+            "usage.reprice",
             organization.pk,
             since_iso,
             pending.pk,

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from apps.keys import keycache, services, tasks
+from apps.keys import keycache, last_used, services, tasks
 from apps.keys.models import ProviderKey, ProxyToken
 from apps.keys.tests.factories import openai_key
 
@@ -41,9 +41,9 @@ def test_use_is_counted_in_memory_and_written_only_by_a_flush(org, settings, use
 
 def test_an_older_time_never_moves_last_use_back(org, used):
     token, _ = used
-    services.last_used_apply({f"token:{token.pk}": 2_000_000_000.0})
+    last_used.last_used_apply({f"token:{token.pk}": 2_000_000_000.0})
 
-    assert services.last_used_apply({f"token:{token.pk}": 1_900_000_000.0}) == 0
+    assert last_used.last_used_apply({f"token:{token.pk}": 1_900_000_000.0}) == 0
     assert _last_used(org)[0].timestamp() == 2_000_000_000.0
 
 
