@@ -166,7 +166,8 @@ def resolve_known(token_hash: str) -> ResolvedToken | None:
 
 async def aresolve(token_hash: str) -> ResolvedToken | None:
     """``resolve`` for async code (the proxy): the database is touched only on a cache miss,
-    and a request waits at most ``LOOKUP_DEADLINE_SECONDS`` for it."""
+    once per token however many requests miss it together, and a request waits at most
+    ``LOOKUP_DEADLINE_SECONDS`` for it."""
     hit, value = _cached(token_hash)
     if not hit:
         _ensure_subscriber()
@@ -174,7 +175,6 @@ async def aresolve(token_hash: str) -> ResolvedToken | None:
             value = await _lookup_within_deadline(token_hash)
         except Exception as error:
             return _usable(_stale_or_raise(token_hash, error))
-        _store(token_hash, value)
     return _usable(value)
 
 
@@ -182,6 +182,10 @@ async def aresolve(token_hash: str) -> ResolvedToken | None:
 # outlives its deadline keeps running in its thread (a thread cannot be cancelled); it is kept
 # here, referenced, until it ends.
 _lookups_in_flight: "dict[asyncio.Future, float]" = {}
+# The lookup in flight for each (event loop, token): when an entry expires under load, every
+# request for that token misses at once, and they all wait for one lookup instead of queueing
+# one each on the lookup thread (which, under overload, outlasted the deadline and failed them).
+_lookups_by_token: "dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future]" = {}
 
 
 def _load_outside_request(token_hash: str) -> ResolvedToken | None:
@@ -190,15 +194,19 @@ def _load_outside_request(token_hash: str) -> ResolvedToken | None:
 
 
 async def _lookup_within_deadline(token_hash: str) -> ResolvedToken | None:
-    now = time.monotonic()
-    stuck_for = max((now - started for started in _lookups_in_flight.values()), default=0.0)
-    if stuck_for > LOOKUP_DEADLINE_SECONDS:
-        raise TimeoutError(
-            f"a token lookup has had no answer from the database for {stuck_for:.0f}s"
-        )
-    lookup = asyncio.ensure_future(sync_to_async(_load_outside_request)(token_hash))
-    _lookups_in_flight[lookup] = now
-    lookup.add_done_callback(_lookup_ended)
+    key = (asyncio.get_running_loop(), token_hash)
+    lookup = _lookups_by_token.get(key)
+    if lookup is None:
+        now = time.monotonic()
+        stuck_for = max((now - started for started in _lookups_in_flight.values()), default=0.0)
+        if stuck_for > LOOKUP_DEADLINE_SECONDS:
+            raise TimeoutError(
+                f"a token lookup has had no answer from the database for {stuck_for:.0f}s"
+            )
+        lookup = asyncio.ensure_future(sync_to_async(_load_outside_request)(token_hash))
+        _lookups_in_flight[lookup] = now
+        _lookups_by_token[key] = lookup
+        lookup.add_done_callback(functools.partial(_lookup_ended, key))
     try:
         # shield: on timeout, stop waiting without cancelling (which would wait for the thread).
         return await asyncio.wait_for(asyncio.shield(lookup), LOOKUP_DEADLINE_SECONDS)
@@ -208,10 +216,15 @@ async def _lookup_within_deadline(token_hash: str) -> ResolvedToken | None:
         ) from error
 
 
-def _lookup_ended(lookup: asyncio.Future) -> None:
+def _lookup_ended(key: tuple[asyncio.AbstractEventLoop, str], lookup: asyncio.Future) -> None:
+    """Remember what a lookup found, also when it came after its waiters' deadline."""
     _lookups_in_flight.pop(lookup, None)
-    if not lookup.cancelled():
-        lookup.exception()  # retrieved: a late failure was already answered by the deadline
+    if _lookups_by_token.get(key) is lookup:
+        del _lookups_by_token[key]
+    if lookup.cancelled():
+        return
+    if lookup.exception() is None:  # a failure was answered to the waiters (stale or 503)
+        _store(key[1], lookup.result())
 
 
 @sensitive_variables("plaintext")

@@ -1,3 +1,4 @@
+import asyncio
 import os
 import subprocess
 import sys
@@ -49,6 +50,32 @@ def test_a_warm_cache_resolves_and_decrypts_without_any_sql(org):
     assert (resolved.organization_id, resolved.organization_slug) == (org.pk, org.slug)
     assert resolved.scopes == {"proxy"}
     assert plaintext == key
+
+
+@pytest.mark.django_db(transaction=True)  # the lookups run on a thread of their own
+def test_requests_that_miss_together_share_one_lookup(org, monkeypatch):
+    """When an entry expires under load every request for the token misses at once: they must
+    wait for one database lookup, not queue one each behind the lookup thread."""
+    token, token_hash = _token(org)
+    loads = []
+
+    def counted_load(wanted):
+        loads.append(wanted)
+        time.sleep(0.05)  # a lookup that takes a moment, so the misses overlap
+        return real_load(wanted)
+
+    real_load = keycache._load
+    monkeypatch.setattr(keycache, "_load", counted_load)
+
+    async def many():
+        return await asyncio.gather(*(keycache.aresolve(token_hash) for _ in range(50)))
+
+    resolved = asyncio.run(many())
+
+    assert loads == [token_hash]
+    assert {r.token_id for r in resolved} == {token.pk}
+    # What the one lookup found is cached for the next request.
+    assert keycache.resolve_known(token_hash).token_id == token.pk
 
 
 @pytest.mark.django_db
