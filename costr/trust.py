@@ -20,7 +20,7 @@ from apps.keys.keyring import get_keyring
 from apps.proxy.limits import ALLOWED_METHODS, MAX_HEAD_BYTES
 from apps.usage import contract, lifecycle
 from costr import throttle
-from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC
+from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC, REPRICE_SWEEP_MINUTES
 
 BENCHMARKS_JSON = settings.BASE_DIR / "docs" / "benchmarks.json"
 
@@ -47,6 +47,7 @@ def security(request):
             "stripe_permissions": [permission for _, permission, _ in RESOURCES.values()],
             "stripe_methods": sorted(method.upper() for method in READ_METHODS),
             "purge_time": f"{PURGE_HOUR_UTC:02d}:{PURGE_MINUTE_UTC:02d}",
+            "reprice_sweep_minutes": REPRICE_SWEEP_MINUTES * 2,
             "deletion_hours": lifecycle.DELETION_DEADLINE_HOURS,
             "throttles": throttles_in_force(),
             "limits": proxy_limits_in_force(),

@@ -82,6 +82,7 @@ def test_security_page_states_the_limits_on_what_reaches_the_proxy(client, setti
     assert "at most 5 MiB decompressed per response" in html
     assert "A customer identifier is at most 255 characters, a property name 64" in html
     assert "At most 777 records wait in a server's memory" in html
+    assert "a re-pricing within 10 minutes of Redis being back" in html
 
 
 def test_security_page_quotes_the_committed_benchmark(client, tmp_path, monkeypatch):
