@@ -78,6 +78,18 @@ def redis_url(settings):
     return url
 
 
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of the test's own (tests.outage.RedisServer), to stop, freeze and start
+    again; the shared one is never touched."""
+    from tests.outage import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def fake_provider():
     """The fake OpenAI/Anthropic/Gemini server, with keys that pass Costr's format checks."""

@@ -23,7 +23,6 @@ from django.urls import reverse
 from apps.accounts.tests.factories import UserFactory
 from apps.keys import keycache, services
 from costr import throttle
-from tests.outage import RedisServer
 
 pytestmark = pytest.mark.django_db
 
@@ -37,14 +36,6 @@ def _address() -> str:
 
 def _email() -> str:
     return f"person-{random.getrandbits(48):x}@outage.test"
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -24,14 +24,6 @@ OUTAGE_SECONDS = 5.0
 
 
 @pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def this_process_only_publishes(monkeypatch):
     """This process revokes; the process under test is a child with a subscriber of its own."""
     monkeypatch.setattr(keycache, "_subscriber_started", True)
