@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "apps.usage",
     "apps.billing",
     "apps.reporting",
+    "apps.demo",
     "axes",
 ]
 

@@ -15,10 +15,11 @@ from django.test import Client
 from apps.accounts.models import Organization
 from apps.billing.models import StripeBalanceTransaction, StripeCustomer
 from apps.billing.selectors import revenue_by_customer
+from apps.demo.profiles import DEFAULT_SEED
+from apps.demo.traffic import demo_records, demo_traffic_write
 from apps.proxy.providers.anthropic import usage_from_anthropic_usage
 from apps.proxy.providers.google import usage_from_gemini_usage
 from apps.proxy.providers.openai import usage_from_openai_usage
-from apps.reporting import demo
 from apps.usage.models import Customer, DailyRollup, RefusalCount, UsageEvent
 
 END = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)  # a Wednesday afternoon
@@ -46,7 +47,7 @@ def records(**overrides):
         "end": END,
         **overrides,
     }
-    return list(demo.demo_records(**arguments))
+    return list(demo_records(**arguments))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def month():
 
 def test_the_same_seed_gives_the_same_records_and_another_seed_others(month):
     assert records() == month
-    other = records(seed=demo.DEFAULT_SEED + 1)
+    other = records(seed=DEFAULT_SEED + 1)
     assert [r["customer"] for r in other[:50]] != [r["customer"] for r in month[:50]]
 
 
@@ -147,7 +148,7 @@ def test_weekends_are_quiet_and_one_day_spikes(month):
 
 @pytest.mark.django_db
 def test_written_through_the_writer_every_metered_event_is_priced_and_rolled_up(org):
-    stored = demo.demo_traffic_write(
+    stored = demo_traffic_write(
         organization=org, days=10, customers=15, events=3_000, end=END, batch_size=1_000
     )
 
@@ -158,9 +159,7 @@ def test_written_through_the_writer_every_metered_event_is_priced_and_rolled_up(
     assert not with_tokens.filter(price_source="unpriced").exists()
     assert DailyRollup.objects.for_org(org).aggregate(n=Sum("requests"))["n"] == 3_000
     # Written again: the same request ids, nothing new.
-    assert (
-        demo.demo_traffic_write(organization=org, days=10, customers=15, events=3_000, end=END) == 0
-    )
+    assert demo_traffic_write(organization=org, days=10, customers=15, events=3_000, end=END) == 0
 
 
 def _run_demo(*args) -> str:

@@ -10,13 +10,13 @@ from django.urls import reverse
 
 from apps.billing import services, tasks
 from apps.billing.models import StripeConnection, SyncStatus
-from apps.reporting import demo
+from apps.demo.revenue import demo_revenue_create
 
 END = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)
 
 
 def _demo_connection(organization) -> StripeConnection:
-    demo.demo_revenue_create(organization=organization, end=END, days=30)
+    demo_revenue_create(organization=organization, end=END, days=30)
     return StripeConnection.objects.for_org(organization).get()
 
 

@@ -8,7 +8,16 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from apps.accounts.models import Organization
-from apps.reporting import demo
+from apps.demo.customers import demo_customer_names_apply
+from apps.demo.organization import (
+    DEMO_OWNER_EMAIL,
+    DEMO_SLUG,
+    demo_organization_create,
+    demo_organization_destroy,
+)
+from apps.demo.profiles import DEFAULT_SEED
+from apps.demo.revenue import demo_revenue_create
+from apps.demo.traffic import demo_refusals_record, demo_traffic_write
 
 
 class Command(BaseCommand):
@@ -25,25 +34,25 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=30)
         parser.add_argument("--customers", type=int, default=50)
         parser.add_argument("--events", type=int, default=40_000)
-        parser.add_argument("--seed", type=int, default=demo.DEFAULT_SEED)
+        parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
 
     @sensitive_variables("password")
     def handle(self, *args, reset, days, customers, events, seed, **options):
         if days < 1 or customers < 1 or events < 0:
             raise CommandError("--days and --customers must be at least 1, --events at least 0.")
-        existing = Organization.objects.filter(slug=demo.DEMO_SLUG).first()
+        existing = Organization.objects.filter(slug=DEMO_SLUG).first()
         if existing is not None:
             if not reset:
                 raise CommandError(
-                    f"An organization with the slug {demo.DEMO_SLUG!r} already exists. "
+                    f"An organization with the slug {DEMO_SLUG!r} already exists. "
                     "Run with --reset to delete it and create the demo again."
                 )
-            self.stdout.write(f"Deleting the existing {demo.DEMO_SLUG!r} organization…")
-            demo.demo_organization_destroy(organization=existing)
+            self.stdout.write(f"Deleting the existing {DEMO_SLUG!r} organization…")
+            demo_organization_destroy(organization=existing)
 
         password = secrets.token_urlsafe(12)
-        organization = demo.demo_organization_create(
-            slug=demo.DEMO_SLUG, email=demo.DEMO_OWNER_EMAIL, password=password
+        organization = demo_organization_create(
+            slug=DEMO_SLUG, email=DEMO_OWNER_EMAIL, password=password
         )
         end = timezone.now()
         started = time.monotonic()
@@ -51,7 +60,7 @@ class Command(BaseCommand):
         def progress(stored):
             self.stdout.write(f"  {stored:,} of {events:,} events written")
 
-        stored = demo.demo_traffic_write(
+        stored = demo_traffic_write(
             organization=organization,
             days=days,
             customers=customers,
@@ -60,13 +69,11 @@ class Command(BaseCommand):
             seed=seed,
             progress=progress,
         )
-        demo.demo_customer_names_apply(
+        demo_customer_names_apply(
             organization=organization, customers=customers, days=days, seed=seed
         )
-        revenue = demo.demo_revenue_create(organization=organization, end=end, days=days, seed=seed)
-        refused = demo.demo_refusals_record(
-            organization=organization, end=end, days=days, seed=seed
-        )
+        revenue = demo_revenue_create(organization=organization, end=end, days=days, seed=seed)
+        refused = demo_refusals_record(organization=organization, end=end, days=days, seed=seed)
         self.stdout.write(
             f"Created {organization.slug!r}: {stored:,} events over {days} days for {customers} "
             f"customers in {time.monotonic() - started:.1f} s, "
@@ -75,6 +82,6 @@ class Command(BaseCommand):
         )
         login = settings.COSTR_BASE_URL.rstrip("/") + reverse("login")
         self.stdout.write(f"Log in at {login}")
-        self.stdout.write(f"  e-mail:   {demo.DEMO_OWNER_EMAIL}")
+        self.stdout.write(f"  e-mail:   {DEMO_OWNER_EMAIL}")
         self.stdout.write(f"  password: {password}")
         self.stdout.write("The password is shown only now; --reset makes a new one.")
