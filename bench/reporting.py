@@ -5,7 +5,7 @@
 
 On the PostgreSQL server that DATABASE_URL names (its database part is ignored), the scratch
 database ``costr_bench_reporting`` is dropped, created and migrated. The demo traffic generator
-(``apps.reporting.demo``, the one behind ``manage.py costr_demo``) then writes the events through
+(``apps.demo.traffic``, the one behind ``manage.py costr_demo``) then writes the events through
 ``usage_events_write``, the writer real traffic goes through, so the daily rollups are what
 production would have; how long that takes is reported too (a writer throughput figure: pricing,
 COPY, rollup upserts, customers). ``--reuse`` keeps data already generated with the same sizes.
@@ -117,8 +117,10 @@ def _generate(events: int, customers: int, days: int, reuse: bool) -> dict:
 
     from apps.accounts.models import Organization, User
     from apps.accounts.services import organization_create
+    from apps.demo.customers import demo_customer_names_apply
+    from apps.demo.organization import demo_organization_destroy
+    from apps.demo.traffic import demo_records
     from apps.keys.services import proxy_token_create
-    from apps.reporting import demo
     from apps.usage.models import UsageEvent
     from apps.usage.services import usage_events_write
 
@@ -133,7 +135,7 @@ def _generate(events: int, customers: int, days: int, reuse: bool) -> dict:
         ):
             return {**saved, "reused": True}
     if organization is not None:
-        demo.demo_organization_destroy(organization=organization)
+        demo_organization_destroy(organization=organization)
     owner = User.objects.filter(email="bench@example.com").first() or User.objects.create_user(
         email="bench@example.com", password=None
     )
@@ -143,7 +145,7 @@ def _generate(events: int, customers: int, days: int, reuse: bool) -> dict:
     # The generator and the writer timed apart: the writer's share is the throughput figure.
     generating = writing = 0.0
     stored = 0
-    records = demo.demo_records(
+    records = demo_records(
         organization_id=organization.pk, days=days, customers=customers, events=events, end=end
     )
     while True:
@@ -156,7 +158,7 @@ def _generate(events: int, customers: int, days: int, reuse: bool) -> dict:
         stored += usage_events_write(batch)
         writing += time.perf_counter() - started
     seconds = generating + writing
-    demo.demo_customer_names_apply(organization=organization, customers=customers, days=days)
+    demo_customer_names_apply(organization=organization, customers=customers, days=days)
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
     proxy_token_create(organization=organization, name="bench", scopes=["read"], actor=None)
