@@ -10,10 +10,9 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from urllib.parse import parse_qs, urlencode
 
-from django.db.models import Q
 from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -26,7 +25,7 @@ from rest_framework.utils.urls import replace_query_param
 
 from apps.accounts.api import OrganizationAPIView, error_responses, org_parameter
 from apps.billing import selectors as billing
-from apps.reporting import selectors
+from apps.reporting import paging, selectors
 from apps.reporting.selectors import Totals
 from apps.reporting.serializers import (
     DEFAULT_DAYS,
@@ -40,7 +39,6 @@ from apps.reporting.serializers import (
 )
 from apps.usage.models import Customer
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 READ_ERRORS = (400, 401, 403, 404, 405, 503)
 
 
@@ -69,26 +67,17 @@ class _Cursor:
 
 
 class KeysetPagination(CursorPagination):
-    """DRF's cursor pagination (opaque ``cursor`` links in ``{"next", "previous", "results"}``),
-    with the position made of the whole ordering, e.g. (timestamp, id), instead of its first
-    field plus an offset: every row has a position of its own, so a walk meets each row exactly
-    once however many rows share a timestamp, and the database seeks to the position along its
-    index instead of counting past an offset. A malformed cursor is a 400."""
+    """DRF's cursor pagination (opaque ``cursor`` links in ``{"next", "previous", "results"}``)
+    over a keyset (``paging``): the position is made of the whole ordering, e.g. (timestamp,
+    id), instead of its first field plus an offset, so every row has a position of its own and
+    the database seeks to it along its index. A malformed cursor is a 400."""
 
     page_size = 100
     max_page_size = 500
     page_size_query_param = "page_size"
     cursor_query_description = "Opaque: the `next` or `previous` link of a page carries it."
     page_size_query_description = f"Results per page, 1 to {max_page_size} (default {page_size})."
-    # (field, ascending) pairs, the last one unique.
-    keyset: tuple[tuple[str, bool], ...] = ()
-
-    def position_of(self, row) -> list:
-        raise NotImplementedError
-
-    def parse_position(self, values: list) -> tuple:
-        """The position's values for filtering; raises ValueError or TypeError when malformed."""
-        raise NotImplementedError
+    keyset: paging.Keyset
 
     def get_page_size(self, request):
         value = request.query_params.get(self.page_size_query_param)
@@ -111,7 +100,7 @@ class KeysetPagination(CursorPagination):
         try:
             tokens = parse_qs(base64.b64decode(encoded.encode("ascii"), validate=True).decode())
             reverse = tokens.get("r", ["0"])[0] == "1"
-            position = self.parse_position(json.loads(tokens["p"][0]))
+            position = self.keyset.position_from(json.loads(tokens["p"][0]))
         except (
             KeyError,
             IndexError,
@@ -125,42 +114,24 @@ class KeysetPagination(CursorPagination):
         return _Cursor(reverse=reverse, position=position)
 
     def _encode(self, *, reverse: bool, row) -> str:
-        tokens = {"p": json.dumps(self.position_of(row), ensure_ascii=False)}
+        tokens = {"p": json.dumps(self.keyset.position_of(row), ensure_ascii=False)}
         if reverse:
             tokens["r"] = "1"
         encoded = base64.b64encode(urlencode(tokens).encode("ascii")).decode("ascii")
         return replace_query_param(self.base_url, self.cursor_query_param, encoded)
-
-    def _seek(self, queryset, position: tuple, *, forward: bool):
-        """Rows strictly after ``position`` in the walk's direction, as a keyset condition
-        (two fields: the first bounded inclusively, so an index range scan serves it)."""
-        (first, first_up), (second, second_up) = self.keyset
-        after_first = "gt" if first_up == forward else "lt"
-        after_second = "gt" if second_up == forward else "lt"
-        bound = "gte" if after_first == "gt" else "lte"
-        return queryset.filter(**{f"{first}__{bound}": position[0]}).filter(
-            Q(**{f"{first}__{after_first}": position[0]})
-            | Q(**{f"{second}__{after_second}": position[1]})
-        )
 
     def paginate_queryset(self, queryset, request, view=None):
         self.request = request
         self.page_size = self.get_page_size(request)
         self.base_url = request.build_absolute_uri()
         self.cursor = self.decode_cursor(request)
-        forward = self.cursor is None or not self.cursor.reverse
-        order = [("" if ascending == forward else "-") + name for name, ascending in self.keyset]
-        queryset = queryset.order_by(*order)
-        if self.cursor is not None:
-            queryset = self._seek(queryset, self.cursor.position, forward=forward)
-        rows = list(queryset[: self.page_size + 1])
-        more = len(rows) > self.page_size
-        self.page = rows[: self.page_size]
-        if forward:
-            self.has_next, self.has_previous = more, self.cursor is not None
-        else:
-            self.page.reverse()
-            self.has_next, self.has_previous = True, more
+        page = self.keyset.page(
+            queryset,
+            position=None if self.cursor is None else self.cursor.position,
+            forward=self.cursor is None or not self.cursor.reverse,
+            size=self.page_size,
+        )
+        self.page, self.has_next, self.has_previous = page.rows, page.has_next, page.has_previous
         return self.page
 
     def get_next_link(self):
@@ -177,35 +148,26 @@ class KeysetPagination(CursorPagination):
 class EventPagination(KeysetPagination):
     """Newest first; ties on the timestamp by id, newest first."""
 
-    keyset = (("timestamp", False), ("id", False))
-
-    def position_of(self, row) -> list:
-        delta = row.timestamp - EPOCH
-        return [(delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds, row.pk]
-
-    def parse_position(self, values: list) -> tuple:
-        micros, pk = values
-        if type(micros) is not int or type(pk) is not int:
-            raise TypeError("cursor position")
-        try:
-            return EPOCH + timedelta(microseconds=micros), pk
-        except OverflowError as error:
-            raise ValueError("cursor position") from error
+    keyset = paging.EVENTS
 
 
-class CustomerPagination(KeysetPagination):
-    """By external id (unique in an organization), then id."""
+class ByExternalId(paging.Keyset):
+    """Customers by external id (unique in an organization), then id."""
 
-    keyset = (("external_id", True), ("id", True))
+    fields = (("external_id", True), ("id", True))
 
     def position_of(self, row) -> list:
         return [row.external_id, row.pk]
 
-    def parse_position(self, values: list) -> tuple:
+    def position_from(self, values) -> tuple[str, int]:
         external_id, pk = values
         if not isinstance(external_id, str) or type(pk) is not int or "\x00" in external_id:
             raise TypeError("cursor position")
         return external_id, pk
+
+
+class CustomerPagination(KeysetPagination):
+    keyset = ByExternalId()
 
 
 def _page_serializer(name: str, item: serializers.Serializer):

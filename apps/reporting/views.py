@@ -9,12 +9,11 @@ here walks groups (customers, models, days), never events.
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.core.paginator import Paginator
-from django.db.models import Q
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views import View
@@ -24,7 +23,7 @@ from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import audit_event_record, client_ip
 from apps.billing import selectors as billing
 from apps.keys.proxy_urls import proxy_base_urls
-from apps.reporting import selectors
+from apps.reporting import paging, selectors
 from apps.reporting.forms import (
     CustomerListForm,
     EventFilterForm,
@@ -548,48 +547,27 @@ class PropertiesView(ReportPageMixin, TemplateView):
 
 # Events -------------------------------------------------------------------------------------
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-
-def cursor_encode(timestamp: datetime, pk: int) -> str:
-    """An event's place in the (timestamp, id) order, exact to the microsecond."""
-    delta = timestamp - EPOCH
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return f"{micros}.{pk}"
-
-
-def cursor_decode(value: str) -> tuple[datetime, int] | None:
-    micros, _, pk = value.partition(".")
+def _position(value: str):
+    """The position an ``after``/``before`` parameter names; None without one, or for one that
+    is malformed or tampered with (the page is then the newest, as without one)."""
+    if not value:
+        return None
     try:
-        return EPOCH + timedelta(microseconds=int(micros)), int(pk)
-    except (ValueError, OverflowError):
+        return paging.EVENTS.position_from_text(value)
+    except (ValueError, TypeError):
         return None
 
 
 def events_page(events, *, after: str = "", before: str = "", size: int = EVENTS_PER_PAGE):
-    """One page of ``events`` (ordered newest first), by keyset: ``after`` a cursor the page
-    holds the next older events, ``before`` one the next newer. The database seeks to the
-    cursor along the (organization, timestamp) index instead of counting past an OFFSET.
-    Returns (events, has_newer, has_older)."""
-    if before and (place := cursor_decode(before)):
-        timestamp, pk = place
-        rows = list(
-            events.filter(timestamp__gte=timestamp)
-            .filter(Q(timestamp__gt=timestamp) | Q(pk__gt=pk))
-            .order_by("timestamp", "id")[: size + 1]
-        )
-        has_newer = len(rows) > size
-        return list(reversed(rows[:size])), has_newer, True
-    if after and (place := cursor_decode(after)):
-        timestamp, pk = place
-        rows = list(
-            events.filter(timestamp__lte=timestamp).filter(
-                Q(timestamp__lt=timestamp) | Q(pk__lt=pk)
-            )[: size + 1]
-        )
-        return rows[:size], True, len(rows) > size
-    rows = list(events[: size + 1])
-    return rows[:size], False, len(rows) > size
+    """One page of ``events`` (newest first) by keyset (``paging``): ``after`` a position the
+    page holds the next older events, ``before`` one the next newer (``before`` wins when both
+    are given). Returns (events, has_newer, has_older)."""
+    if (position := _position(before)) is not None:
+        page = paging.EVENTS.page(events, position=position, forward=False, size=size)
+    else:
+        page = paging.EVENTS.page(events, position=_position(after), size=size)
+    return page.rows, page.has_previous, page.has_next
 
 
 class EventsView(OrganizationViewMixin, TemplateView):
@@ -616,8 +594,8 @@ class EventsView(OrganizationViewMixin, TemplateView):
             events=rows,
             has_newer=has_newer,
             has_older=has_older,
-            newer=cursor_encode(rows[0].timestamp, rows[0].pk) if rows else "",
-            older=cursor_encode(rows[-1].timestamp, rows[-1].pk) if rows else "",
+            newer=paging.EVENTS.position_text(rows[0]) if rows else "",
+            older=paging.EVENTS.position_text(rows[-1]) if rows else "",
             filter_query=query.urlencode(),
             filtered=bool(form.described()),
             can_export=self.membership.has_role(EventsExportView.required_role),
