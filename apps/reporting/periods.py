@@ -4,10 +4,14 @@ days, counted in the organization's time zone, each with the period it is compar
 A period is a half-open interval of aware datetimes [start, end). A period still running (today,
 this month, the last N days) ends now and is compared with the same stretch of time before it,
 so "today so far" is never set against a whole day.
+
+Reports read a period as whole UTC days (summed from daily rollups) and the partial days at its
+edges (summed from events): ``utc_days`` cuts it so, ``local_days_are_utc`` says whether a zone's
+days are UTC days (whether rollups can stand for its local days at all).
 """
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 PERIOD_CHOICES = [
@@ -117,3 +121,51 @@ def _running(
     return Period(
         start=begin, end=now, previous_start=previous_begin, previous_end=previous_end, zone=zone
     )
+
+
+@dataclass(frozen=True)
+class UtcDays:
+    """[start, end) as whole UTC days [first_day, end_day) and the partial days at its edges."""
+
+    first_day: date | None  # None: no whole day
+    end_day: date | None  # exclusive
+    edges: tuple[tuple[datetime, datetime], ...]
+
+
+def utc_days(start: datetime, end: datetime) -> UtcDays:
+    """[start, end) cut into the whole UTC days it holds and the instants before and after them
+    (none, one or two edges; the whole period is one edge when it holds no whole day)."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if start >= end:
+        return UtcDays(None, None, ())
+    first_whole = start.date() if start.time() == time.min else start.date() + timedelta(days=1)
+    end_whole = end.date()
+    if first_whole >= end_whole:
+        return UtcDays(None, None, ((start, end),))
+    edges = []
+    head_end = datetime.combine(first_whole, time.min, tzinfo=UTC)
+    if start < head_end:
+        edges.append((start, head_end))
+    tail_start = datetime.combine(end_whole, time.min, tzinfo=UTC)
+    if tail_start < end:
+        edges.append((tail_start, end))
+    return UtcDays(first_whole, end_whole, tuple(edges))
+
+
+def local_days_are_utc(zone: ZoneInfo, start: datetime, end: datetime) -> bool:
+    """Whether local days in ``zone`` are UTC days throughout the period (UTC itself, or a zone
+    at offset 0 with no daylight saving)."""
+    moments = (
+        start,
+        end,
+        datetime(start.year, 1, 1, tzinfo=UTC),
+        datetime(start.year, 7, 1, tzinfo=UTC),
+    )
+    return all(moment.astimezone(zone).utcoffset() == timedelta(0) for moment in moments)
+
+
+def periods_overlap(
+    current: tuple[datetime, datetime], previous: tuple[datetime, datetime]
+) -> bool:
+    """Whether two [start, end) periods share an instant (an empty ``previous`` shares none)."""
+    return current[0] < previous[1] and previous[0] < current[1] and previous[0] < previous[1]

@@ -3,8 +3,9 @@
 Long ranges read the daily rollups, never raw events: a period is cut into whole UTC days, summed
 from rollups, and the partial days at its edges (a period in another time zone, or one ending
 now), summed from events with the same definitions (``usage.rollups.rollup_aggregates``), so both
-halves agree to the cent. Which rollup: ``OrganizationDailyRollup`` (a few rows a day) for totals,
-days, models, providers and latency; ``DailyRollup`` (a row per customer and model a day) only for
+halves agree to the cent. ``rollup_reads`` holds that recipe; the selectors here say which rollup
+and which grouping. Which rollup: ``OrganizationDailyRollup`` (a few rows a day) for totals, days,
+models, providers and latency; ``DailyRollup`` (a row per customer and model a day) only for
 customer breakdowns; ``PropertyDailyRollup`` for properties. Only days counted in a time zone
 other than UTC read events over the whole period.
 
@@ -14,16 +15,27 @@ rank falls in: approximate to that bucket's width (the dashboards say "≈").
 """
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from django.db.models import BooleanField, Case, Max, Q, QuerySet, Sum, Value, When
+from django.db.models import Max, QuerySet
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
-from django.db.models.functions import Coalesce, TruncDate, TruncMonth
+from django.db.models.functions import TruncMonth
 
 from apps.accounts.models import Organization
+from apps.reporting.periods import periods_overlap
+from apps.reporting.rollup_reads import (
+    COUNTERS,
+    LATENCY,
+    compared_cut,
+    edge_rows,
+    period_cut,
+    rollup_rows,
+    rollups_plus_edges,
+)
 from apps.usage.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_BUCKETS,
@@ -37,7 +49,6 @@ from apps.usage.models import (
     UsageEvent,
 )
 from apps.usage.pricing import COST_PLACES
-from apps.usage.rollups import latency_histogram_aggregates, rollup_aggregates
 
 GROUPS = ("customer", "model", "provider")
 # The event field each rollup key stands for.
@@ -85,42 +96,12 @@ class Totals:
         return self
 
 
-SUMMED = [f.name for f in fields(Totals)]
-
-
 def sum_totals(parts) -> Totals:
     """Totals added up (e.g. a period's per-model totals: every request is in one of them)."""
     total = Totals()
     for part in parts:
         total.add(part)
     return total
-
-
-@dataclass(frozen=True)
-class _Pieces:
-    """[start, end) as whole UTC days (rollups) and the partial days at its edges (events)."""
-
-    first_day: date | None
-    end_day: date | None  # exclusive
-    edges: tuple[tuple[datetime, datetime], ...]
-
-
-def _pieces(start: datetime, end: datetime) -> _Pieces:
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    if start >= end:
-        return _Pieces(None, None, ())
-    first_whole = start.date() if start.time() == time.min else start.date() + timedelta(days=1)
-    end_whole = end.date()
-    if first_whole >= end_whole:
-        return _Pieces(None, None, ((start, end),))
-    edges = []
-    head_end = datetime.combine(first_whole, time.min, tzinfo=UTC)
-    if start < head_end:
-        edges.append((start, head_end))
-    tail_start = datetime.combine(end_whole, time.min, tzinfo=UTC)
-    if tail_start < end:
-        edges.append((tail_start, end))
-    return _Pieces(first_whole, end_whole, tuple(edges))
 
 
 def _events(organization: Organization) -> QuerySet[UsageEvent]:
@@ -141,30 +122,37 @@ def _property_rollups(organization: Organization) -> QuerySet[PropertyDailyRollu
     return PropertyDailyRollup.objects.for_org(organization)
 
 
-def _edge_filter(edges) -> Q:
-    condition = Q(pk__in=[])
-    for edge_start, edge_end in edges:
-        condition |= Q(timestamp__gte=edge_start, timestamp__lt=edge_end)
-    return condition
-
-
 def usage_totals(*, organization: Organization, start: datetime, end: datetime) -> Totals:
     """Every request of the organization in [start, end), summed."""
-    pieces = _pieces(start, end)
-    totals = Totals()
-    if pieces.first_day is not None:
-        totals.add(
-            _org_rollups(organization)
-            .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
-            .aggregate(**_rollup_sums())
+    return sum_totals(
+        rollups_plus_edges(
+            rollups=_org_rollups(organization),
+            events=_events(organization),
+            cut=period_cut(start, end),
         )
-    if pieces.edges:
-        totals.add(
-            _events(organization)
-            .filter(_edge_filter(pieces.edges))
-            .aggregate(**rollup_aggregates())
-        )
-    return totals
+    )
+
+
+def _by_period(rows: Iterable[dict], key: str) -> tuple[dict[str, Totals], dict[str, Totals]]:
+    """Rows summed per ``key`` ("" for none), for the current period and the previous one (a
+    row without ``is_current`` is the current period's)."""
+    found: dict[bool, dict[str, Totals]] = {True: defaultdict(Totals), False: defaultdict(Totals)}
+    for row in rows:
+        found[row.get("is_current", True)][row[key] or ""].add(row)
+    return dict(found[True]), dict(found[False])
+
+
+def _usage_by_rows(organization: Organization, cut, group_by: str) -> list[dict]:
+    if group_by not in GROUPS:
+        raise ValueError(f"cannot group usage by {group_by!r}")
+    return rollups_plus_edges(
+        # Only a read by customer needs the rollup with a row per customer.
+        rollups=(_rollups if group_by == "customer" else _org_rollups)(organization),
+        events=_events(organization),
+        cut=cut,
+        group_by=[group_by],
+        event_fields=EVENT_KEYS,
+    )
 
 
 def usage_by(
@@ -175,33 +163,8 @@ def usage_by(
     group_by: str,
 ) -> dict[str, Totals]:
     """Totals per customer (external id, "" for none), model or provider, in [start, end)."""
-    if group_by not in GROUPS:
-        raise ValueError(f"cannot group usage by {group_by!r}")
-    pieces = _pieces(start, end)
-    found: dict[str, Totals] = defaultdict(Totals)
-    if pieces.first_day is not None:
-        rollups = _rollups if group_by == "customer" else _org_rollups
-        rows = (
-            rollups(organization)
-            .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
-            .values(group_by)
-            .annotate(**_rollup_sums())
-            .order_by()
-        )
-        for row in rows:
-            found[row[group_by]].add(row)
-    if pieces.edges:
-        key = EVENT_KEYS[group_by]
-        rows = (
-            _events(organization)
-            .filter(_edge_filter(pieces.edges))
-            .values(key)
-            .annotate(**rollup_aggregates())
-            .order_by()
-        )
-        for row in rows:
-            found[row[key] or ""].add(row)
-    return dict(found)
+    rows = _usage_by_rows(organization, period_cut(start, end), group_by)
+    return _by_period(rows, group_by)[0]
 
 
 def usage_by_compared(
@@ -215,38 +178,13 @@ def usage_by_compared(
     both periods' whole days, the events of both periods' edges), each grouped by period."""
     if group_by not in GROUPS:
         raise ValueError(f"cannot group usage by {group_by!r}")
-    if _overlap(current, previous):
+    if periods_overlap(current, previous):
         return tuple(
             usage_by(organization=organization, start=start, end=end, group_by=group_by)
             for start, end in (current, previous)
         )
-    compared = _compared(current, previous)
-    found: tuple[dict, dict] = (defaultdict(Totals), defaultdict(Totals))  # (before, now)
-    if compared.days is not None:
-        rollups = _rollups if group_by == "customer" else _org_rollups
-        rows = (
-            rollups(organization)
-            .filter(compared.days)
-            .annotate(is_current=compared.day_is_current)
-            .values("is_current", group_by)
-            .annotate(**_rollup_sums())
-            .order_by()
-        )
-        for row in rows:
-            found[row["is_current"]][row[group_by]].add(row)
-    if compared.edges is not None:
-        key = EVENT_KEYS[group_by]
-        rows = (
-            _events(organization)
-            .filter(compared.edges)
-            .annotate(is_current=compared.edge_is_current)
-            .values("is_current", key)
-            .annotate(**rollup_aggregates())
-            .order_by()
-        )
-        for row in rows:
-            found[row["is_current"]][row[key] or ""].add(row)
-    return dict(found[True]), dict(found[False])
+    rows = _usage_by_rows(organization, compared_cut(current, previous), group_by)
+    return _by_period(rows, group_by)
 
 
 def usage_by_day(
@@ -261,56 +199,16 @@ def usage_by_day(
     rollups answer; in another zone a local day straddles two UTC days, so events do."""
     if split_by is not None and split_by not in ("model", "provider"):
         raise ValueError(f"cannot split days by {split_by!r}")
-    found: dict[tuple[date, str], Totals] = defaultdict(Totals)
-    if _is_utc(zone, start, end):
-        pieces = _pieces(start, end)
-        if pieces.first_day is not None:
-            rows = (
-                _org_rollups(organization)
-                .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
-                .values("day", *([split_by] if split_by else []))
-                .annotate(**_rollup_sums())
-                .order_by()
-            )
-            for row in rows:
-                found[(row["day"], row[split_by] if split_by else "")].add(row)
-        edges, day_zone = pieces.edges, UTC
-    else:
-        edges, day_zone = ((start, end),), zone
-    if edges:
-        rows = (
-            _events(organization)
-            .filter(_edge_filter(edges))
-            .annotate(local_day=TruncDate("timestamp", tzinfo=day_zone))
-            .values("local_day", *([split_by] if split_by else []))
-            .annotate(**rollup_aggregates())
-            .order_by()
-        )
-        for row in rows:
-            found[(row["local_day"], row[split_by] if split_by else "")].add(row)
-    return dict(found)
-
-
-def _is_utc(zone: ZoneInfo, start: datetime, end: datetime) -> bool:
-    """Whether local days in ``zone`` are UTC days throughout the period (UTC itself, or a zone
-    at offset 0 with no daylight saving)."""
-    moments = (
-        start,
-        end,
-        datetime(start.year, 1, 1, tzinfo=UTC),
-        datetime(start.year, 7, 1, tzinfo=UTC),
+    rows = rollups_plus_edges(
+        rollups=_org_rollups(organization),
+        events=_events(organization),
+        cut=period_cut(start, end, zone=zone),
+        group_by=["day", *([split_by] if split_by else [])],
     )
-    return all(moment.astimezone(zone).utcoffset() == timedelta(0) for moment in moments)
-
-
-def _rollup_sums() -> dict:
-    cost = DailyRollup._meta.get_field("cost_usd")
-    return {
-        name: Coalesce(Sum(name), Decimal(0), output_field=cost)
-        if name == "cost_usd"
-        else Coalesce(Sum(name), 0)
-        for name in SUMMED
-    }
+    found: dict[tuple[date, str], Totals] = defaultdict(Totals)
+    for row in rows:
+        found[(row["day"], row[split_by] if split_by else "")].add(row)
+    return dict(found)
 
 
 def latency_percentiles(
@@ -319,32 +217,24 @@ def latency_percentiles(
     """Latency (ms) at each percentile over the period's requests: the nearest rank's bucket in
     the latency histogram, interpolated inside it (approximate to the bucket's width; see the
     module's docstring). None for a period without requests."""
-    pieces = _pieces(start, end)
-    counts = [0] * len(LATENCY_BUCKETS)
-    if pieces.first_day is not None:
-        _histogram_add(
-            counts,
-            _org_rollups(organization)
-            .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
-            .aggregate(**_histogram_sums()),
-        )
-    if pieces.edges:
-        _histogram_add(
-            counts,
-            _events(organization)
-            .filter(_edge_filter(pieces.edges))
-            .aggregate(**latency_histogram_aggregates()),
-        )
+    counts = _latency_counts(organization, period_cut(start, end))[True]
     return {p: percentile_from_histogram(counts, p) for p in percentiles}
 
 
-def _histogram_sums() -> dict:
-    return {name: Coalesce(Sum(name), 0) for name in LATENCY_BUCKETS}
-
-
-def _histogram_add(counts: list[int], row: dict) -> None:
-    for index, name in enumerate(LATENCY_BUCKETS):
-        counts[index] += row[name] or 0
+def _latency_counts(organization: Organization, cut) -> dict[bool, list[int]]:
+    """Requests per latency bucket, for the current period and the previous one."""
+    counts = {True: [0] * len(LATENCY_BUCKETS), False: [0] * len(LATENCY_BUCKETS)}
+    rows = rollups_plus_edges(
+        rollups=_org_rollups(organization),
+        events=_events(organization),
+        cut=cut,
+        measures=LATENCY,
+    )
+    for row in rows:
+        found = counts[row.get("is_current", True)]
+        for index, name in enumerate(LATENCY_BUCKETS):
+            found[index] += row[name] or 0
+    return counts
 
 
 def percentile_from_histogram(counts: list[int], percentile: float) -> int | None:
@@ -368,20 +258,20 @@ def percentile_from_histogram(counts: list[int], percentile: float) -> int | Non
 def property_names(*, organization: Organization, start: datetime, end: datetime) -> list[str]:
     """The property names the period's requests carried (as rolled up: a name over
     ``PROPERTY_NAME_MAX_LENGTH`` characters, or one only ever null, is missed on whole days)."""
-    pieces = _pieces(start, end)
+    cut = period_cut(start, end)
     names: set[str] = set()
-    if pieces.first_day is not None:
+    if cut.days is not None:
         names.update(
             _property_rollups(organization)
-            .filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
+            .filter(cut.days)
             .values_list("name", flat=True)
             .distinct()
             .order_by()
         )
-    if pieces.edges:
+    if cut.edges is not None:
         rows = (
             _events(organization)
-            .filter(_edge_filter(pieces.edges))
+            .filter(cut.edges)
             .exclude(properties={})
             .values_list("properties", flat=True)
             .distinct()
@@ -497,34 +387,20 @@ def customer_usage_by(
     the (organization, customer, timestamp) index narrows to this customer's."""
     if group_by not in CUSTOMER_GROUPS:
         raise ValueError(f"cannot group a customer's usage by {group_by!r}")
-    by_day = group_by == "day"
-    zone = zone or ZoneInfo("UTC")
     rollups = _rollups(organization).filter(customer=customer)
     if customer:
         events = _events(organization).filter(customer__external_id=customer)
     else:
         events = _events(organization).filter(customer__isnull=True)
+    rows = rollups_plus_edges(
+        rollups=rollups,
+        events=events,
+        cut=period_cut(start, end, zone=(zone or UTC) if group_by == "day" else None),
+        group_by=[group_by],
+    )
     found: dict = defaultdict(Totals)
-    if not by_day or _is_utc(zone, start, end):
-        pieces = _pieces(start, end)
-        if pieces.first_day is not None:
-            rows = (
-                rollups.filter(day__gte=pieces.first_day, day__lt=pieces.end_day)
-                .values(group_by)
-                .annotate(**_rollup_sums())
-                .order_by()
-            )
-            for row in rows:
-                found[row[group_by]].add(row)
-        edges, day_zone = pieces.edges, UTC
-    else:
-        edges, day_zone = ((start, end),), zone
-    if edges:
-        events = events.filter(_edge_filter(edges))
-        if by_day:
-            events = events.annotate(day=TruncDate("timestamp", tzinfo=day_zone))
-        for row in events.values(group_by).annotate(**rollup_aggregates()).order_by():
-            found[row[group_by]].add(row)
+    for row in rows:
+        found[row[group_by]].add(row)
     return dict(found)
 
 
@@ -542,7 +418,7 @@ def customer_usage_by_month(
         .filter(customer=customer, day__gte=first, day__lt=after_last)
         .annotate(month=TruncMonth("day"))
         .values("month")
-        .annotate(**_rollup_sums())
+        .annotate(**COUNTERS.rollups())
         .order_by()
     )
     found: dict[date, Totals] = defaultdict(Totals)
@@ -570,58 +446,6 @@ def property_names_recent(
     return sorted(names)
 
 
-def _overlap(current: tuple[datetime, datetime], previous: tuple[datetime, datetime]) -> bool:
-    return current[0] < previous[1] and previous[0] < current[1] and previous[0] < previous[1]
-
-
-@dataclass(frozen=True)
-class _Compared:
-    """Two periods cut into whole days and edges, with conditions selecting each one's rollup
-    rows and edge events and an expression telling which period a row belongs to."""
-
-    days: Q | None  # rollup rows of either period's whole days; None: no whole day
-    day_is_current: Case
-    edges: Q | None  # events of either period's edges; None: no edge
-    edge_is_current: Case
-
-
-def _compared(current: tuple[datetime, datetime], previous: tuple[datetime, datetime]):
-    now, before = _pieces(*current), _pieces(*previous)
-
-    def days(pieces: _Pieces) -> Q | None:
-        if pieces.first_day is None:
-            return None
-        return Q(day__gte=pieces.first_day, day__lt=pieces.end_day)
-
-    def which(condition: Q | None) -> Case:
-        return Case(
-            When(condition or Q(pk__in=[]), then=Value(True)),
-            default=Value(False),
-            output_field=BooleanField(),
-        )
-
-    days_now, days_before = days(now), days(before)
-    day_parts = [q for q in (days_now, days_before) if q is not None]
-    edges_now = _edge_filter(now.edges) if now.edges else None
-    edges_before = _edge_filter(before.edges) if before.edges else None
-    edge_parts = [q for q in (edges_now, edges_before) if q is not None]
-    return _Compared(
-        days=_either(day_parts),
-        day_is_current=which(days_now),
-        edges=_either(edge_parts),
-        edge_is_current=which(edges_now),
-    )
-
-
-def _either(conditions: list[Q]) -> Q | None:
-    if not conditions:
-        return None
-    found = conditions[0]
-    for condition in conditions[1:]:
-        found |= condition
-    return found
-
-
 def usage_by_property_compared(
     *,
     organization: Organization,
@@ -632,53 +456,31 @@ def usage_by_property_compared(
     """``usage_by_property`` for a period and the one it is compared with, both in three reads:
     the property rollups of both periods' whole days, the totals of those days (for the requests
     without the property), and the events at both periods' edges."""
-    if len(name) > PROPERTY_NAME_MAX_LENGTH or _overlap(current, previous):
+    if len(name) > PROPERTY_NAME_MAX_LENGTH or periods_overlap(current, previous):
         return (
             _usage_by_property_from_events(organization, current, name),
             _usage_by_property_from_events(organization, previous, name),
         )
-    compared = _compared(current, previous)
+    cut = compared_cut(current, previous)
     found: tuple[dict, dict] = (defaultdict(Totals), defaultdict(Totals))  # (before, now)
-    if compared.days is not None:
-        totals = (
-            _org_rollups(organization)
-            .filter(compared.days)
-            .annotate(is_current=compared.day_is_current)
-            .values("is_current")
-            .annotate(**_rollup_sums())
-            .order_by()
-        )
-        without = {row["is_current"]: Totals().add(row) for row in totals}
-        rows = (
-            _property_rollups(organization)
-            .filter(compared.days, name=name)
-            .annotate(is_current=compared.day_is_current)
-            .values("is_current", "value")
-            .annotate(**_rollup_sums())
-            .order_by()
-        )
-        for row in rows:
-            part = Totals().add(row)
-            without.setdefault(row["is_current"], Totals()).subtract(part)
-            found[row["is_current"]][row["value"]].add(part)
-        for is_current, rest in without.items():
-            if rest.requests:
-                found[is_current][""].add(rest)
-    if compared.edges is not None:
-        rows = (
-            _events(organization)
-            .filter(compared.edges)
-            .annotate(
-                is_current=compared.edge_is_current,
-                property_value=KeyTextTransform(name, "properties"),
-            )
-            .values("is_current", "property_value")
-            .annotate(**rollup_aggregates())
-            .order_by()
-        )
-        for row in rows:
-            value = (row["property_value"] or "")[:PROPERTY_VALUE_MAX_LENGTH]
-            found[row["is_current"]][value].add(row)
+    # Whole days: each value's rollup, and the requests without one as the totals' remainder.
+    without = {
+        row["is_current"]: Totals().add(row) for row in rollup_rows(_org_rollups(organization), cut)
+    }
+    rows = rollup_rows(_property_rollups(organization).filter(name=name), cut, group_by=["value"])
+    for row in rows:
+        part = Totals().add(row)
+        without.setdefault(row["is_current"], Totals()).subtract(part)
+        found[row["is_current"]][row["value"]].add(part)
+    for is_current, rest in without.items():
+        if rest.requests:
+            found[is_current][""].add(rest)
+    # Edges: the name as one JSON key, a value longer than the rollups keep cut as they cut it.
+    value = KeyTextTransform(name, "properties")
+    for row in edge_rows(
+        _events(organization), cut, group_by=["value"], event_fields={"value": value}
+    ):
+        found[row["is_current"]][(row["value"] or "")[:PROPERTY_VALUE_MAX_LENGTH]].add(row)
     return dict(found[True]), dict(found[False])
 
 
@@ -693,7 +495,7 @@ def _usage_by_property_from_events(
         # The name as one JSON key, whatever it contains (a "__" is not a nested lookup here).
         .annotate(property_value=KeyTextTransform(name, "properties"))
         .values("property_value")
-        .annotate(**rollup_aggregates())
+        .annotate(**COUNTERS.events())
         .order_by()
     )
     for row in rows:
@@ -710,45 +512,14 @@ def latency_percentiles_compared(
 ) -> tuple[dict[int, int | None], dict[int, int | None]]:
     """``latency_percentiles`` for a period and the one it is compared with, in two reads: the
     histograms of both periods' whole days grouped by period, and the edges' events likewise."""
-    if _overlap(current, previous):
-        return (
+    if periods_overlap(current, previous):
+        return tuple(
             latency_percentiles(
-                organization=organization,
-                start=current[0],
-                end=current[1],
-                percentiles=percentiles,
-            ),
-            latency_percentiles(
-                organization=organization,
-                start=previous[0],
-                end=previous[1],
-                percentiles=percentiles,
-            ),
+                organization=organization, start=start, end=end, percentiles=percentiles
+            )
+            for start, end in (current, previous)
         )
-    compared = _compared(current, previous)
-    counts = {True: [0] * len(LATENCY_BUCKETS), False: [0] * len(LATENCY_BUCKETS)}
-    if compared.days is not None:
-        rows = (
-            _org_rollups(organization)
-            .filter(compared.days)
-            .annotate(is_current=compared.day_is_current)
-            .values("is_current")
-            .annotate(**_histogram_sums())
-            .order_by()
-        )
-        for row in rows:
-            _histogram_add(counts[row["is_current"]], row)
-    if compared.edges is not None:
-        rows = (
-            _events(organization)
-            .filter(compared.edges)
-            .annotate(is_current=compared.edge_is_current)
-            .values("is_current")
-            .annotate(**latency_histogram_aggregates())
-            .order_by()
-        )
-        for row in rows:
-            _histogram_add(counts[row["is_current"]], row)
+    counts = _latency_counts(organization, compared_cut(current, previous))
     return (
         {p: percentile_from_histogram(counts[True], p) for p in percentiles},
         {p: percentile_from_histogram(counts[False], p) for p in percentiles},

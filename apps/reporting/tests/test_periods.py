@@ -3,7 +3,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from apps.reporting.periods import PeriodError, resolve_period
+from apps.reporting.periods import (
+    PeriodError,
+    UtcDays,
+    local_days_are_utc,
+    periods_overlap,
+    resolve_period,
+    utc_days,
+)
 
 LA = ZoneInfo("America/Los_Angeles")
 # 2026-11-23 06:30 UTC is still the 22nd, 22:30, in Los Angeles (UTC-8).
@@ -95,3 +102,49 @@ def test_impossible_custom_periods_say_why(start, end, message):
 def test_an_unknown_period_is_refused():
     with pytest.raises(PeriodError):
         resolve_period("fortnight", zone=ZoneInfo("UTC"), now=NOW)
+
+
+# Cutting a period for the rollups -------------------------------------------------------------
+
+
+def test_a_period_is_cut_into_whole_utc_days_and_its_edges():
+    start, end = datetime(2026, 11, 1, 12, tzinfo=UTC), datetime(2026, 11, 4, 6, tzinfo=UTC)
+
+    days = utc_days(start, end)
+
+    assert (days.first_day, days.end_day) == (date(2026, 11, 2), date(2026, 11, 4))
+    assert days.edges == (
+        (start, datetime(2026, 11, 2, tzinfo=UTC)),
+        (datetime(2026, 11, 4, tzinfo=UTC), end),
+    )
+
+
+def test_whole_days_have_no_edges_and_a_short_period_is_one_edge():
+    midnight = datetime(2026, 11, 1, tzinfo=UTC)
+    in_paris = datetime(2026, 11, 1, 13, tzinfo=ZoneInfo("Europe/Paris"))
+
+    assert utc_days(midnight, midnight.replace(day=3)) == UtcDays(
+        date(2026, 11, 1), date(2026, 11, 3), ()
+    )
+    assert utc_days(in_paris, in_paris.replace(hour=20)) == UtcDays(
+        None, None, ((in_paris.astimezone(UTC), in_paris.replace(hour=20).astimezone(UTC)),)
+    )
+    assert utc_days(midnight, midnight) == UtcDays(None, None, ())
+
+
+def test_local_days_are_utc_days_only_at_offset_zero_all_year():
+    start, end = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+
+    assert local_days_are_utc(ZoneInfo("UTC"), start, end)
+    assert local_days_are_utc(ZoneInfo("Africa/Abidjan"), start, end)
+    # At offset 0 in November, but not in summer.
+    assert not local_days_are_utc(ZoneInfo("Europe/London"), start, end)
+    assert not local_days_are_utc(LA, start, end)
+
+
+def test_periods_overlap_when_they_share_an_instant():
+    a, b, c = (datetime(2026, 11, day, tzinfo=UTC) for day in (1, 2, 3))
+
+    assert periods_overlap((b, c), (a, c))
+    assert not periods_overlap((b, c), (a, b))  # [a, b) ends where [b, c) starts
+    assert not periods_overlap((a, c), (b, b))  # an empty period shares nothing
