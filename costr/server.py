@@ -28,28 +28,45 @@ from apps.proxy.limits import MAX_HEAD_BYTES, error_for_path
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+# uvicorn's methods, called directly from the overrides that run per request (no super object
+# made each time).
+_Parent = httptools_impl.HttpToolsProtocol
+_data_received = _Parent.data_received
+_on_message_begin = _Parent.on_message_begin
+_on_headers_complete = _Parent.on_headers_complete
+_on_message_complete = _Parent.on_message_complete
+
+
+class HttpToolsProtocol(_Parent):
     """uvicorn's httptools protocol with a bound on the head's size and on its read time."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._head_complete = False
         self._head_bytes = 0
+        # When the head being read began (loop time), None between requests; one timer per
+        # connection checks it (see _check_head_time), none is armed or cancelled per request.
+        self._head_started: float | None = None
         self._head_timer = None
         self.url = b""
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._start_head_timer()
+        self._head_started = self.loop.time()
+        self._arm_head_timer(self._head_started + settings.COSTR_PROXY_HEADER_READ_TIMEOUT)
 
     def connection_lost(self, exc) -> None:
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._head_complete:
-            self._head_bytes += len(data)
-        super().data_received(data)
+        if self._head_complete:
+            _data_received(self, data)
+            return
+        self._head_bytes += len(data)
+        _data_received(self, data)
         # Counted before parsing, so the bytes of a chunk that completed the head (and began
         # the body) are no concern: the head is only judged while it is still incomplete, and
         # then everything counted was head.
@@ -63,46 +80,52 @@ class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
             )
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._start_head_timer()
+        _on_message_begin(self)
+        if self._head_started is None:  # a new request's head (the first one's began earlier)
+            self._head_started = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._head_complete = True
-        self._cancel_head_timer()
-        super().on_headers_complete()
+        self._head_started = None
+        _on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        _on_message_complete(self)
         # Whatever arrives next is the next request's head.
         self._head_complete = False
         self._head_bytes = 0
 
-    def _start_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(
-                settings.COSTR_PROXY_HEADER_READ_TIMEOUT, self._head_timed_out
-            )
+    def _arm_head_timer(self, when: float) -> None:
+        self._head_timer = self.loop.call_at(when, self._check_head_time)
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
+    def _check_head_time(self) -> None:
+        """The connection's one head timer: a head begun more than
+        ``COSTR_PROXY_HEADER_READ_TIMEOUT`` ago and still incomplete is refused (408), one
+        begun later is checked again at its deadline, and between requests the timer checks
+        again a timeout later (an idle keep-alive connection is the server's to close)."""
         self._head_timer = None
-        if self._head_complete or self.transport.is_closing():
+        if self.transport.is_closing():
             return
+        timeout = settings.COSTR_PROXY_HEADER_READ_TIMEOUT
+        started = self._head_started
+        now = self.loop.time()
+        if started is None or self._head_complete:
+            self._arm_head_timer(now + timeout)
+        elif now - started < timeout:
+            self._arm_head_timer(started + timeout)
+        else:
+            self._head_timed_out(timeout)
+
+    def _head_timed_out(self, timeout: float) -> None:
         if not self._head_bytes:
             # A connection that never sent a byte has nothing to be answered.
             self.transport.close()
             return
-        timeout = settings.COSTR_PROXY_HEADER_READ_TIMEOUT
         self._refuse(
             408, "header_read_timeout", f"The request head did not arrive within {timeout:g} s."
         )
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        self._cancel_head_timer()
         body = error_for_path(self.url, status, code, message)
         head = [
             b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),

@@ -27,12 +27,14 @@ from apps.proxy.limits import (
     HOP_BY_HOP,
     MAX_HEAD_BYTES,
     Attribution,
+    ReadDeadlines,
+    ReadTimedOut,
     Refusal,
     check_method,
     clean_request_info,
     clean_usage,
     climbs_above_prefix,
-    connection_options,
+    connection_tokens,
     head_size,
     response_headers_to_relay,
 )
@@ -362,15 +364,23 @@ def _count_refusal(request: ProxiedRequest, refusal: Refusal) -> None:
 
 def _request_headers(request: ProxiedRequest, headers) -> list[tuple[bytes, bytes]]:
     """Headers to forward: all but hop-by-hop ones (the fixed list and those the client's
-    ``Connection:`` names), Host and Costr's own, which are read here."""
-    dropped = HOP_BY_HOP | connection_options(headers)
+    ``Connection:`` names), Host and Costr's own, which are read here. One pass; a second one
+    only when a ``Connection:`` header names others."""
     forwarded = []
+    named: set[bytes] | None = None
     for name, value in headers:
         lowered = name.lower()
         if lowered.startswith(b"x-costr-"):
             request.attribution.read(lowered, value)
-        elif lowered not in dropped and lowered != b"host":
+        elif lowered in HOP_BY_HOP:
+            if lowered == b"connection":
+                named = (
+                    connection_tokens(value) if named is None else named | connection_tokens(value)
+                )
+        elif lowered != b"host":
             forwarded.append((name, value))
+    if named:
+        forwarded = [(name, value) for name, value in forwarded if name.lower() not in named]
     return forwarded
 
 
@@ -385,11 +395,12 @@ async def _read_body(request: ProxiedRequest, headers, receive):
     if declared is not None and declared > limit:
         raise Refusal(413, "body_too_large", f"Request bodies are limited to {limit} bytes.")
     inspect_limit = settings.COSTR_PROXY_INSPECT_BYTES
+    deadlines, timeout = _body_deadlines(), settings.COSTR_PROXY_BODY_READ_TIMEOUT
     parts: list[bytes] = []
     size = 0
     more = True
     while more and size <= inspect_limit:
-        message = await _receive_body(receive)
+        message = await _receive_body(receive, deadlines, timeout)
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -411,7 +422,7 @@ async def _read_body(request: ProxiedRequest, headers, receive):
         for part in parts:
             yield part
         while True:
-            message = await _receive_body(receive)
+            message = await _receive_body(receive, deadlines, timeout)
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")
@@ -428,18 +439,30 @@ async def _read_body(request: ProxiedRequest, headers, receive):
     return rest_of_body(), None, state
 
 
-async def _receive_body(receive):
+async def _receive_body(receive, deadlines: ReadDeadlines, timeout: float):
     """The next message of the request body, or 408 when the client takes longer than
-    ``COSTR_PROXY_BODY_READ_TIMEOUT`` to send it: a slow client cannot hold a worker's
-    connection (and a half-sent upstream request) open for ever."""
-    timeout = settings.COSTR_PROXY_BODY_READ_TIMEOUT
+    ``COSTR_PROXY_BODY_READ_TIMEOUT`` (``timeout``) to send it: a slow client cannot hold a
+    worker's connection (and a half-sent upstream request) open for ever."""
     try:
-        async with asyncio.timeout(timeout):
-            return await receive()
-    except TimeoutError:
+        return await deadlines.wait(receive(), timeout)
+    except ReadTimedOut:
         raise Refusal(
             408, "body_read_timeout", f"The request body did not arrive within {timeout:g} s."
         ) from None
+
+
+def _body_deadlines() -> ReadDeadlines:
+    """The body reads' deadlines of the running loop (made once per loop)."""
+    global _read_deadlines
+    deadlines = _read_deadlines
+    loop = asyncio.get_running_loop()
+    if deadlines is None or deadlines.loop is not loop:
+        deadlines = _read_deadlines = ReadDeadlines(loop)
+    return deadlines
+
+
+# The body reads' deadlines, for the loop this process serves on (a worker has one).
+_read_deadlines: ReadDeadlines | None = None
 
 
 def _content_length(headers) -> int | None:

@@ -301,12 +301,12 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_drain_waiter",
-        "_fileno",
         "_head_bytes",
         "_head_received",
         "_interim",
         "_is_head",
         "_paused",
+        "_poller",
         "_write_paused",
         "closed",
         "idle_since",
@@ -332,7 +332,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
-        self._fileno = -1
+        self._poller: select.poll | None = None
         # The current response head's size: as parsed (header lines), and as received in reads
         # that ended inside it (which also sees a line llhttp is still holding unfinished).
         self._head_bytes = 0
@@ -344,7 +344,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            self._fileno = sock.fileno()
+            # Registered once: a reuse then costs one poll(2), not a poller built per request.
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
             with contextlib.suppress(OSError):  # not a TCP socket
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -491,12 +493,10 @@ class _Connection(asyncio.Protocol):
         its read callback yet (a busy worker), so asking the kernel is the only sure way. One
         ``poll`` system call, with no limit on the descriptor's number (``select`` has one).
         """
-        if self._fileno < 0:
+        if self._poller is None:
             return False
-        poller = select.poll()
-        poller.register(self._fileno, select.POLLIN | select.POLLPRI)
         try:
-            return bool(poller.poll(0))
+            return bool(self._poller.poll(0))
         except OSError:
             return True
 

@@ -576,7 +576,8 @@ class _DatabaseTransport:
                 )
         try:
             close_old_connections()
-            store_events(items, dead_letter=self.dead_letter)
+            # Read by unpack: clean already (stream.unpack says why).
+            store_events(items, dead_letter=self.dead_letter, cleaned=True)
             store_refusals(counts, dead_letter=self.dead_letter)
         except UNREACHABLE:
             forget_connection()
@@ -633,7 +634,7 @@ class _DatabaseTransport:
             for item, reason in rejected:
                 self.dead_letter(kind, [item], ValueError(reason))
             if kind == KIND_EVENTS:
-                store_events(items, dead_letter=self.dead_letter)
+                store_events(items, dead_letter=self.dead_letter, cleaned=True)  # decode_entry's
             else:
                 store_refusals(items, dead_letter=self.dead_letter)
 

@@ -95,7 +95,12 @@ def pack(item: dict) -> Packed:
     Whatever the caller passed, what comes out can be read back and stored: a string orjson
     cannot encode (a lone surrogate) or a NUL (PostgreSQL refuses it) sends the item through
     ``_pack_cleaned``. Both are found by what the fast path already does (its error, one scan of
-    its bytes), so a clean record, the proxy's every record, costs nothing more."""
+    its bytes), so a clean record, the proxy's every record, costs nothing more.
+
+    The values are copied into bytes of their own size: orjson (3.13) returns its result in the
+    buffer it wrote into, at least 4 KiB whatever the length, and a record may wait in the
+    sink's queue (up to ``COSTR_USAGE_QUEUE_MAX_RECORDS``) or a batch for a while: 10,000
+    records of 90 bytes held 41 MB, copied 0.8 MB (the copy: 0.05 µs a record)."""
     keys = tuple(item)
     try:
         # default=str: a record is JSON-able by contract; a stray datetime or Decimal must not
@@ -105,13 +110,13 @@ def pack(item: dict) -> Packed:
         return keys, _pack_cleaned(item)
     if b"\\u0000" in values:
         return keys, _pack_cleaned(item)
-    return keys, values
+    return keys, b"%b" % values  # the right-sized copy (the shortest way to one, measured)
 
 
 def _pack_cleaned(item: dict) -> bytes:
     values = clean_value(list(item.values()))
     try:
-        return orjson.dumps(values, default=_clean_str)
+        return b"%b" % orjson.dumps(values, default=_clean_str)
     except TypeError:
         # What orjson refuses and the standard encoder takes: integers beyond 64 bits, keys
         # that are not strings, in a provider's raw usage. (Read back, such an integer becomes
@@ -134,13 +139,35 @@ def clean_value(value):
     return value
 
 
+def is_clean(value) -> bool:
+    """Whether ``clean_value`` would hand ``value`` back unchanged: a walk that builds nothing,
+    for the writer to clean only what needs it."""
+    if isinstance(value, str):
+        if value.isascii():
+            return "\x00" not in value
+        return clean_text(value, len(value)) == value
+    if isinstance(value, dict):
+        return all(is_clean(key) and is_clean(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(is_clean(item) for item in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return not isinstance(value, tuple)  # a tuple comes out a list
+
+
 def _clean_str(value) -> str:
     return clean_value(str(value))
 
 
 def unpack(packed: Packed) -> dict:
+    """The item ``pack`` packed. What comes out is clean (``clean_value`` would change
+    nothing): orjson reads no lone surrogate and no NaN, and a NUL, which ``pack`` never
+    writes, is cleaned if the bytes came from elsewhere."""
     keys, values = packed
-    return dict(zip(keys, orjson.loads(values), strict=True))
+    items = orjson.loads(values)
+    if b"\\u0000" in values:
+        items = clean_value(items)
+    return dict(zip(keys, items, strict=True))
 
 
 def encode(kind: str, items: list[dict]) -> dict[str, str]:
@@ -184,8 +211,9 @@ def decode(fields: dict) -> tuple[str, list[dict]]:
 
 
 def decode_entry(fields: dict) -> tuple[str, list[dict], list[tuple[object, str]]]:
-    """(kind, items, rejected) of a stream entry or spool line: every item that can be read, and
-    each one that cannot, alone, with the reason. ValueError only for an entry that cannot be read
+    """(kind, items, rejected) of a stream entry or spool line: every item that can be read
+    (its strings clean, as ``clean_value`` makes them), and each one that cannot, alone, with
+    the reason. ValueError only for an entry that cannot be read
     at all (not JSON, unknown kind or version).
 
     One web process's batch carries many organizations' records, so a hostile string in one of
@@ -204,6 +232,11 @@ def decode_entry(fields: dict) -> tuple[str, list[dict], list[tuple[object, str]
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         parsed = clean_value(json.loads(data))  # ValueError if it is not JSON at all
+    else:
+        # orjson reads no lone surrogate and no NaN, so a NUL is all that may need cleaning,
+        # and it can only come from a \u0000 escape: the items come out clean either way.
+        if "\\u0000" in data:
+            parsed = clean_value(parsed)
     if version == FORMAT_VERSION:
         return kind, *_items_of_groups(parsed)
     if not isinstance(parsed, list):

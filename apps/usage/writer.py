@@ -51,13 +51,19 @@ _REFUSED_SQLSTATE_CLASSES = ("22", "23", "42", "54")
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "55P03", "57")
 
 
-def store_events(records: list[dict], *, dead_letter: DeadLetter) -> int:
+def store_events(records: list[dict], *, dead_letter: DeadLetter, cleaned: bool = False) -> int:
     """Store ``records``; return how many were new. Raises only UNREACHABLE.
+
+    Every string is made storable first (``clean_record``), unless the caller says the records
+    are ``cleaned`` already: those read by ``stream.unpack`` or ``stream.decode_entry`` are, by
+    construction (the embedded sink's, the spool's, the stream's), and then cleaning again would
+    only cost the writer a walk of every record.
 
     Runs outside any request (the sink thread, ``run_usage_writer``), so through
     ``run_outside_request``; idempotent, since an event is unique by its request id: a batch
     whose connection died, even after its commit, may simply be stored again."""
-    records = [clean_record(record) for record in records]
+    if not cleaned:
+        records = [clean_record(record) for record in records]
     return run_outside_request(
         lambda: _isolating(
             services.usage_events_write, usage_stream.KIND_EVENTS, records, dead_letter
@@ -78,11 +84,11 @@ def clean_record(record):
                 continue
         elif not isinstance(value, dict | list):
             continue
-        safe = usage_stream.clean_value(value)
-        if safe != value:
-            if cleaned is None:
-                cleaned = dict(record)
-            cleaned[name] = safe
+        if usage_stream.is_clean(value):
+            continue
+        if cleaned is None:
+            cleaned = dict(record)
+        cleaned[name] = usage_stream.clean_value(value)
     return record if cleaned is None else cleaned
 
 
@@ -287,7 +293,8 @@ class StreamWriter:
         while True:
             try:
                 close_old_connections()
-                self.stored += store_events(records, dead_letter=self._dead_letter)
+                # Read by decode_entry: clean already.
+                self.stored += store_events(records, dead_letter=self._dead_letter, cleaned=True)
                 store_refusals(counts, dead_letter=self._dead_letter)
                 return True
             except UNREACHABLE as error:

@@ -338,6 +338,34 @@ def test_a_head_that_never_ends_gets_408_from_the_protocol(proxy, protected_serv
     assert proxy.fake.requests == []
 
 
+def test_each_head_on_a_kept_alive_connection_has_the_read_timeout(proxy, protected_server):
+    """The timeout runs from each head's first byte, not from the connection's start, and the
+    time a kept-alive connection waits idle between requests is not a head's."""
+    host, port = protected_server.removeprefix("http://").split(":")
+    path = _path(proxy, "openai/v1/models")
+    first = f"GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {proxy.token}\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(first.encode())
+        answer = b""
+        while not _complete(answer):
+            data = sock.recv(65536)
+            assert data, "the connection closed before the first answer was complete"
+            answer += data
+        assert _parse(answer)[0] == 200
+        time.sleep(0.8)  # idle, past the 0.5 s head timeout: not a head's time
+        sock.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\n".encode())  # and no more
+        second = b""
+        while not _complete(second):
+            data = sock.recv(65536)
+            if not data:
+                break
+            second += data
+
+    status, headers, _ = _parse(second)
+    assert status == 408
+    assert headers["x-costr-error"] == "header_read_timeout"
+
+
 def test_an_endless_head_gets_431_before_it_is_complete(proxy, protected_server):
     head = f"GET {_path(proxy, 'google/v1beta/models')} HTTP/1.1\r\nhost: x\r\n".encode()
     padding = b"".join(b"x-pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(70))

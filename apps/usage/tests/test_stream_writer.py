@@ -4,6 +4,7 @@ can never be stored is set aside without holding up the rest; what a dead writer
 process left behind is picked up."""
 
 import json
+import tracemalloc
 
 import pytest
 import redis
@@ -291,3 +292,49 @@ def test_the_writer_replays_spool_files_nobody_holds_and_leaves_held_ones(
     assert len(remaining) == 1
     assert b"req_still_being_spooled" in remaining[0].read_bytes()
     alive.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the readers hand the writer is clean: store_events is told so (cleaned=True) and does not
+# clean again, so a NUL written by an older or foreign producer must be cleaned by the reader.
+
+
+def _nul_record() -> dict:
+    return {"model": "gpt\x00x", "raw": {"tier\x00": ["a\x00b", 1]}, "tokens": 3}
+
+
+@pytest.mark.django_db(transaction=False)
+def test_decode_entry_cleans_a_nul_escape_in_any_string():
+    data = json.dumps([[["model", "raw", "tokens"], [list(_nul_record().values())]]])
+    assert "\\u0000" in data  # the way JSON writes a NUL
+    _, items, rejected = usage_stream.decode_entry(
+        {"kind": usage_stream.KIND_EVENTS, "v": usage_stream.FORMAT_VERSION, "data": data}
+    )
+    assert rejected == []
+    assert items == [{"model": "gpt\ufffdx", "raw": {"tier\ufffd": ["a\ufffdb", 1]}, "tokens": 3}]
+    assert all(usage_stream.is_clean(item) for item in items)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_unpack_cleans_a_nul_escape_that_pack_did_not_write():
+    keys = tuple(_nul_record())
+    foreign = (keys, json.dumps(list(_nul_record().values())).encode())
+    assert usage_stream.unpack(foreign) == {
+        "model": "gpt\ufffdx",
+        "raw": {"tier\ufffd": ["a\ufffdb", 1]},
+        "tokens": 3,
+    }
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_packed_record_holds_about_its_size():
+    """orjson returns its result in a buffer of 4 KiB or more whatever its length; a record
+    waiting in the sink's queue must not keep that buffer."""
+    tracemalloc.start()
+    try:
+        kept = [usage_stream.pack({"model": "gpt-4o-mini", "tokens": i}) for i in range(100)]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept[0][1] == b'["gpt-4o-mini",0]'
+    assert held < 100 * 1024  # orjson's buffers would be over 400 KiB
