@@ -6,12 +6,14 @@ data must be committed: ``committed_db`` keeps it for a module and flushes the d
 which is why a test never looks beyond its own organization.
 """
 
+import asyncio
 import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvloop
 
 PROVIDERS = ("openai", "anthropic", "google")
 
@@ -232,3 +234,15 @@ def proxy(costr_server, fake_provider, committed_db):
         fake=fake_provider,
     )
     sink.flush(timeout=10)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Runs a coroutine to completion on a fresh loop of either kind (the workers run uvloop)."""
+
+    def runner(coroutine):
+        if request.param == "uvloop":
+            return uvloop.run(coroutine)
+        return asyncio.run(coroutine)
+
+    return runner

@@ -23,7 +23,6 @@ import zlib
 
 import brotli
 import pytest
-import uvloop
 
 from apps.proxy import decoding, http1
 from apps.proxy.decoding import content_decoder
@@ -33,18 +32,6 @@ from apps.proxy.tests.test_upstream import OK, Server, fetch
 FIRST = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Answer: first\r\n\r\nfirst"
 STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Answer: stray\r\n\r\nstray"
 SECOND = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Answer: second\r\n\r\nsecond"
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    """Runs a coroutine to completion on a fresh loop of either kind (the workers run uvloop)."""
-
-    def runner(coroutine):
-        if request.param == "uvloop":
-            return uvloop.run(coroutine)
-        return asyncio.run(coroutine)
-
-    return runner
 
 
 class ThreadedUpstream:

@@ -10,22 +10,11 @@ one, a cancellation that is not the deadline's.
 import asyncio
 
 import pytest
-import uvloop
 
 from apps.proxy.limits import ReadDeadlines, ReadTimedOut
 
 # Guards only: a test that has not finished within this fails instead of hanging.
 GUARD = 10.0
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    def runner(coroutine):
-        if request.param == "uvloop":
-            return uvloop.run(coroutine)
-        return asyncio.run(coroutine)
-
-    return runner
 
 
 def test_a_read_past_its_deadline_times_out(run):

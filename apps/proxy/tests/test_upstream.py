@@ -12,7 +12,6 @@ import ipaddress
 import ssl
 
 import pytest
-import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,18 +22,6 @@ from apps.proxy.app import upstream_failure
 from apps.proxy.http1 import Client, Origin
 
 TIMEOUTS = {"connect_timeout": 5.0, "read_timeout": 5.0}
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    """Runs a coroutine to completion on a fresh loop of either kind."""
-
-    def runner(coroutine):
-        if request.param == "uvloop":
-            return uvloop.run(coroutine)
-        return asyncio.run(coroutine)
-
-    return runner
 
 
 class Server:
