@@ -185,6 +185,9 @@ class Throttle:
     def _remember_block(self, key: str, wait: int) -> None:
         now = time.monotonic()
         with self._lock:
+            if self._blocked_until.get(key, 0.0) <= now:
+                # Once per block, not per refused request: a flood must not flood the log too.
+                logger.warning("%s: %s is past its limit; refused for %d s", self.name, key, wait)
             self._blocked_until[key] = now + wait
             if len(self._blocked_until) > MAX_REMEMBERED_BLOCKS:
                 for known, deadline in list(self._blocked_until.items()):

@@ -6,6 +6,7 @@ Client addresses are real: each client binds its own 127.0.0.x source address, w
 sees as the socket's peer (no header involved).
 """
 
+import logging
 import random
 import subprocess
 import sys
@@ -71,7 +72,9 @@ def test_a_bad_token_flood_on_the_proxy_is_throttled_per_address(
     proxy,  # noqa: F811
     make_organization,  # noqa: F811
     token_limit,
+    caplog,
 ):
+    caplog.set_level(logging.INFO)
     attacker, bystander = _addresses()
     url = proxy.url("openai")
     unseen_org, unseen = make_organization(providers=("openai",), scopes=("proxy",))
@@ -93,6 +96,18 @@ def test_a_bad_token_flood_on_the_proxy_is_throttled_per_address(
         # Another address: a valid token is served, a bad one is only refused.
         assert _chat(other, unseen_url, unseen.plaintext).status_code == 200
         assert _chat(other, url, BAD_TOKEN).status_code == 401
+        for _ in range(20):
+            _assert_proxy_throttled(_chat(flood, url, BAD_TOKEN))
+
+    # Costr logs the flood once, when its address is blocked, not once per refused request
+    # (the server's access log has its line per request, as for any request).
+    logged = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("costr") and attacker in r.getMessage()
+    ]
+    assert len(logged) == 1, logged
+    assert "past its limit" in logged[0]
 
 
 def test_a_bad_token_flood_on_the_api_is_throttled_per_address(

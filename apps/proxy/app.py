@@ -347,13 +347,14 @@ def _count_refusal(request: ProxiedRequest, refusal: Refusal) -> None:
     """Count a refusal for the dashboard when the request proved it is the organization's.
 
     Refusals of requests that proved nothing (no token, a bad one, another org's) are logged
-    instead, with the client's address: that is where a flood of them shows.
+    instead, with the client's address, at debug level: a flood of them shows as the
+    invalid-token throttle's one warning per blocked address (``costr.throttle``).
     """
     if request.resolved is not None and refusal.status in COUNTED_REFUSALS:
         sink.emit_refusal(request.org_slug, refusal.status, refusal.code)
     elif refusal.status != 503:
         client = request.scope.get("client") or ("-", 0)
-        logger.info(
+        logger.debug(
             "refused %s %s for org %r from %s",
             refusal.status,
             refusal.code,
