@@ -15,9 +15,9 @@ from rest_framework import serializers
 
 from apps.accounts.api import ErrorDetailSerializer
 from apps.keys.models import Provider
+from apps.usage.contract import MAX_PROPERTIES, MAX_PROPERTY_NAME_LENGTH
 
 MAX_EVENTS = 500
-MAX_PROPERTIES = 20
 MAX_TEXT = 255
 MAX_EVENT_ID = 64
 # A token count beyond this is a client bug, not a request.
@@ -118,7 +118,7 @@ class PropertiesField(serializers.Field):
     default_error_messages = {
         "invalid": "Properties are a JSON object of string names to string values.",
         "too_many": f"At most {MAX_PROPERTIES} properties.",
-        "name": f"Property names are 1 to {MAX_TEXT} characters.",
+        "name": f"Property names are 1 to {MAX_PROPERTY_NAME_LENGTH} characters.",
         "value": f"Property values are strings of at most {MAX_TEXT} characters.",
     }
 
@@ -128,7 +128,7 @@ class PropertiesField(serializers.Field):
         if len(data) > MAX_PROPERTIES:
             self.fail("too_many")
         for name, value in data.items():
-            if not name or len(name) > MAX_TEXT or "\x00" in name:
+            if not name or len(name) > MAX_PROPERTY_NAME_LENGTH or "\x00" in name:
                 self.fail("name")
             if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
                 self.fail("value")
@@ -170,7 +170,13 @@ class IngestEventSerializer(serializers.Serializer):
         allow_blank=True,
         help_text="Your end customer's id, as sent in X-Costr-Customer. Empty or null: none.",
     )
-    properties = PropertiesField(required=False, help_text="Up to 20 name → value strings.")
+    properties = PropertiesField(
+        required=False,
+        help_text=(
+            f"Up to {MAX_PROPERTIES} name → value strings; names of 1 to "
+            f"{MAX_PROPERTY_NAME_LENGTH} characters, as X-Costr-Property-* headers give them."
+        ),
+    )
     status = StrictIntegerField(
         min_value=100, max_value=599, default=200, help_text="The provider's HTTP status."
     )

@@ -301,6 +301,8 @@ def test_none_valid_is_400_with_the_counts_and_an_error_and_nothing_stored(post,
         ({"properties": {"n": 1}}, "properties"),
         ({"properties": {"": "x"}}, "properties"),
         ({"properties": {"k": "v" * 256}}, "properties"),
+        # Names as the proxy takes them from X-Costr-Property-* headers: at most 64 characters.
+        ({"properties": {"n" * 65: "v"}}, "properties"),
         ({"properties": {f"k{i}": "v" for i in range(21)}}, "properties"),
         ({"properties": {"k": "a\x00b"}}, "properties"),
         ({"model": "gpt\x00"}, "model"),
