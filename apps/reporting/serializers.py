@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from rest_framework import serializers
 
 from apps.keys.models import Provider
+from apps.usage.contract import ENDPOINTS
 from apps.usage.models import Outcome, PriceSource
-from apps.usage.serializers import ENDPOINTS
 
 MAX_TEXT = 255
 COST_DIGITS = 24

@@ -10,6 +10,19 @@ record, or a record beside it, fail to encode or to store.
 
 import re
 
+# The endpoint names a usage event records (DESIGN.md, "Usage event").
+ENDPOINTS = (
+    "chat",
+    "responses",
+    "embeddings",
+    "completions",
+    "messages",
+    "count_tokens",
+    "generate",
+    "embed",
+    "other",
+)
+
 MAX_CUSTOMER_LENGTH = 255
 MAX_PROPERTY_NAME_LENGTH = 64
 MAX_PROPERTY_VALUE_LENGTH = 255

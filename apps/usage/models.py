@@ -290,8 +290,6 @@ LATENCY_BUCKETS = [f"latency_bucket_{i:02d}" for i in range(len(LATENCY_BOUNDS_M
 # value is cut: a report groups by values people chose, not by free text.
 PROPERTY_NAME_MAX_LENGTH = 128
 PROPERTY_VALUE_MAX_LENGTH = 255
-# At most this many properties per request (DESIGN.md); the writer keeps the first ones.
-MAX_PROPERTIES = 20
 
 
 class _UsageSums(models.Model):
@@ -362,8 +360,8 @@ class OrganizationDailyRollup(TenantModel, _UsageSums):
 class PropertyDailyRollup(TenantModel, _UsageSums):
     """Per organization, UTC day, property name and value: the sums of the requests that carried
     that value, so "spend by feature" never groups raw events by a JSON key. A request counts once
-    under each of its properties (at most ``MAX_PROPERTIES``); requests without the property are
-    the period's totals minus the sum over its values. Names longer than
+    under each of its properties (at most ``contract.MAX_PROPERTIES``); requests without the
+    property are the period's totals minus the sum over its values. Names longer than
     ``PROPERTY_NAME_MAX_LENGTH`` are not rolled up; values are cut to
     ``PROPERTY_VALUE_MAX_LENGTH``; a JSON null is no value. A value that is not a string counts
     as its JSON text (``true``, ``3``), as ``properties->>'name'`` reads it.

@@ -15,7 +15,7 @@ from rest_framework import serializers
 
 from apps.accounts.api import ErrorDetailSerializer
 from apps.keys.models import Provider
-from apps.usage.contract import MAX_PROPERTIES, MAX_PROPERTY_NAME_LENGTH
+from apps.usage.contract import ENDPOINTS, MAX_PROPERTIES, MAX_PROPERTY_NAME_LENGTH
 
 MAX_EVENTS = 500
 MAX_TEXT = 255
@@ -26,17 +26,6 @@ MAX_LATENCY_MS = 24 * 60 * 60 * 1000
 # Clocks disagree a little: a timestamp this far ahead of Costr's clock still counts as now.
 FUTURE_SKEW = timedelta(minutes=5)
 
-ENDPOINTS = (
-    "chat",
-    "responses",
-    "embeddings",
-    "completions",
-    "messages",
-    "count_tokens",
-    "generate",
-    "embed",
-    "other",
-)
 TOKEN_FIELDS = (
     "input_tokens",
     "cached_input_tokens",

@@ -33,10 +33,10 @@ from django.db import connection, transaction
 
 from apps.accounts.models import Organization
 from apps.keys.models import ProxyToken
+from apps.usage.contract import MAX_PROPERTIES
 from apps.usage.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_BUCKETS,
-    MAX_PROPERTIES,
     PROPERTY_NAME_MAX_LENGTH,
     PROPERTY_VALUE_MAX_LENGTH,
     Customer,

@@ -24,25 +24,14 @@ from apps.proxy.decoding import ContentDecoder, content_decoder
 from apps.proxy.decoding import ContentDecodingError as ContentDecodingError
 from apps.proxy.decoding import DecodedSizeExceeded as DecodedSizeExceeded
 from apps.proxy.sse import TAIL_BYTES, Event, SSESplitter
+from apps.usage import contract
 
 logger = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
 
 # The values RequestInfo.endpoint takes, as the usage event records them.
-ENDPOINTS = frozenset(
-    {
-        "chat",
-        "responses",
-        "embeddings",
-        "completions",
-        "messages",
-        "count_tokens",
-        "generate",
-        "embed",
-        "other",
-    }
-)
+ENDPOINTS = frozenset(contract.ENDPOINTS)
 
 # A non-stream body up to this size is kept and parsed whole; past it only a head and a tail are.
 JSON_BODY_CAP = 256 * 1024
