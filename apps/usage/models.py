@@ -181,7 +181,32 @@ class PendingReprice(TenantModel):
         return f"re-pricing since {self.since:%Y-%m-%d %H:%M}" if self.since else "re-pricing"
 
 
-class DailyRollup(TenantModel):
+class UsageSums(models.Model):
+    """The counters every rollup keeps, with the meaning ``DailyRollup`` documents: their one
+    definition (``ROLLUP_COUNTERS`` lists them in order for the writer's SQL and sums)."""
+
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    cache_write_1h_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
+    unpriced_requests = models.BigIntegerField(default=0)
+    latency_ms_sum = models.BigIntegerField(default=0)
+    ttfb_ms_sum = models.BigIntegerField(default=0)
+    ttfb_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+ROLLUP_COUNTERS = [field.name for field in UsageSums._meta.local_fields]
+
+
+class DailyRollup(TenantModel, UsageSums):
     """Per organization, UTC day, customer, provider and model: the sums dashboards read, so a long
     range never scans raw events. The writer adds every newly stored event in the transaction that
     stores it; ``usage_reprice`` rebuilds a day from its events.
@@ -213,19 +238,6 @@ class DailyRollup(TenantModel):
     customer = models.CharField(max_length=255, blank=True, default="")
     provider = models.CharField(max_length=16)
     model = models.CharField(max_length=255, blank=True, default="")
-    requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
-    input_tokens = models.BigIntegerField(default=0)
-    cached_input_tokens = models.BigIntegerField(default=0)
-    cache_write_tokens = models.BigIntegerField(default=0)
-    cache_write_1h_tokens = models.BigIntegerField(default=0)
-    output_tokens = models.BigIntegerField(default=0)
-    reasoning_tokens = models.BigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
-    unpriced_requests = models.BigIntegerField(default=0)
-    latency_ms_sum = models.BigIntegerField(default=0)
-    ttfb_ms_sum = models.BigIntegerField(default=0)
-    ttfb_count = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -292,28 +304,7 @@ PROPERTY_NAME_MAX_LENGTH = 128
 PROPERTY_VALUE_MAX_LENGTH = 255
 
 
-class _UsageSums(models.Model):
-    """The counters every rollup keeps, with the meaning ``DailyRollup`` documents."""
-
-    requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
-    input_tokens = models.BigIntegerField(default=0)
-    cached_input_tokens = models.BigIntegerField(default=0)
-    cache_write_tokens = models.BigIntegerField(default=0)
-    cache_write_1h_tokens = models.BigIntegerField(default=0)
-    output_tokens = models.BigIntegerField(default=0)
-    reasoning_tokens = models.BigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
-    unpriced_requests = models.BigIntegerField(default=0)
-    latency_ms_sum = models.BigIntegerField(default=0)
-    ttfb_ms_sum = models.BigIntegerField(default=0)
-    ttfb_count = models.BigIntegerField(default=0)
-
-    class Meta:
-        abstract = True
-
-
-class OrganizationDailyRollup(TenantModel, _UsageSums):
+class OrganizationDailyRollup(TenantModel, UsageSums):
     """Per organization, UTC day, provider and model: ``DailyRollup`` without the customer, so
     totals, days, models and providers read a few rows a day instead of one per customer. It also
     keeps a latency histogram (``LATENCY_BOUNDS_MS``): requests per latency bucket, from which
@@ -357,7 +348,7 @@ class OrganizationDailyRollup(TenantModel, _UsageSums):
         return f"{self.day} {self.provider} {self.model}"
 
 
-class PropertyDailyRollup(TenantModel, _UsageSums):
+class PropertyDailyRollup(TenantModel, UsageSums):
     """Per organization, UTC day, property name and value: the sums of the requests that carried
     that value, so "spend by feature" never groups raw events by a JSON key. A request counts once
     under each of its properties (at most ``contract.MAX_PROPERTIES``); requests without the

@@ -14,6 +14,7 @@ from apps.accounts.models import Organization
 from apps.usage.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_BUCKETS,
+    ROLLUP_COUNTERS,
     DailyRollup,
     OrganizationDailyRollup,
     PropertyDailyRollup,
@@ -22,7 +23,6 @@ from apps.usage.models import (
 from apps.usage.services import (
     COUNTED_FIELDS,
     ERROR_OUTCOMES,
-    ROLLUP_COUNTERS,
     ROLLUP_LOCK_NAMESPACE,
     counters_add,
     counters_of,

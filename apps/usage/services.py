@@ -39,6 +39,7 @@ from apps.usage.models import (
     LATENCY_BUCKETS,
     PROPERTY_NAME_MAX_LENGTH,
     PROPERTY_VALUE_MAX_LENGTH,
+    ROLLUP_COUNTERS,
     Customer,
     DailyRollup,
     OrganizationDailyRollup,
@@ -73,21 +74,6 @@ _MAX_LENGTH_INDEXES = [
 ]
 _CUSTOMER_MAX_LENGTH = Customer._meta.get_field("external_id").max_length
 
-ROLLUP_COUNTERS = [
-    "requests",
-    "errors",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_requests",
-    "latency_ms_sum",
-    "ttfb_ms_sum",
-    "ttfb_count",
-]
 _ROLLUP_KEY = ["organization_id", "day", "customer", "provider", "model"]
 _ORG_ROLLUP_KEY = ["organization_id", "day", "provider", "model"]
 _ORG_ROLLUP_COUNTERS = ROLLUP_COUNTERS + LATENCY_BUCKETS
