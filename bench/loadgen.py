@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -176,6 +177,31 @@ def _cpu() -> float:
     return t
 
 
+class StartTogether:
+    """One start for the timed windows of ``parties`` runs loaded at once on a shared core.
+
+    Without it a run whose warm-up took longer (a token look-up, new connections) starts and ends
+    later and spends its last moments alone on the core after the others have stopped, so its
+    requests per second come out 5-15 % high (``bench.regression``, 3 s windows); and the CPU of
+    a slow warm-up is counted with the window's. ``on_start`` runs once, when the last run has
+    warmed up and before any window starts (to sample CPU there).
+    """
+
+    def __init__(self, parties: int, on_start: Callable[[], None] | None = None) -> None:
+        self._left = parties
+        self._go = asyncio.Event()
+        self._on_start = on_start
+
+    async def wait(self) -> None:
+        self._left -= 1
+        if self._left > 0:
+            await self._go.wait()
+            return
+        if self._on_start is not None:
+            self._on_start()
+        self._go.set()
+
+
 async def run_closed_loop(
     target: Target,
     concurrency: int,
@@ -183,12 +209,16 @@ async def run_closed_loop(
     requests: int | None = None,
     duration: float | None = None,
     warmup: int = 0,
+    together: StartTogether | None = None,
 ) -> RunStats:
     """``concurrency`` connections, each sending requests back to back.
 
     Stops after ``requests`` requests in total or after ``duration`` seconds. Each connection
     first sends ``warmup`` untimed requests. A non-2xx status or a lost connection counts as an
     error (the run goes on with a new connection).
+
+    ``together`` starts several runs' timed windows at one moment, after every run's warm-up
+    (see StartTogether).
     """
     conns = [await connect(target.host, target.port) for _ in range(concurrency)]
 
@@ -198,6 +228,8 @@ async def run_closed_loop(
 
     # Together, so no connection sits idle past the server's keep-alive timeout (gunicorn: 2 s).
     await asyncio.gather(*(warm(conn) for conn in conns))
+    if together is not None:
+        await together.wait()
     results: list[Result] = []
     errors = 0
     remaining = requests

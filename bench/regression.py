@@ -13,8 +13,9 @@ Each of BLOCKS blocks measures:
   p50/p99 = the worker's percentile minus direct's; CPU per request = the worker's time on CPU
   (all threads, schedstat; settled, so its usage writer is counted) over the requests;
 - concurrency 32: WINDOW s of closed-loop load on every worker at once (they share CPU 0, so
-  drift hits them alike, as in ``bench.sink_cost``): requests per second (each worker's share of
-  the core) and CPU per request.
+  drift hits them alike, as in ``bench.sink_cost``), the windows started together after every
+  worker's warm-up (``loadgen.StartTogether``): requests per second (each worker's share of the
+  core) and CPU per request (from that start until the worker is quiet again).
 
 Reported: every block's figures per tree, and the median over blocks of each block's ratio
 this tree / the older tree.
@@ -87,10 +88,21 @@ async def _block(setups: dict[str, run.Setup], pairs: int) -> dict[str, dict]:
         }
     # Concurrency 32: every worker loaded at once, sharing CPU 0, so whatever slows the machine
     # slows them alike (bench.sink_cost: windows taking turns drift by 20 % on this machine).
-    before = {name: procs.settle_cpu(s.worker_pid) for name, s in setups.items()}
+    # One start for every window, after every warm-up (loadgen.StartTogether): a worker whose
+    # window started later would end later, alone on the core, and gain requests per second for
+    # it. CPU is counted from that start (a slow warm-up, such as the base's token look-ups, is
+    # not the window's) to when the worker is quiet again (its usage writer caught up).
+    for s in setups.values():
+        procs.settle_cpu(s.worker_pid)
+    before: dict[str, procs.CpuSample] = {}
+
+    def sample() -> None:
+        before.update({name: procs.cpu_sample(s.worker_pid) for name, s in setups.items()})
+
+    together = loadgen.StartTogether(len(through), on_start=sample)
     windows = await asyncio.gather(
         *(
-            loadgen.run_closed_loop(target, 32, duration=WINDOW, warmup=3)
+            loadgen.run_closed_loop(target, 32, duration=WINDOW, warmup=3, together=together)
             for target in through.values()
         )
     )
@@ -181,9 +193,9 @@ def section(results: dict, meta: dict) -> str:
         "with its own fake provider and SQLite, embedded usage writer, every worker pinned to "
         f"CPU 0. {meta['blocks']} blocks; in each, {meta['pairs']:,} rounds at concurrency 1 "
         "(one request direct and one through each worker per round, order alternating) and "
-        f"{WINDOW:.0f} s at concurrency 32 on all three at once (sharing CPU 0, so req/s is each "
-        "worker's share of one core). CPU is all the worker's "
-        "threads (schedstat) over the requests it served.",
+        f"{WINDOW:.0f} s at concurrency 32 on all three at once, started together after every "
+        "warm-up (sharing CPU 0, so req/s is each worker's share of one core). CPU is all the "
+        "worker's threads (schedstat) over the requests it served.",
         "",
         "| figure | " + " | ".join(results) + " | current / base (median of blocks) |",
         "| --- | " + " | ".join("---:" for _ in results) + " | ---: |",

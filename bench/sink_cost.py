@@ -43,9 +43,12 @@ async def _round(setups: dict[str, run.Setup]) -> dict[str, tuple[float, float]]
         *(loadgen.run_closed_loop(t, CONCURRENCY, requests=200, warmup=5) for t in through.values())
     )
     before = {mode: procs.settle_cpu(setup.worker_pid) for mode, setup in setups.items()}
+    together = loadgen.StartTogether(len(through))  # one start for every window
     stats = await asyncio.gather(
         *(
-            loadgen.run_closed_loop(t, CONCURRENCY, duration=WINDOW_SECONDS, warmup=3)
+            loadgen.run_closed_loop(
+                t, CONCURRENCY, duration=WINDOW_SECONDS, warmup=3, together=together
+            )
             for t in through.values()
         )
     )
