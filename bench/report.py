@@ -132,7 +132,7 @@ def render(r: dict, meta: dict) -> str:
     w(
         "- Software: Python {python}, Django {django}, uvicorn {uvicorn}, gunicorn {gunicorn}, "
         "uvicorn-worker {uw}, uvloop {uvloop}, httptools {httptools} (also under Costr's "
-        "upstream client, `apps/proxy/http1.py`).".format(**v, uw=v["uvicorn-worker"])
+        "upstream client, `costr/net/http1.py`).".format(**v, uw=v["uvicorn-worker"])
     )
     w(f"- Placement: {pinned}.")
     w("")

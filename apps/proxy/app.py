@@ -22,7 +22,6 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from apps.keys import keycache
-from apps.proxy.http1 import Origin, UpstreamError, UpstreamTimeout
 from apps.proxy.limits import (
     HOP_BY_HOP,
     MAX_HEAD_BYTES,
@@ -42,6 +41,7 @@ from apps.proxy.providers import Adapter, RequestInfo, Usage, get_adapter
 from apps.proxy.upstream import get_client
 from apps.usage import sink
 from costr import throttle
+from costr.net.http1 import Origin, UpstreamError, UpstreamTimeout
 
 logger = logging.getLogger("costr.proxy")
 

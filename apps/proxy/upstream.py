@@ -1,9 +1,9 @@
 """The proxy's upstream client: one ``http1.Client`` per process (per event loop), closed on
-shutdown. See ``apps/proxy/http1.py`` for why it is not httpx."""
+shutdown. See ``costr/net/http1.py`` for why it is not httpx."""
 
 import asyncio
 
-from apps.proxy.http1 import Client
+from costr.net.http1 import Client
 
 _client: Client | None = None
 _client_loop: asyncio.AbstractEventLoop | None = None

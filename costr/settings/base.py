@@ -50,7 +50,7 @@ COSTR_PROXY_DRAIN_SECONDS = env.float("COSTR_PROXY_DRAIN_SECONDS", default=300.0
 # goes to the client as it came and the event gets no usage. 64 MiB holds every answer the SDKs
 # ask for (the largest, a 2048-input embeddings batch in the SDKs' default base64, is ~34 MB)
 # while a decompression bomb costs a worker at most ~0.3 s of CPU (measured), spread over many
-# loop turns. apps/proxy/decoding.py bounds the work per chunk.
+# loop turns. costr/net/decoding.py bounds the work per chunk.
 COSTR_PROXY_MAX_DECODED_BYTES = env.int("COSTR_PROXY_MAX_DECODED_BYTES", default=64 * 1024 * 1024)
 # A slow client gets 408: the request head must be complete within the first timeout (held by
 # costr.server's protocol), and each piece of the body arrive within the second.

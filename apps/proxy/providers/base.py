@@ -1,6 +1,6 @@
 """What every provider adapter shares: the normalised usage record, request metadata, header and
 query helpers, and the usage readers that watch response bodies (decoding them with
-``apps.proxy.decoding``, re-exported here).
+``costr.net.decoding``, re-exported here).
 
 Everything here runs on the proxy's hot path, so it works on the bytes already passing, in
 O(chunk) time and bounded memory, and it never raises into the proxy: a body Costr cannot read
@@ -18,13 +18,14 @@ from urllib.parse import quote, unquote
 
 from django.views.decorators.debug import sensitive_variables
 
-# Content decoding lives in its own module; the adapters import it from here, with the rest.
-from apps.proxy.decoding import DECODED_PIECE_BYTES as DECODED_PIECE_BYTES
-from apps.proxy.decoding import ContentDecoder, content_decoder
-from apps.proxy.decoding import ContentDecodingError as ContentDecodingError
-from apps.proxy.decoding import DecodedSizeExceeded as DecodedSizeExceeded
 from apps.proxy.sse import TAIL_BYTES, Event, SSESplitter
 from apps.usage import contract
+
+# Content decoding lives in its own module; the adapters import it from here, with the rest.
+from costr.net.decoding import DECODED_PIECE_BYTES as DECODED_PIECE_BYTES
+from costr.net.decoding import ContentDecoder, content_decoder
+from costr.net.decoding import ContentDecodingError as ContentDecodingError
+from costr.net.decoding import DecodedSizeExceeded as DecodedSizeExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +369,7 @@ class UsageReader:
     ``complete`` turns True as soon as reading further bytes cannot change the result, which
     lets the proxy stop reading the upstream early after the client went away.
 
-    A compressed body is decoded within the decoder's bounds (``apps.proxy.decoding``): past
+    A compressed body is decoded within the decoder's bounds (``costr.net.decoding``): past
     them the reader gives up like for any unreadable body, and the proxy forwards the rest as
     it came.
     """

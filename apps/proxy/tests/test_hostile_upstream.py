@@ -24,10 +24,10 @@ import zlib
 import brotli
 import pytest
 
-from apps.proxy import decoding, http1
-from apps.proxy.decoding import content_decoder
-from apps.proxy.http1 import Client, Origin
 from apps.proxy.tests.test_upstream import OK, Server, fetch
+from costr.net import decoding, http1
+from costr.net.decoding import content_decoder
+from costr.net.http1 import Client, Origin
 
 FIRST = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Answer: first\r\n\r\nfirst"
 STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Answer: stray\r\n\r\nstray"

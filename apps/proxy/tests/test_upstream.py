@@ -1,4 +1,4 @@
-"""The proxy's HTTP/1.1 upstream client (``apps/proxy/http1.py``) against real servers on
+"""The proxy's HTTP/1.1 upstream client (``costr/net/http1.py``) against real servers on
 127.0.0.1, speaking raw HTTP/1.1 so each test controls the exact bytes: framing, keep-alive,
 stale connections, early closes, timeouts, TLS, flow control, headers byte for byte.
 
@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from apps.proxy import http1
 from apps.proxy.app import upstream_failure
-from apps.proxy.http1 import Client, Origin
+from costr.net import http1
+from costr.net.http1 import Client, Origin
 
 TIMEOUTS = {"connect_timeout": 5.0, "read_timeout": 5.0}
 
