@@ -23,6 +23,17 @@ ENDPOINTS = (
     "other",
 )
 
+# The token counts a usage record carries (DESIGN.md, "Usage event"): input includes cache
+# reads and writes, output includes reasoning; null when the provider reported none.
+TOKEN_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
 MAX_CUSTOMER_LENGTH = 255
 MAX_PROPERTY_NAME_LENGTH = 64
 MAX_PROPERTY_VALUE_LENGTH = 255

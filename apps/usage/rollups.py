@@ -11,6 +11,7 @@ from django.db.models import Count, Max, Min, Q, Sum
 from django.db.models.functions import Coalesce
 
 from apps.accounts.models import Organization
+from apps.usage.contract import TOKEN_FIELDS
 from apps.usage.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_BUCKETS,
@@ -145,17 +146,7 @@ def rollup_aggregates() -> dict:
     return {
         "requests": Count("id"),
         "errors": Count("id", filter=Q(status__gte=400) | Q(outcome__in=ERROR_OUTCOMES)),
-        **{
-            name: Coalesce(Sum(name), zero)
-            for name in (
-                "input_tokens",
-                "cached_input_tokens",
-                "cache_write_tokens",
-                "cache_write_1h_tokens",
-                "output_tokens",
-                "reasoning_tokens",
-            )
-        },
+        **{name: Coalesce(Sum(name), zero) for name in TOKEN_FIELDS},
         # Before cost_usd, whose annotation would otherwise stand for the field here.
         "unpriced_requests": Count("id", filter=Q(cost_usd__isnull=True)),
         "cost_usd": Coalesce(

@@ -15,7 +15,12 @@ from rest_framework import serializers
 
 from apps.accounts.api import ErrorDetailSerializer
 from apps.keys.models import Provider
-from apps.usage.contract import ENDPOINTS, MAX_PROPERTIES, MAX_PROPERTY_NAME_LENGTH
+from apps.usage.contract import (
+    ENDPOINTS,
+    MAX_PROPERTIES,
+    MAX_PROPERTY_NAME_LENGTH,
+    TOKEN_FIELDS,
+)
 
 MAX_EVENTS = 500
 MAX_TEXT = 255
@@ -26,14 +31,6 @@ MAX_LATENCY_MS = 24 * 60 * 60 * 1000
 # Clocks disagree a little: a timestamp this far ahead of Costr's clock still counts as now.
 FUTURE_SKEW = timedelta(minutes=5)
 
-TOKEN_FIELDS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
 BODY_SHAPE = 'The body is a JSON object: {"events": […]}.'
 COST_HINT = "Costr prices usage itself from the token counts; cost fields are not accepted."
 

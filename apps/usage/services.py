@@ -33,7 +33,7 @@ from django.db import connection, transaction
 
 from apps.accounts.models import Organization
 from apps.keys.models import ProxyToken
-from apps.usage.contract import MAX_PROPERTIES
+from apps.usage.contract import MAX_PROPERTIES, TOKEN_FIELDS
 from apps.usage.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_BUCKETS,
@@ -78,14 +78,6 @@ _ROLLUP_KEY = ["organization_id", "day", "customer", "provider", "model"]
 _ORG_ROLLUP_KEY = ["organization_id", "day", "provider", "model"]
 _ORG_ROLLUP_COUNTERS = ROLLUP_COUNTERS + LATENCY_BUCKETS
 _PROPERTY_ROLLUP_KEY = ["organization_id", "day", "name", "value"]
-_TOKEN_FIELDS = (
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
 
 
 def usage_events_write(records: list[dict]) -> int:
@@ -351,7 +343,7 @@ def _statements() -> dict[str, str]:
         'count(*), count(*) FILTER (WHERE "status" >= 400 OR "outcome" IN ('
         + ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
         + ")), "
-        + ", ".join(f'coalesce(sum("{name}"), 0)' for name in _TOKEN_FIELDS)
+        + ", ".join(f'coalesce(sum("{name}"), 0)' for name in TOKEN_FIELDS)
         + ', coalesce(sum("cost_usd"), 0), count(*) FILTER (WHERE "cost_usd" IS NULL), '
         'sum("latency_ms"), coalesce(sum("ttfb_ms"), 0), count("ttfb_ms")'
     )
@@ -405,7 +397,7 @@ def _statements() -> dict[str, str]:
             'count(*), count(*) FILTER (WHERE "status" >= 400 OR "outcome" IN ('
             + ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
             + ")), "
-            + ", ".join(f'coalesce(sum("{name}"), 0)' for name in _TOKEN_FIELDS)
+            + ", ".join(f'coalesce(sum("{name}"), 0)' for name in TOKEN_FIELDS)
             + ', coalesce(sum("cost_usd"), 0), count(*) FILTER (WHERE "cost_usd" IS NULL), '
             'sum("latency_ms"), coalesce(sum("ttfb_ms"), 0), count("ttfb_ms") '
             f'FROM {_INCOMING} WHERE "request_id" = ANY(%s::text[]) '
@@ -492,7 +484,7 @@ def _rollups_add(prepared: _Prepared, inserted: set[str]) -> None:
 
 
 # The event fields a rollup's counters are computed from, in ``counters_of``'s order.
-COUNTED_FIELDS = ("status", "outcome", *_TOKEN_FIELDS, "cost_usd", "latency_ms", "ttfb_ms")
+COUNTED_FIELDS = ("status", "outcome", *TOKEN_FIELDS, "cost_usd", "latency_ms", "ttfb_ms")
 
 
 def counters_of(status, outcome, *rest) -> list:
