@@ -121,8 +121,8 @@ def _generate(events: int, customers: int, days: int, reuse: bool) -> dict:
     from apps.demo.organization import demo_organization_destroy
     from apps.demo.traffic import demo_records
     from apps.keys.services import proxy_token_create
+    from apps.usage.metering.events import usage_events_write
     from apps.usage.models import UsageEvent
-    from apps.usage.services import usage_events_write
 
     organization = Organization.objects.filter(slug=ORG).first()
     params = {"events": events, "customers": customers, "days": days}

@@ -39,7 +39,7 @@ def _thread_cpu(thread: threading.Thread) -> float:
 def _measure(records: list[dict], *, pace: float | None = None) -> dict[str, float]:
     """Emit ``records`` (as fast as possible, or ``pace`` per second), flush, and return the
     caller's and the sink thread's cost per record."""
-    from apps.usage import sink
+    from apps.usage.metering import sink
 
     sink.emit(dict(records[0], request_id=uuid.uuid4().hex))  # start the thread and transport
     assert sink.flush(timeout=120)
@@ -74,8 +74,8 @@ def run(records: int = 20_000, paced: int = 2_000, pace: float = 500.0) -> str:
     from django.db import connection
 
     from apps.accounts.models import Organization
-    from apps.usage import stream as usage_stream
-    from apps.usage.writer import StreamWriter
+    from apps.usage.metering import stream as usage_stream
+    from apps.usage.metering.writer import StreamWriter
     from tests.outage import free_port
 
     call_command("migrate", verbosity=0, interactive=False)

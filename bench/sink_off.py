@@ -4,7 +4,7 @@ sink must cost under 5 %). Never used outside the benchmark."""
 
 
 def post_worker_init(worker):
-    from apps.usage import sink
+    from apps.usage.metering import sink
 
     sink.emit = lambda record: None
     sink.emit_refusal = lambda org_slug, status, code: None

@@ -20,14 +20,14 @@ from pathlib import Path
 from bench.writer import _setup_django, generate
 
 ROOT = Path(__file__).resolve().parent.parent
-SINK_BATCH = 500  # records per stream entry, as apps.usage.sink sends them
+SINK_BATCH = 500  # records per stream entry, as apps.usage.metering.sink sends them
 
 
 def _drain(records: int, writers: int, redis_url: str, seed: int) -> dict:
     from django.conf import settings
 
     from apps.accounts.models import Organization
-    from apps.usage import stream as usage_stream
+    from apps.usage.metering import stream as usage_stream
     from apps.usage.models import UsageEvent
 
     suffix = uuid.uuid4().hex[:8]

@@ -108,8 +108,8 @@ def run(events: int = 100_000, batch: int = 5_000, organizations: int = 3, write
 
     from apps.accounts.models import Organization
     from apps.keys.services import proxy_token_create
+    from apps.usage.metering.events import usage_events_write
     from apps.usage.models import DailyRollup, UsageEvent
-    from apps.usage.services import usage_events_write
 
     call_command("migrate", verbosity=0, interactive=False)
     suffix = uuid.uuid4().hex[:8]
@@ -231,7 +231,7 @@ def _writer_process(organization_ids, tokens, count, batch, seed, start, results
         _setup_django()
         from django.db import connection
 
-        from apps.usage.services import usage_events_write
+        from apps.usage.metering.events import usage_events_write
 
         records = generate(organization_ids, count, seed=seed, tokens=tokens)
         usage_events_write(generate(organization_ids, 200, seed=seed + 1000, tokens=tokens))

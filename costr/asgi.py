@@ -13,7 +13,7 @@ django_application = get_asgi_application()
 # Imported after Django is set up: the proxy reads settings and the key cache.
 from apps.proxy.app import proxy_app  # noqa: E402
 from apps.proxy.upstream import close_client  # noqa: E402
-from apps.usage import sink  # noqa: E402
+from apps.usage.metering import sink  # noqa: E402
 from costr.server import install_access_log_redaction  # noqa: E402
 
 # Here, after Django has applied LOGGING, on whatever handlers the server gave the logger.

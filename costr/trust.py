@@ -18,7 +18,8 @@ from apps.billing.services import RESOURCES
 from apps.keys import keycache, vault
 from apps.keys.keyring import get_keyring
 from apps.proxy.limits import ALLOWED_METHODS, MAX_HEAD_BYTES
-from apps.usage import contract, lifecycle
+from apps.usage import lifecycle
+from apps.usage.metering import contract
 from costr import throttle
 from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC, REPRICE_SWEEP_MINUTES
 

@@ -18,8 +18,8 @@ from apps.proxy.tests.conftest import (  # noqa: F401 - fixtures, used by name
     proxy,
     sdk,
 )
-from apps.usage import sink
-from apps.usage import stream as usage_stream
+from apps.usage.metering import sink
+from apps.usage.metering import stream as usage_stream
 from apps.usage.models import UsageEvent
 from tests.outage import (
     ROOT,

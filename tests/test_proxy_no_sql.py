@@ -23,7 +23,7 @@ from django.db.backends.signals import connection_created
 from django.db.backends.utils import CursorWrapper
 
 from apps.proxy import upstream
-from apps.usage import sink
+from apps.usage.metering import sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -48,7 +48,7 @@ from apps.demo.profiles import (
     day_weights,
     demo_random,
 )
-from apps.usage.services import refusals_record, usage_events_write
+from apps.usage.metering.events import refusals_record, usage_events_write
 
 WRITE_BATCH = 20_000
 

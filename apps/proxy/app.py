@@ -39,7 +39,8 @@ from apps.proxy.limits import (
 )
 from apps.proxy.providers import Adapter, RequestInfo, Usage, get_adapter
 from apps.proxy.upstream import get_client
-from apps.usage import sink
+from apps.usage.metering import sink
+from apps.usage.metering.contract import UsageRecord
 from costr import throttle
 from costr.net.http1 import Origin, UpstreamError, UpstreamTimeout
 
@@ -136,7 +137,7 @@ class ProxiedRequest:
         self.recorded = True
         sink.emit(self.record(clean_usage(usage)))
 
-    def record(self, usage: Usage | None) -> dict:
+    def record(self, usage: Usage | None) -> UsageRecord:
         resolved = self.resolved
         finished = time.perf_counter()
         return {

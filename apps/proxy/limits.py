@@ -25,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 import orjson
 
 from apps.proxy.providers import RequestInfo, Usage, get_adapter
-from apps.usage.contract import (
+from apps.usage.metering.contract import (
     MAX_CUSTOMER_LENGTH,
     MAX_MODEL_LENGTH,
     MAX_PROPERTIES,

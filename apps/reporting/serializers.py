@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from rest_framework import serializers
 
 from apps.keys.models import Provider
-from apps.usage.contract import ENDPOINTS
+from apps.usage.metering.contract import ENDPOINTS
 from apps.usage.models import Outcome, PriceSource
 
 MAX_TEXT = 255

@@ -9,6 +9,7 @@ from rest_framework.serializers import as_serializer_error
 
 from apps.accounts.api import OrganizationAPIView, PayloadTooLarge, error_responses
 from apps.keys.authentication import TokenAuthentication
+from apps.usage.metering.events import usage_events_write
 from apps.usage.serializers import (
     BODY_SHAPE,
     MAX_EVENTS,
@@ -19,7 +20,6 @@ from apps.usage.serializers import (
     ingest_context,
     ingest_record,
 )
-from apps.usage.services import usage_events_write
 
 # 500 events with 20 long properties each fit with room to spare.
 MAX_BODY_BYTES = 8 * 1024 * 1024

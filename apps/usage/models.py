@@ -1,6 +1,7 @@
 from django.db import models
 
 from apps.accounts.tenancy import TenantModel
+from apps.usage.metering.contract import OUTCOMES
 
 
 class Customer(TenantModel):
@@ -22,12 +23,8 @@ class Customer(TenantModel):
         return self.name or self.external_id
 
 
-class Outcome(models.TextChoices):
-    OK = "ok"
-    UPSTREAM_ERROR = "upstream_error"
-    CLIENT_DISCONNECTED = "client_disconnected"
-    UPSTREAM_DISCONNECTED = "upstream_disconnected"
-    COSTR_ERROR = "costr_error"
+# The metering contract's outcome names as choices (labels "Ok", "Upstream Error", ...).
+Outcome = models.TextChoices("Outcome", [(name.upper(), name) for name in OUTCOMES])
 
 
 class PriceSource(models.TextChoices):

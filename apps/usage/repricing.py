@@ -7,10 +7,10 @@ from datetime import UTC, date, datetime
 from django.db import transaction
 
 from apps.accounts.models import Organization
+from apps.usage.metering.events import overrides_for
 from apps.usage.models import UsageEvent
 from apps.usage.pricing import price_tokens
 from apps.usage.rollups import rollups_rebuild_day
-from apps.usage.services import overrides_for
 
 logger = logging.getLogger("costr.usage")
 

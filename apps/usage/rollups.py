@@ -11,7 +11,14 @@ from django.db.models import Count, Max, Min, Q, Sum
 from django.db.models.functions import Coalesce
 
 from apps.accounts.models import Organization
-from apps.usage.contract import TOKEN_FIELDS
+from apps.usage.metering.contract import ERROR_OUTCOMES, TOKEN_FIELDS
+from apps.usage.metering.events import (
+    COUNTED_FIELDS,
+    ROLLUP_LOCK_NAMESPACE,
+    counters_add,
+    counters_of,
+    property_pairs,
+)
 from apps.usage.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_BUCKETS,
@@ -20,14 +27,6 @@ from apps.usage.models import (
     OrganizationDailyRollup,
     PropertyDailyRollup,
     UsageEvent,
-)
-from apps.usage.services import (
-    COUNTED_FIELDS,
-    ERROR_OUTCOMES,
-    ROLLUP_LOCK_NAMESPACE,
-    counters_add,
-    counters_of,
-    property_pairs,
 )
 
 

@@ -15,11 +15,12 @@ from rest_framework import serializers
 
 from apps.accounts.api import ErrorDetailSerializer
 from apps.keys.models import Provider
-from apps.usage.contract import (
+from apps.usage.metering.contract import (
     ENDPOINTS,
     MAX_PROPERTIES,
     MAX_PROPERTY_NAME_LENGTH,
     TOKEN_FIELDS,
+    UsageRecord,
 )
 
 MAX_EVENTS = 500
@@ -236,7 +237,7 @@ def ingest_request_id(organization_id: int, event_id: str) -> str:
     return "ing_" + digest[:60]
 
 
-def ingest_record(values: dict, *, organization_id: int, token_id: int | None) -> dict:
+def ingest_record(values: dict, *, organization_id: int, token_id: int | None) -> UsageRecord:
     """The usage record the writer stores for one validated event (the same shape the proxy
     hands to the sink)."""
     tokens = {name: values.get(name) for name in TOKEN_FIELDS}

@@ -96,7 +96,7 @@ def test_sign_up_send_traffic_and_see_it_on_the_overview(
 ):
     import openai
 
-    from apps.usage import sink
+    from apps.usage.metering import sink
 
     page, base = browser_page, costr_server.url
 

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote
 from django.views.decorators.debug import sensitive_variables
 
 from apps.proxy.sse import TAIL_BYTES, Event, SSESplitter
-from apps.usage import contract
+from apps.usage.metering import contract
 
 # Content decoding lives in its own module; the adapters import it from here, with the rest.
 from costr.net.decoding import DECODED_PIECE_BYTES as DECODED_PIECE_BYTES

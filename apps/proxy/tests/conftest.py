@@ -38,7 +38,7 @@ class ProxySetup:
         The proxy hands a record over only after the client has its last byte, so a test that
         just finished reading may ask before the record exists: wait for it, within reason.
         """
-        from apps.usage import sink
+        from apps.usage.metering import sink
         from apps.usage.models import UsageEvent
 
         deadline = time.monotonic() + 10
@@ -188,7 +188,7 @@ def committed_db(costr_server, django_db_blocker):
     from django.core.management import call_command
     from django.db import connection
 
-    from apps.usage import sink
+    from apps.usage.metering import sink
 
     name = Path(str(connection.settings_dict["NAME"])).name
     if not name.startswith("test"):
@@ -223,7 +223,7 @@ def make_organization(fake_provider, committed_db):
 
 @pytest.fixture
 def proxy(costr_server, fake_provider, committed_db):
-    from apps.usage import sink
+    from apps.usage.metering import sink
 
     organization, created = organization_with_token(fake_provider)
     fake_provider.clear()

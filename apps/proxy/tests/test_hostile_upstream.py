@@ -481,7 +481,7 @@ def _answer_with(head: bytes, body: bytes, *, sent_first: threading.Event, go_on
 
 
 def _events_of(organization, expected: int):
-    from apps.usage import sink
+    from apps.usage.metering import sink
     from apps.usage.models import UsageEvent
 
     deadline = time.monotonic() + 10

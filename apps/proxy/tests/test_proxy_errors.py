@@ -355,7 +355,7 @@ def test_refused_requests_are_counted_per_organization_and_code(http, proxy, set
     was answered with. A forwarded request adds none, and neither do requests with no token,
     a bad one, or another organization's: anyone can send those to any /p/<org>/, so counting
     them would let anyone inflate any organization's count."""
-    from apps.usage import sink
+    from apps.usage.metering import sink
     from apps.usage.models import RefusalCount
 
     assert _raw_generate(http, proxy, "openai", proxy.token).status_code == 200

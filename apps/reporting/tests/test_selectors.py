@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from apps.reporting import selectors
-from apps.usage.services import refusals_record
+from apps.usage.metering.events import refusals_record
 from apps.usage.tests.factories import store_usage
 
 pytestmark = pytest.mark.django_db

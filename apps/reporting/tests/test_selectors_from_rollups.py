@@ -9,7 +9,7 @@ import pytest
 
 from apps.reporting import selectors
 from apps.reporting.tests.dashboard_data import REQUEST_COST, price, use, utc
-from apps.usage.services import usage_events_write
+from apps.usage.metering.events import usage_events_write
 from apps.usage.tests.factories import usage_record
 
 pytestmark = pytest.mark.django_db

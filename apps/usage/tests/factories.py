@@ -4,7 +4,7 @@ writer (so events, customers and rollups are all written as in production)."""
 import itertools
 from datetime import UTC, datetime
 
-from apps.usage.services import usage_events_write
+from apps.usage.metering.events import usage_events_write
 
 _ids = itertools.count(1)
 

@@ -20,6 +20,7 @@ from decimal import Decimal
 import pytest
 from genai_prices import Usage, calc_price
 
+from apps.usage.metering.events import usage_events_write
 from apps.usage.models import (
     LATENCY_BUCKETS,
     DailyRollup,
@@ -27,7 +28,6 @@ from apps.usage.models import (
     PropertyDailyRollup,
     UsageEvent,
 )
-from apps.usage.services import usage_events_write
 
 PLACES = Decimal("0.000000000001")
 MODELS = [

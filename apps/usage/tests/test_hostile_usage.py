@@ -17,8 +17,8 @@ import textwrap
 import pytest
 import redis
 
-from apps.usage import sink
-from apps.usage import stream as usage_stream
+from apps.usage.metering import sink
+from apps.usage.metering import stream as usage_stream
 from apps.usage.models import DailyRollup, UsageEvent
 from apps.usage.tests.test_writer import _record
 from tests.outage import (
@@ -221,7 +221,7 @@ WEB_PROCESS = textwrap.dedent(
     from types import SimpleNamespace
     import django
     django.setup()
-    from apps.usage import sink
+    from apps.usage.metering import sink
     from apps.usage.tests.test_writer import _record
     organization = SimpleNamespace(pk=int(sys.argv[1]))
     prefix, count = sys.argv[2], int(sys.argv[3])

@@ -4,6 +4,7 @@ import pytest
 
 from apps.accounts.models import AuditEvent, Organization
 from apps.usage import lifecycle
+from apps.usage.metering.events import refusals_record
 from apps.usage.models import (
     DailyRollup,
     OrganizationDailyRollup,
@@ -11,7 +12,6 @@ from apps.usage.models import (
     RefusalCount,
     UsageEvent,
 )
-from apps.usage.services import refusals_record
 from apps.usage.tests.factories import store_usage
 
 pytestmark = pytest.mark.django_db

@@ -7,8 +7,8 @@ import pytest
 from django.urls import reverse
 
 from apps.accounts.models import AuditEvent
+from apps.usage.metering.events import usage_events_write
 from apps.usage.models import PriceOverride, UsageEvent
-from apps.usage.services import usage_events_write
 
 pytestmark = pytest.mark.django_db
 

@@ -7,8 +7,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from apps.usage.metering.events import usage_events_write
 from apps.usage.models import DailyRollup, OrganizationDailyRollup, PropertyDailyRollup
-from apps.usage.services import usage_events_write
 from apps.usage.tests.test_rollups_by_model_and_property import rollup_rows
 from apps.usage.tests.test_writer import _record
 

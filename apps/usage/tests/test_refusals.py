@@ -4,8 +4,8 @@ from datetime import date
 
 import pytest
 
+from apps.usage.metering.events import refusals_record
 from apps.usage.models import RefusalCount
-from apps.usage.services import refusals_record
 
 pytestmark = pytest.mark.django_db
 

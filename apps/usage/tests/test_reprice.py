@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from django.core.management import CommandError, call_command
 
+from apps.usage.metering.events import usage_events_write
 from apps.usage.models import DailyRollup, PriceOverride, UsageEvent
 from apps.usage.repricing import usage_reprice
-from apps.usage.services import usage_events_write
 from apps.usage.tasks import reprice
 from apps.usage.tests.test_writer import _record
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from django.db import close_old_connections, connection
 
+from apps.usage.metering.events import usage_events_write
 from apps.usage.models import (
     DailyRollup,
     OrganizationDailyRollup,
@@ -16,7 +17,6 @@ from apps.usage.models import (
     UsageEvent,
 )
 from apps.usage.rollups import rollups_rebuild_day
-from apps.usage.services import usage_events_write
 from apps.usage.tests.test_rollups_by_model_and_property import rollup_rows
 from apps.usage.tests.test_writer import _record
 

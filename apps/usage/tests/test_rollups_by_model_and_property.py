@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from apps.usage.metering.events import usage_events_write
 from apps.usage.models import (
     LATENCY_BUCKETS,
     DailyRollup,
@@ -14,7 +15,6 @@ from apps.usage.models import (
     PropertyDailyRollup,
     UsageEvent,
 )
-from apps.usage.services import usage_events_write
 from apps.usage.tests.test_writer import _record
 
 pytestmark = pytest.mark.django_db

@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from apps.usage import sink
-from apps.usage import stream as usage_stream
+from apps.usage.metering import sink
+from apps.usage.metering import stream as usage_stream
+from apps.usage.metering.spool import Spool
 from apps.usage.models import RefusalCount, UsageEvent
-from apps.usage.spool import Spool
 from apps.usage.tests.test_writer import _record
 from tests.outage import (
     RedisServer,

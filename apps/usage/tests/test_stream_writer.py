@@ -1,4 +1,4 @@
-"""The Redis mode's batch writer (apps.usage.writer.StreamWriter, behind run_usage_writer), run in
+"""The Redis mode's batch writer (metering.writer.StreamWriter, behind run_usage_writer), run in
 this process against a real Redis: what it reads is stored once, acknowledged and deleted; what
 can never be stored is set aside without holding up the rest; what a dead writer or a dead web
 process left behind is picked up."""
@@ -9,12 +9,12 @@ import tracemalloc
 import pytest
 import redis
 
-from apps.usage import sink
-from apps.usage import stream as usage_stream
+from apps.usage.metering import sink
+from apps.usage.metering import stream as usage_stream
+from apps.usage.metering.spool import Spool
+from apps.usage.metering.writer import StreamWriter
 from apps.usage.models import RefusalCount, UsageEvent
-from apps.usage.spool import Spool
 from apps.usage.tests.test_writer import _record
-from apps.usage.writer import StreamWriter
 from tests.outage import drop_usage_stream, use_usage_stream
 
 # The writer stores through its own transactions, as in production.

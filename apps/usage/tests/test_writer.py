@@ -3,8 +3,8 @@ from decimal import Decimal
 
 import pytest
 
+from apps.usage.metering.events import usage_events_write
 from apps.usage.models import Customer, PriceOverride, UsageEvent
-from apps.usage.services import usage_events_write
 
 pytestmark = pytest.mark.django_db
 

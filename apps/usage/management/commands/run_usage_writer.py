@@ -1,7 +1,7 @@
 """``manage.py run_usage_writer``: the Redis mode's batch writer, a long-running process.
 
 Reads the usage stream (``COSTR_USAGE_STREAM`` on ``COSTR_USAGE_REDIS_URL``) as one consumer of
-the ``usage-writers`` group and stores what it reads; see ``apps.usage.writer.StreamWriter``.
+the ``usage-writers`` group and stores what it reads; see ``metering.writer.StreamWriter``.
 Run one or more (each is its own consumer); SIGTERM or SIGINT lets the batch in hand finish and
 exits 0.
 """
@@ -9,8 +9,8 @@ exits 0.
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.usage import stream as usage_stream
-from apps.usage.writer import StreamWriter
+from apps.usage.metering import stream as usage_stream
+from apps.usage.metering.writer import StreamWriter
 
 
 class Command(BaseCommand):

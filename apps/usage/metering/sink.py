@@ -20,20 +20,20 @@ LINGER_SECONDS for company) and refusal counts aggregated per (org, UTC day, sta
 delivers them by the transport the settings name:
 
 - **embedded** (``COSTR_USAGE_REDIS_URL`` empty): stored in the database by this thread
-  (``apps.usage.writer``), retried with capped backoff for as long as the database is down.
+  (``writer``), retried with capped backoff for as long as the database is down.
   Meanwhile records wait in memory, up to ``COSTR_USAGE_QUEUE_MAX_RECORDS``; past that (the
   database down or slower than the traffic) they go to the spool under ``COSTR_USAGE_SPOOL_DIR``
-  (``apps.usage.spool``) and this thread stores them once it has caught up. A record is never
+  (``spool``) and this thread stores them once it has caught up. A record is never
   dropped and the caller never waits;
 - **redis**: appended to the Redis stream ``COSTR_USAGE_STREAM`` (one XADD per batch) for
   ``manage.py run_usage_writer``; this process never writes usage to the database. While Redis
-  does not answer, batches go to the spool under ``COSTR_USAGE_SPOOL_DIR`` (``apps.usage.spool``)
+  does not answer, batches go to the spool under ``COSTR_USAGE_SPOOL_DIR`` (``spool``)
   and are replayed into the stream when it answers again. The same bound holds for what waits
   in memory: past it the thread spools without asking Redis. While the thread waits on a Redis
   that does not answer (paused: one socket timeout, ``stream.SINK_SOCKET_TIMEOUT``, then one
   short probe a second), records can pass the bound by at most that wait's traffic.
 
-A record that cannot be stored is set aside alone (``apps.usage.writer``), never its neighbours,
+A record that cannot be stored is set aside alone (``writer``), never its neighbours,
 never retried forever: an embedded process writes it to ``dead-letter.jsonl`` in the spool
 directory, the Redis mode's writer to the dead-letter stream; the log says so without content.
 
@@ -56,8 +56,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from apps.usage.spool import Spool
-from apps.usage.stream import (
+from apps.usage.metering.contract import UsageRecord
+from apps.usage.metering.spool import Spool
+from apps.usage.metering.stream import (
     KIND_EVENTS,
     KIND_REFUSALS,
     ORPHAN_SCAN_SECONDS,
@@ -120,7 +121,7 @@ class _FlushRequest:
         self.done = threading.Event()
 
 
-def emit(record: dict) -> None:
+def emit(record: UsageRecord) -> None:
     """Hand one usage record over. O(1), memory only, never raises."""
     try:
         packed = pack(record)
@@ -483,7 +484,7 @@ def _deliver(
     waits for this batch (``flushing``) or comes while it retries (a shutdown with the database
     down) spools the batch and the whole queue instead, so that what was handed over outlives
     the process; returns the flush requests so answered."""
-    from apps.usage.writer import backoff_delays
+    from apps.usage.metering.writer import backoff_delays
 
     delays = None
     while True:
@@ -564,7 +565,12 @@ class _DatabaseTransport:
     def deliver(self, records: list[Packed], counts: list[dict]) -> None:
         from django.db import close_old_connections, connection
 
-        from apps.usage.writer import UNREACHABLE, forget_connection, store_events, store_refusals
+        from apps.usage.metering.writer import (
+            UNREACHABLE,
+            forget_connection,
+            store_events,
+            store_refusals,
+        )
 
         items = []
         for record in records:
@@ -604,7 +610,7 @@ class _DatabaseTransport:
         if now < self._next_replay or _queued_records > settings.COSTR_USAGE_QUEUE_MAX_RECORDS // 2:
             return
         self._next_replay = now + (TICK_SECONDS if self.spool.pending else ORPHAN_SCAN_SECONDS)
-        from apps.usage.writer import UNREACHABLE, forget_connection
+        from apps.usage.metering.writer import UNREACHABLE, forget_connection
 
         try:
             self.spool.replay(self._store_entries)
@@ -623,7 +629,7 @@ class _DatabaseTransport:
     def _store_entries(self, entries: list[dict[str, str]]) -> None:
         """One chunk of a spool file: stored, or UNREACHABLE (the file stays for a later try;
         what it stored then comes again, once, by its request id)."""
-        from apps.usage.writer import store_events, store_refusals
+        from apps.usage.metering.writer import store_events, store_refusals
 
         for entry in entries:
             try:
@@ -641,7 +647,7 @@ class _DatabaseTransport:
     def dead_letter(self, kind: str, items: list, error: BaseException) -> None:
         """Embedded mode has no dead-letter stream: a JSON-lines file beside the spool keeps what
         could not be stored, with the reason; the log says so without the content."""
-        from apps.usage.writer import describe
+        from apps.usage.metering.writer import describe
 
         logger.error(
             "%d usage %s could not be stored and were set aside to %s (%s)",

@@ -31,8 +31,9 @@ from collections.abc import Callable
 import redis
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
 
-from apps.usage import services
-from apps.usage import stream as usage_stream
+from apps.usage.metering import stream as usage_stream
+from apps.usage.metering.contract import UsageRecord
+from apps.usage.metering.events import refusals_record, usage_events_write
 from costr.db import run_outside_request
 
 logger = logging.getLogger("costr.usage.writer")
@@ -51,7 +52,9 @@ _REFUSED_SQLSTATE_CLASSES = ("22", "23", "42", "54")
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "55P03", "57")
 
 
-def store_events(records: list[dict], *, dead_letter: DeadLetter, cleaned: bool = False) -> int:
+def store_events(
+    records: list[UsageRecord], *, dead_letter: DeadLetter, cleaned: bool = False
+) -> int:
     """Store ``records``; return how many were new. Raises only UNREACHABLE.
 
     Every string is made storable first (``clean_record``), unless the caller says the records
@@ -65,9 +68,7 @@ def store_events(records: list[dict], *, dead_letter: DeadLetter, cleaned: bool 
     if not cleaned:
         records = [clean_record(record) for record in records]
     return run_outside_request(
-        lambda: _isolating(
-            services.usage_events_write, usage_stream.KIND_EVENTS, records, dead_letter
-        ),
+        lambda: _isolating(usage_events_write, usage_stream.KIND_EVENTS, records, dead_letter),
         idempotent=True,
     )
 
@@ -129,9 +130,7 @@ def store_refusals(counts: list[dict], *, dead_letter: DeadLetter) -> int:
     Not idempotent (counts are added), so ``run_outside_request`` retries it only when its
     connection failed before anything reached the database."""
     return run_outside_request(
-        lambda: _isolating(
-            services.refusals_record, usage_stream.KIND_REFUSALS, counts, dead_letter
-        ),
+        lambda: _isolating(refusals_record, usage_stream.KIND_REFUSALS, counts, dead_letter),
         idempotent=False,
     )
 

@@ -33,7 +33,7 @@ from django.db import connection, transaction
 
 from apps.accounts.models import Organization
 from apps.keys.models import ProxyToken
-from apps.usage.contract import MAX_PROPERTIES, TOKEN_FIELDS
+from apps.usage.metering.contract import ERROR_OUTCOMES, MAX_PROPERTIES, TOKEN_FIELDS, UsageRecord
 from apps.usage.models import (
     LATENCY_BOUNDS_MS,
     LATENCY_BUCKETS,
@@ -52,8 +52,6 @@ from apps.usage.pricing import Overrides, price_tokens
 
 logger = logging.getLogger("costr.usage")
 
-# Outcomes that make a request an error whatever its status (see DailyRollup).
-ERROR_OUTCOMES = ("upstream_error", "upstream_disconnected", "costr_error")
 # Namespace of the PostgreSQL advisory lock that keeps a rollup rebuild and the writer apart.
 ROLLUP_LOCK_NAMESPACE = 0x5553  # "US"
 
@@ -80,7 +78,7 @@ _ORG_ROLLUP_COUNTERS = ROLLUP_COUNTERS + LATENCY_BUCKETS
 _PROPERTY_ROLLUP_KEY = ["organization_id", "day", "name", "value"]
 
 
-def usage_events_write(records: list[dict]) -> int:
+def usage_events_write(records: list[UsageRecord]) -> int:
     """Store a batch of usage records and add them to the daily rollups; returns how many were
     newly stored.
 

@@ -9,6 +9,8 @@ record, or a record beside it, fail to encode or to store.
 """
 
 import re
+from datetime import datetime
+from typing import Any, TypedDict
 
 # The endpoint names a usage event records (DESIGN.md, "Usage event").
 ENDPOINTS = (
@@ -33,6 +35,45 @@ TOKEN_FIELDS = (
     "output_tokens",
     "reasoning_tokens",
 )
+
+# How a forwarded request ended (DESIGN.md, "Usage event"). ``client_disconnected`` with a
+# successful status is no error: the provider served the request and bills it.
+OUTCOMES = ("ok", "upstream_error", "client_disconnected", "upstream_disconnected", "costr_error")
+# Outcomes that make a request an error whatever its status (the rollups' ``errors``).
+ERROR_OUTCOMES = ("upstream_error", "upstream_disconnected", "costr_error")
+
+
+class UsageRecord(TypedDict, total=False):
+    """One forwarded request's usage, as the proxy hands it to ``sink.emit`` and the ingest API
+    to the writer. Keys are the ``UsageEvent`` fields' names; no ``cost_usd``: the writer prices.
+    ``total=False``: a record from an older spool file may leave a field out, and the writer
+    then stores the model's default."""
+
+    request_id: str
+    organization_id: int
+    token_id: int | None
+    timestamp: str | datetime  # ISO 8601 on the wire; a naive one is UTC
+    provider: str
+    endpoint: str  # one of ENDPOINTS
+    model: str  # as the response reports it, else as requested
+    requested_model: str
+    customer: str | None
+    properties: dict[str, str]
+    status: int
+    stream: bool
+    outcome: str  # one of OUTCOMES
+    input_tokens: int | None  # TOKEN_FIELDS: null when the provider reported none
+    cached_input_tokens: int | None
+    cache_write_tokens: int | None
+    cache_write_1h_tokens: int | None
+    output_tokens: int | None
+    reasoning_tokens: int | None
+    service_tier: str
+    raw_usage: dict[str, Any] | None
+    latency_ms: int
+    ttfb_ms: int | None
+    overhead_ms: float | None  # None for what the ingest API reports
+
 
 MAX_CUSTOMER_LENGTH = 255
 MAX_PROPERTY_NAME_LENGTH = 64

@@ -32,8 +32,8 @@ import orjson
 import redis
 import redis.asyncio
 
-from apps.usage.contract import clean_text
-from apps.usage.spool import Spool, replay_directory
+from apps.usage.metering.contract import clean_text
+from apps.usage.metering.spool import Spool, replay_directory
 
 logger = logging.getLogger("costr.usage.stream")
 
