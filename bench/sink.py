@@ -43,7 +43,7 @@ def _measure(records: list[dict], *, pace: float | None = None) -> dict[str, flo
 
     sink.emit(dict(records[0], request_id=uuid.uuid4().hex))  # start the thread and transport
     assert sink.flush(timeout=120)
-    thread = sink._thread
+    thread = sink._sink.thread
     background_before = _thread_cpu(thread)
     caller_cpu = caller_wall = 0.0
     started = time.perf_counter()

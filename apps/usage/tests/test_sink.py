@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from apps.usage.metering import sink
+from apps.usage.metering import sink, transports
 from apps.usage.metering import stream as usage_stream
 from apps.usage.metering.spool import Spool
 from apps.usage.models import RefusalCount, UsageEvent
@@ -95,7 +95,7 @@ def test_a_record_that_cannot_be_stored_is_set_aside_alone_and_the_others_are_st
     stored = sorted(UsageEvent.objects.for_org(org).values_list("request_id", flat=True))
     assert stored == ["req_fine_1", "req_fine_2"]
     # Kept with its reason in the dead-letter file; the log says so without the content.
-    [line] = (spool_dir / sink.DEAD_LETTER_FILE).read_text().splitlines()
+    [line] = (spool_dir / transports.DEAD_LETTER_FILE).read_text().splitlines()
     dead = json.loads(line)
     assert dead["data"] == [broken]
     assert dead["error"].startswith("ValueError")
