@@ -15,7 +15,6 @@ from django.views.decorators.debug import sensitive_variables
 
 from apps.proxy.providers.base import (
     Adapter,
-    ContentDecoder,
     Headers,
     JsonBodyUsageReader,
     RequestInfo,
@@ -32,6 +31,7 @@ from apps.proxy.providers.base import (
     with_headers_set,
 )
 from apps.proxy.sse import Event
+from costr.net.decoding import ContentDecoder
 
 _ENDPOINTS = {
     "v1/messages": "messages",

@@ -1,31 +1,30 @@
-"""What every provider adapter shares: the normalised usage record, request metadata, header and
-query helpers, and the usage readers that watch response bodies (decoding them with
-``costr.net.decoding``, re-exported here).
+"""The adapter interface every provider implements, and what the adapters share: the normalised
+usage record, request metadata, header and query helpers, the usage readers that watch response
+bodies (decoding them with ``costr.net.decoding``, reading large JSON bodies' usage with
+``recovery``) and the client stream filter's protocol.
 
 Everything here runs on the proxy's hot path, so it works on the bytes already passing, in
 O(chunk) time and bounded memory, and it never raises into the proxy: a body Costr cannot read
 costs the event its token counts, never the client its response.
 """
 
-import functools
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, unquote
 
 from django.views.decorators.debug import sensitive_variables
 
+from apps.proxy.providers.recovery import (
+    JSON_HEAD_BYTES,
+    recover_fields,
+    usage_document_from_tail,
+)
 from apps.proxy.sse import TAIL_BYTES, Event, SSESplitter
 from apps.usage.metering import contract
-
-# Content decoding lives in its own module; the adapters import it from here, with the rest.
-from costr.net.decoding import DECODED_PIECE_BYTES as DECODED_PIECE_BYTES
 from costr.net.decoding import ContentDecoder, content_decoder
-from costr.net.decoding import ContentDecodingError as ContentDecodingError
-from costr.net.decoding import DecodedSizeExceeded as DecodedSizeExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +33,9 @@ Headers = list[tuple[bytes, bytes]]
 # The values RequestInfo.endpoint takes, as the usage event records them.
 ENDPOINTS = frozenset(contract.ENDPOINTS)
 
-# A non-stream body up to this size is kept and parsed whole; past it only a head and a tail are.
+# A non-stream body up to this size is kept and parsed whole; past it only a head
+# (``recovery.JSON_HEAD_BYTES``) and a tail (``sse.TAIL_BYTES``) are.
 JSON_BODY_CAP = 256 * 1024
-JSON_HEAD_BYTES = 64 * 1024
 # From this size a kept body is first read from its end (``usage_document_from_tail``): parsing
 # a whole embeddings body costs ~15 ms of CPU per MB, its tail a small fraction of that.
 JSON_TAIL_FIRST_BYTES = 16 * 1024
@@ -185,177 +184,6 @@ def is_event_stream(content_type: str | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recovering usage from the end of a body too large to keep
-
-_JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
-_JSON_TOKEN = re.compile(_JSON_STRING + r"|[{}\[\]]")
-_COLON_THEN_STRING = re.compile(r"\s*:\s*(" + _JSON_STRING + ")")
-
-
-def top_level_strings(head: str, keys: Iterable[str]) -> dict[str, str]:
-    """String values of the wanted keys at the top level of a JSON object's (possibly cut) text.
-
-    Tracks nesting, so a ``"model"`` inside a tool call or a message does not count.
-    """
-    wanted = {json.dumps(key): key for key in keys}
-    found: dict[str, str] = {}
-    depth = 0
-    for match in _JSON_TOKEN.finditer(head):
-        token = match.group()
-        if token in ("{", "["):
-            depth += 1
-        elif token in ("}", "]"):
-            depth -= 1
-        elif depth == 1 and token in wanted and wanted[token] not in found:
-            value = _COLON_THEN_STRING.match(head, match.end())
-            if value is not None:
-                text = loads_or_none(value.group(1))
-                if isinstance(text, str):
-                    found[wanted[token]] = text
-            if len(found) == len(wanted):
-                break
-    return found
-
-
-def last_string_value(tail: str, key: str) -> str | None:
-    """The value of the last ``"key": "…"`` pair in a fragment of JSON text.
-
-    Quotes inside JSON strings are escaped, so an unescaped ``"key":`` in any fragment is
-    structure, not content.
-    """
-    pattern = re.compile(re.escape(json.dumps(key)) + _COLON_THEN_STRING.pattern)
-    value = None
-    for match in pattern.finditer(tail):
-        value = match.group(1)
-    return text_or_none(loads_or_none(value)) if value is not None else None
-
-
-def last_object_value(tail: str, key: str) -> dict[str, Any] | None:
-    """The last ``"key": {…}`` object in a fragment of JSON text that decodes whole."""
-    pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:\s*(\{)")
-    decoder = json.JSONDecoder()
-    for match in reversed(list(pattern.finditer(tail))):
-        try:
-            value, _ = decoder.raw_decode(tail, match.start(1))
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
-def usage_document_from_tail(
-    body: bytes, object_key: str, string_keys: Iterable[str]
-) -> dict[str, Any] | None:
-    """What ``json.loads(body)`` would give for the usage object and the string keys, or None.
-
-    The usage object is the last ``"object_key": {…}`` near the end. It is taken only when it is
-    provably a member of the top-level object: the rest of the body after it must complete a
-    JSON object by itself (more members, then the closing brace at the very end), which no
-    object nested deeper can do, since its container's closing brace would come before the
-    root's. Each string key is read from those trailing members; else from the members just
-    before the usage object, when the text from the key's last occurrence up to the usage
-    object is itself a run of members (so at the top level too); else from the top level of
-    the body's head. None -- the caller then parses the whole body -- whenever that proves
-    nothing: no usage object near the end, a nested one, a top-level array, invalid text, a
-    key neither place settles.
-
-    Why: non-streamed embeddings answers are arrays of floats, which ``json.loads`` turns into
-    Python floats at great cost (3 to 4 ms of CPU for a 187 KB body of 6 embeddings, measured),
-    all to read a handful of values at the end.
-    """
-    matches = list(_tail_object_pattern(object_key).finditer(body, max(0, len(body) - TAIL_BYTES)))
-    if not matches:
-        return None
-    match = matches[-1]
-    at = match.start()
-    if body[at - 1 : at] == b"\\" or not body[:1024].lstrip().startswith(b"{"):
-        return None  # an escaped quote (the key is longer than it looks), or not an object
-    try:
-        tail = body[at:].decode("utf-8")
-        value, end = json.JSONDecoder().raw_decode(tail, match.end() - 1 - at)
-        rest = tail[end:].lstrip()
-        if rest.startswith(","):
-            members = json.loads("{" + rest[1:])
-        elif rest.rstrip() == "}":
-            members = {}
-        else:
-            return None
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(value, dict) or not isinstance(members, dict):
-        return None
-    document: dict[str, Any] = {object_key: value}
-    for key in string_keys:
-        if key in members:
-            document[key] = members[key]
-            continue
-        found = _member_before(body, at, key)
-        if found is _UNSETTLED:
-            head = body[: min(at, JSON_HEAD_BYTES)].decode("utf-8", "replace")
-            strings = top_level_strings(head, [key])
-            if key in strings:
-                found = strings[key]
-            elif at > JSON_HEAD_BYTES:
-                return None
-            else:
-                found = None
-        if found is not None:
-            document[key] = found
-    return document
-
-
-_UNSETTLED = object()
-_MEMBERS_BEFORE_BYTES = 4096
-
-
-def _member_before(body: bytes, at: int, key: str) -> Any:
-    """The value of ``key`` when its last occurrence before ``at`` starts a run of members
-    that ends at ``at``; None when the key does not occur; _UNSETTLED otherwise."""
-    quoted = json.dumps(key).encode()
-    start = body.rfind(quoted, max(0, at - _MEMBERS_BEFORE_BYTES), at)
-    if start < 0:
-        return None if body.rfind(quoted, 0, at) < 0 else _UNSETTLED
-    if body[start - 1 : start] == b"\\":
-        return _UNSETTLED
-    try:
-        members = json.loads(b"{" + body[start:at] + b'"":0}')
-    except (ValueError, RecursionError):
-        return _UNSETTLED
-    return members.get(key) if isinstance(members, dict) else _UNSETTLED
-
-
-@functools.lru_cache(maxsize=8)
-def _tail_object_pattern(key: str) -> re.Pattern[bytes]:
-    return re.compile(re.escape(json.dumps(key).encode()) + rb"\s*:\s*\{")
-
-
-def recover_fields(
-    head: bytes, tail: bytes, object_key: str, string_keys: Iterable[str]
-) -> dict[str, Any]:
-    """Rebuild the parts of a cut JSON document that usage extraction needs.
-
-    Each string key is taken from the top level of the head if present there, else from its
-    last occurrence in the tail; the usage object from its last occurrence in the tail (every
-    provider puts usage after the bulky content). The result has the same shape as the whole
-    document, so the same extraction function reads it.
-    """
-    head_text = head.decode("utf-8", "replace")
-    tail_text = tail.decode("utf-8", "replace")
-    string_keys = tuple(string_keys)
-    fields: dict[str, Any] = dict(top_level_strings(head_text, string_keys)) if head else {}
-    for key in string_keys:
-        if key not in fields:
-            value = last_string_value(tail_text, key)
-            if value is not None:
-                fields[key] = value
-    usage = last_object_value(tail_text, object_key)
-    if usage is not None:
-        fields[object_key] = usage
-    return fields
-
-
-# ---------------------------------------------------------------------------------------------
 # Usage readers
 
 
@@ -447,7 +275,7 @@ class JsonBodyUsageReader(UsageReader):
 
     A body up to ``JSON_BODY_CAP`` is kept and parsed whole. A larger one (embeddings can run to
     megabytes) keeps only its head and a bounded tail, and the fields usage needs are recovered
-    from those with ``recover_fields``.
+    from those with ``recovery.recover_fields``.
     """
 
     def __init__(
@@ -539,8 +367,25 @@ class SSEUsageReader(UsageReader):
 # The adapter interface
 
 
+@runtime_checkable
 class StreamFilter(Protocol):
-    """Rewrites the response bytes going to the client (see ``Adapter.client_stream_filter``)."""
+    """Rewrites the response bytes going to the client (see ``Adapter.client_stream_filter``).
+
+    The proxy calls ``share`` once, before any bytes, with the response's usage reader;
+    ``response_headers`` then gives the headers fit for the filtered body, ``feed`` the bytes to
+    send now for each upstream chunk (as received), and ``finish`` those still held at the end.
+    """
+
+    def share(self, reader: UsageReader) -> bool:
+        """Whether this filter feeds ``reader`` itself, from its own splitting of the stream.
+
+        True: the caller must not feed the reader any chunk (it would see each event twice);
+        whatever reaches this filter's ``feed`` and ``finish`` reaches the reader, so a caller
+        that still wants the usage after the client left keeps calling ``feed`` and drops its
+        output. False: the filter leaves the reader alone, and the caller feeds it every
+        upstream chunk as usual.
+        """
+        ...
 
     def feed(self, chunk: bytes) -> bytes: ...
 

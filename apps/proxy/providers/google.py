@@ -18,7 +18,6 @@ from django.views.decorators.debug import sensitive_variables
 
 from apps.proxy.providers.base import (
     Adapter,
-    ContentDecoder,
     Headers,
     JsonBodyUsageReader,
     RequestInfo,
@@ -30,11 +29,12 @@ from apps.proxy.providers.base import (
     loads_or_none,
     query_param,
     query_with_param_replaced,
-    recover_fields,
     text_or_none,
     with_headers_set,
 )
+from apps.proxy.providers.recovery import recover_fields
 from apps.proxy.sse import Event
+from costr.net.decoding import ContentDecoder
 
 # {version}/models/{model}:{method}; the version segment (v1, v1beta, v1alpha) does not matter.
 _MODEL_METHOD = re.compile(r"^v1(?:alpha|beta)?/(models|tunedModels)/([^/:]+):(\w+)$")

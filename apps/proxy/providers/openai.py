@@ -17,7 +17,6 @@ from django.views.decorators.debug import sensitive_variables
 
 from apps.proxy.providers.base import (
     Adapter,
-    ContentDecoder,
     Headers,
     JsonBodyUsageReader,
     RequestInfo,
@@ -25,18 +24,18 @@ from apps.proxy.providers.base import (
     Usage,
     UsageReader,
     bearer_token,
-    content_decoder,
     count,
     header_value,
     is_event_stream,
     loads_or_none,
     model_and_stream_from_body,
     normalise_service_tier,
-    recover_fields,
     text_or_none,
     with_headers_set,
 )
+from apps.proxy.providers.recovery import recover_fields
 from apps.proxy.sse import Event, SSESplitter
+from costr.net.decoding import ContentDecoder, content_decoder
 
 _ENDPOINTS = {
     "v1/chat/completions": "chat",

@@ -7,10 +7,13 @@ import random
 
 import pytest
 
-from apps.proxy.providers import base
-from apps.proxy.providers.base import RequestInfo, Usage, content_decoder
+from apps.proxy.providers import ADAPTERS, base, recovery
+from apps.proxy.providers.base import RequestInfo, StreamFilter, Usage
 from apps.proxy.providers.openai import adapter, usage_from_openai_body
+from apps.proxy.sse import TAIL_BYTES
 from apps.proxy.tests import byte_by_byte, encode, every_split, in_chunks, read, sse, whole
+from costr.net import decoding
+from costr.net.decoding import content_decoder
 
 CHAT_STREAM_INFO = RequestInfo("chat", "gpt-4o", True)
 SSE = "text/event-stream; charset=utf-8"
@@ -220,7 +223,7 @@ def test_decoded_output_comes_in_bounded_pieces():
     # One chunk decodes a bounded amount (a bomb guard); the rest comes out at the body's end.
     pieces = [*decoder.decode(encode(b"a" * (5 * 1024 * 1024), "gzip")), *decoder.flush()]
     assert sum(map(len, pieces)) == 5 * 1024 * 1024
-    assert max(map(len, pieces)) <= base.DECODED_PIECE_BYTES
+    assert max(map(len, pieces)) <= decoding.DECODED_PIECE_BYTES
 
 
 def test_brotli_output_also_comes_in_bounded_pieces():
@@ -229,7 +232,7 @@ def test_brotli_output_also_comes_in_bounded_pieces():
     pieces = [*decoder.decode(encode(b"a" * (5 * 1024 * 1024), "br")), *decoder.flush()]
     assert sum(map(len, pieces)) == 5 * 1024 * 1024
     # brotli stops growing its buffer once past the limit, so a piece may overshoot a little.
-    assert max(map(len, pieces)) <= 2 * base.DECODED_PIECE_BYTES
+    assert max(map(len, pieces)) <= 2 * decoding.DECODED_PIECE_BYTES
 
 
 def test_top_level_strings_ignore_nested_keys_and_survive_a_cut():
@@ -237,8 +240,8 @@ def test_top_level_strings_ignore_nested_keys_and_survive_a_cut():
         '{"id":"x","prompt":{"id":"pmpt_1","variables":{"model":"nested"}},'
         '"tools":[{"model":"in-array"}],"model":"gpt-5","output":[{"text":"cut he'
     )
-    assert base.top_level_strings(head, ["model", "service_tier"]) == {"model": "gpt-5"}
-    assert base.top_level_strings('{"a":{"model":"x"', ["model"]) == {}
+    assert recovery.top_level_strings(head, ["model", "service_tier"]) == {"model": "gpt-5"}
+    assert recovery.top_level_strings('{"a":{"model":"x"', ["model"]) == {}
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "compress", "gzip, br", "x-unknown"])
@@ -461,7 +464,7 @@ def test_embeddings_body_over_the_cap_recovers_usage_from_its_tail(encoding):
     for chunk in in_chunks(payload, 16 * 1024):
         reader.feed(chunk)
         assert reader._body is None or len(reader._body) <= base.JSON_BODY_CAP + 64 * 1024
-        assert len(reader._tail) <= 2 * base.TAIL_BYTES + 64 * 1024
+        assert len(reader._tail) <= 2 * TAIL_BYTES + 64 * 1024
     assert reader.finish() == EMBEDDINGS_USAGE
 
 
@@ -536,7 +539,7 @@ def test_the_tail_read_takes_the_usage_only_where_it_is_provably_top_level():
     usage = {"input_tokens": 10, "output_tokens": 5}
     keys = ("model", "service_tier")
     read_from_tail = {
-        name: base.usage_document_from_tail(body, "usage", keys) for name, body in cases.items()
+        name: recovery.usage_document_from_tail(body, "usage", keys) for name, body in cases.items()
     }
     assert read_from_tail["embeddings-6"] == {
         "model": "text-embedding-3-small",
@@ -790,6 +793,19 @@ def test_an_event_too_big_to_hold_is_forwarded_even_when_it_arrives_whole():
     for chunks in ([sse(CONTENT_EVENTS[0]), sse(huge_usage)], in_chunks(stream, 1000)):
         stream_filter, _ = shared()
         assert run_filter(stream_filter, chunks) == stream
+
+
+@pytest.mark.parametrize("provider", sorted(ADAPTERS))
+@pytest.mark.parametrize("encoding", [None, "gzip", "br"])
+def test_every_client_stream_filter_implements_the_stream_filter_interface(provider, encoding):
+    """The proxy calls ``share``, ``response_headers``, ``feed`` and ``finish`` on whatever
+    filter an adapter returns: all are declared by ``StreamFilter``, and present here."""
+    provider_adapter = ADAPTERS[provider]
+    for endpoint in sorted(provider_adapter.metered_endpoints):
+        info = RequestInfo(endpoint, "m", True)
+        stream_filter = provider_adapter.client_stream_filter(info, 200, SSE, encoding)
+        assert stream_filter is None or isinstance(stream_filter, StreamFilter)
+    assert isinstance(client_filter(encoding), StreamFilter)
 
 
 def test_the_filter_shares_only_with_an_event_stream_reader_of_the_same_coding():
