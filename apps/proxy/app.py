@@ -42,7 +42,8 @@ from apps.proxy.upstream import get_client
 from apps.usage.metering import sink
 from apps.usage.metering.contract import UsageRecord
 from costr import throttle
-from costr.net.http1 import Origin, UpstreamError, UpstreamTimeout
+from costr.net.http1 import Origin
+from costr.net.http1_connection import UpstreamError, UpstreamTimeout
 
 logger = logging.getLogger("costr.proxy")
 

@@ -25,7 +25,7 @@ import brotli
 import pytest
 
 from apps.proxy.tests.test_upstream import OK, Server, fetch
-from costr.net import decoding, http1
+from costr.net import decoding, http1_connection
 from costr.net.decoding import content_decoder
 from costr.net.http1 import Client, Origin
 
@@ -257,7 +257,7 @@ def test_an_endless_response_head_is_cut_at_its_limit(run, one_line):
 
     async def scenario(upstream):
         client = Client()
-        with pytest.raises(http1.RemoteProtocolError) as caught:
+        with pytest.raises(http1_connection.RemoteProtocolError) as caught:
             await client.request(
                 "GET", upstream.origin, b"/", [], b"", connect_timeout=5, read_timeout=2
             )
@@ -271,7 +271,7 @@ def test_an_endless_response_head_is_cut_at_its_limit(run, one_line):
 
 def test_a_head_just_under_the_limit_is_read(run):
     filler = b"X-Filler: " + b"a" * 1000 + b"\r\n"
-    lines = (http1.MAX_RESPONSE_HEAD_BYTES - 100) // len(filler)
+    lines = (http1_connection.MAX_RESPONSE_HEAD_BYTES - 100) // len(filler)
     response = b"HTTP/1.1 200 OK\r\n" + filler * lines + b"Content-Length: 2\r\n\r\nok"
 
     async def handler(server, conn, reader, writer):
@@ -303,7 +303,7 @@ def test_a_trickled_head_is_bounded_by_the_read_timeout_as_a_whole(run):
 
     async def scenario(upstream):
         client = Client()
-        with pytest.raises(http1.ReadTimeout):
+        with pytest.raises(http1_connection.ReadTimeout):
             await client.request(
                 "GET", upstream.origin, b"/", [], b"", connect_timeout=5, read_timeout=0.5
             )
@@ -329,7 +329,7 @@ def test_a_body_trickled_slower_than_the_read_timeout_times_out(run):
             "GET", upstream.origin, b"/", [], b"", connect_timeout=5, read_timeout=0.2
         )
         received = await response.read()
-        with pytest.raises(http1.ReadTimeout):
+        with pytest.raises(http1_connection.ReadTimeout):
             while await response.read():
                 pass
         response.close()

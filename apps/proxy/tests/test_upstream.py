@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from apps.proxy.app import upstream_failure
-from costr.net import http1
+from costr.net import http1, http1_connection
 from costr.net.http1 import Client, Origin
 
 TIMEOUTS = {"connect_timeout": 5.0, "read_timeout": 5.0}
@@ -305,7 +305,7 @@ def test_no_retry_once_a_response_byte_came_back(run):
         async with Server(handler) as server:
             client = Client()
             await fetch(client, server.origin)
-            with pytest.raises(http1.RemoteProtocolError):
+            with pytest.raises(http1_connection.RemoteProtocolError):
                 await fetch(client, server.origin, body=b"once")
             await client.aclose()
             return server
@@ -327,7 +327,7 @@ def test_a_body_cut_short_raises_and_the_connection_is_not_reused(run):
             client = Client()
             response = await client.request("GET", server.origin, b"/", [], b"", **TIMEOUTS)
             received = await response.read()
-            with pytest.raises(http1.RemoteProtocolError):
+            with pytest.raises(http1_connection.RemoteProtocolError):
                 await response.read()
             idle = client.idle_connections(server.origin)
             await client.aclose()
@@ -346,7 +346,7 @@ def test_a_fresh_connection_closed_before_answering_is_not_retried(run):
     async def scenario():
         async with Server(handler) as server:
             client = Client()
-            with pytest.raises(http1.RemoteProtocolError) as caught:
+            with pytest.raises(http1_connection.RemoteProtocolError) as caught:
                 await fetch(client, server.origin)
             await client.aclose()
             return server, caught.value
@@ -373,13 +373,13 @@ def test_a_refused_connection_is_the_502_failure(run):
 
     async def scenario():
         client = Client()
-        with pytest.raises(http1.ConnectError) as caught:
+        with pytest.raises(http1_connection.ConnectError) as caught:
             await fetch(client, origin)
         await client.aclose()
         return caught.value
 
     error = run(scenario())
-    assert not isinstance(error, http1.UpstreamTimeout)
+    assert not isinstance(error, http1_connection.UpstreamTimeout)
     failure = upstream_failure(error, answered=False)
     assert (failure.status, failure.code) == (502, "upstream_unreachable")
 
@@ -396,7 +396,7 @@ def test_an_upstream_that_goes_quiet_is_the_504_failure(run, stage):
     async def scenario():
         async with Server(handler) as server:
             client = Client()
-            with pytest.raises(http1.ReadTimeout) as caught:
+            with pytest.raises(http1_connection.ReadTimeout) as caught:
                 response = await client.request(
                     "POST", server.origin, b"/", [], b"x", connect_timeout=5, read_timeout=0.1
                 )
@@ -506,7 +506,7 @@ def test_tls_to_an_untrusted_server_is_a_connect_error(run, tls_contexts):
     async def scenario():
         async with Server(keep_alive_handler(OK), ssl_context=server_context) as server:
             client = Client()  # the default context: certifi's CAs, not this certificate
-            with pytest.raises(http1.ConnectError) as caught:
+            with pytest.raises(http1_connection.ConnectError) as caught:
                 await fetch(client, server.origin)
             await client.aclose()
             return server, caught.value
@@ -550,7 +550,7 @@ def test_a_slow_reader_makes_the_client_stop_reading_instead_of_buffering(run):
 
     held, sent_while_slow, received, digest = run(scenario())
     # One socket read may land past the high-water mark before reading pauses.
-    assert held <= http1.HIGH_WATER + 256 * 1024
+    assert held <= http1_connection.HIGH_WATER + 256 * 1024
     assert sent_while_slow < total
     assert received == total
     assert digest == hashlib.sha256(piece * (total // len(piece))).hexdigest()
