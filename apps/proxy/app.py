@@ -16,7 +16,10 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
@@ -43,7 +46,7 @@ from apps.usage.metering import sink
 from apps.usage.metering.contract import UsageRecord
 from costr import throttle
 from costr.net.http1 import Origin
-from costr.net.http1_connection import UpstreamError, UpstreamTimeout
+from costr.net.http1_connection import Response, UpstreamError, UpstreamTimeout
 
 logger = logging.getLogger("costr.proxy")
 
@@ -54,6 +57,10 @@ TOKEN_PREFIX = "costr_"  # noqa: S105 -- a public marker, not a secret
 # request that proved it is the organization's (a valid token of it) is counted: anyone can
 # send a bad token to any /p/<org>/, and the count must not be theirs to inflate.
 COUNTED_REFUSALS = frozenset({400, 403, 405, 408, 413})
+
+# The ASGI callables, as the proxy uses them.
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class UpstreamBroken(Exception):
@@ -95,6 +102,23 @@ def _parsed_origin(url: str) -> Origin:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
+
+
+@dataclass(slots=True)
+class RequestBody:
+    """The client's request body, as ``_read_body`` takes it in.
+
+    ``content`` is what goes to the upstream: the whole body, or, when it is larger than can be
+    inspected, an iterator that yields it as the client sends it. ``head`` is the whole body
+    when it was small enough to inspect, else None. ``complete`` turns True once the last chunk
+    has been read from the client: at once for a body read whole, and for a streamed one when
+    the iterator has yielded its last chunk (after that, ``receive()`` can only report the
+    client leaving).
+    """
+
+    content: bytes | AsyncIterator[bytes]
+    head: bytes | None
+    complete: bool
 
 
 class ProxiedRequest:
@@ -249,13 +273,14 @@ async def _proxy(request: ProxiedRequest, receive, send) -> None:
     del provider_key
     keycache.record_use(request.resolved, request.provider)
 
-    content, body_head, body_done = await _read_body(request, headers, receive)
+    body = await _read_body(request, headers, receive)
+    content = body.content
     request.info = clean_request_info(
-        adapter.inspect_request(scope["method"], request.rest, body_head)
+        adapter.inspect_request(scope["method"], request.rest, body.head)
     )
-    if body_head is not None:
+    if body.head is not None:
         inject = request.resolved.inject_openai_stream_usage
-        new_body, injected = adapter.prepare_request_body(request.info, body_head, inject)
+        new_body, injected = adapter.prepare_request_body(request.info, body.head, inject)
         if injected:
             # The upstream client sends the new body's content-length in place of the client's.
             content = new_body
@@ -282,7 +307,15 @@ async def _proxy(request: ProxiedRequest, receive, send) -> None:
         raise upstream_failure(error, answered=False) from error
     headers_at = time.perf_counter()
     try:
-        await _relay(request, response, headers_at, injected, body_done, receive, send)
+        await _relay(
+            request,
+            response,
+            headers_at=headers_at,
+            injected=injected,
+            body=body,
+            receive=receive,
+            send=send,
+        )
     finally:
         response.close()
 
@@ -387,8 +420,8 @@ def _request_headers(request: ProxiedRequest, headers) -> list[tuple[bytes, byte
     return forwarded
 
 
-async def _read_body(request: ProxiedRequest, headers, receive):
-    """(content to forward, whole body when small enough to inspect else None, body-read flag).
+async def _read_body(request: ProxiedRequest, headers, receive: Receive) -> RequestBody:
+    """The request body, to forward and, when small enough, to inspect (``RequestBody``).
 
     A body up to ``COSTR_PROXY_INSPECT_BYTES`` is read whole; a larger one streams to the
     upstream as it arrives. Past ``COSTR_PROXY_MAX_BODY_BYTES`` the request is refused.
@@ -413,12 +446,10 @@ async def _read_body(request: ProxiedRequest, headers, receive):
         if size > limit:
             raise Refusal(413, "body_too_large", f"Request bodies are limited to {limit} bytes.")
     if not more:
-        body = b"".join(parts)
-        return body, body, True
+        whole = b"".join(parts)
+        return RequestBody(content=whole, head=whole, complete=True)
 
-    state = {"done": False}
-
-    async def rest_of_body():
+    async def rest_of_body(body: RequestBody) -> AsyncIterator[bytes]:
         # Raised here, these reach the proxy through the upstream client unchanged: the
         # half-sent upstream request is abandoned (its connection closed), never completed.
         total = size
@@ -436,10 +467,12 @@ async def _read_body(request: ProxiedRequest, headers, receive):
                 )
             yield chunk
             if not message.get("more_body", False):
-                state["done"] = True
+                body.complete = True
                 return
 
-    return rest_of_body(), None, state
+    body = RequestBody(content=b"", head=None, complete=False)
+    body.content = rest_of_body(body)
+    return body
 
 
 async def _receive_body(receive, deadlines: ReadDeadlines, timeout: float):
@@ -478,7 +511,24 @@ def _content_length(headers) -> int | None:
     return None
 
 
-async def _relay(request, response, headers_at, injected, body_done, receive, send) -> None:
+async def _relay(
+    request: ProxiedRequest,
+    response: Response,
+    *,
+    headers_at: float,
+    injected: bool,
+    body: RequestBody,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Send the upstream's response on to the client while its usage reader reads a copy, then
+    hand the request's usage record to the sink.
+
+    ``headers_at`` is when the response head arrived: the time spent from there on the client's
+    headers counts as Costr's overhead. ``injected`` says whether the request body was changed
+    (OpenAI's usage chunk), which calls for the adapter's client stream filter. ``body`` tells
+    when the client may be watched for leaving: once its request body is complete.
+    """
     adapter = request.adapter
     status = response.status
     request.status = status
@@ -513,7 +563,7 @@ async def _relay(request, response, headers_at, injected, body_done, receive, se
     # Once the request body is in, the only thing receive() can still report is the client
     # leaving. It is watched only while the upstream still has more to send: a response that
     # arrived whole (most non-streamed ones) needs no watcher.
-    body_complete = body_done is True or (isinstance(body_done, dict) and body_done["done"])
+    body_complete = body.complete
     disconnected = None
     client_gone = False
     try:
