@@ -199,7 +199,7 @@ class ProxiedRequest:
 
 
 @sensitive_variables("scope")
-async def proxy_app(scope, receive, send) -> None:
+async def proxy_app(scope, receive: Receive, send: Send) -> None:
     """ASGI entry for every path under ``/p/``.
 
     ``scope`` holds the client's Costr token (and, for Gemini, maybe in the query string), so no
@@ -246,7 +246,7 @@ async def proxy_app(scope, receive, send) -> None:
 @sensitive_variables(
     "scope", "headers", "provider_key", "forward_headers", "query", "target", "upstream_request"
 )
-async def _proxy(request: ProxiedRequest, receive, send) -> None:
+async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
     scope, adapter = request.scope, request.adapter
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     query: bytes = scope.get("query_string", b"")
@@ -631,7 +631,7 @@ async def _drain_for_usage(response, reader, feed) -> None:
         logger.warning("draining %s for usage failed", type(reader).__name__)
 
 
-async def _upstream_failed(request, send, failure: UpstreamFailed) -> None:
+async def _upstream_failed(request: ProxiedRequest, send: Send, failure: UpstreamFailed) -> None:
     logger.warning("upstream %s failed: %r", request.provider, failure.error)
     request.status = failure.status
     request.outcome = "upstream_error"
@@ -645,20 +645,22 @@ async def _upstream_failed(request, send, failure: UpstreamFailed) -> None:
 
 
 async def _send_error(
-    send, request: ProxiedRequest, status: int, code: str, message: str, headers=()
+    send: Send, request: ProxiedRequest, status: int, code: str, message: str, headers=()
 ) -> None:
     body = request.adapter.error_body(status, code, message)
     await _send_json_error(send, status, code, body, request.request_id, request.started, headers)
 
 
-async def _send_plain_error(send, started: float, status: int, code: str, message: str) -> None:
+async def _send_plain_error(
+    send: Send, started: float, status: int, code: str, message: str
+) -> None:
     """An error for a request no provider adapter can answer (its shape is Costr's own)."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await _send_json_error(send, status, code, body, f"req_{uuid.uuid4().hex}", started)
 
 
 async def _send_json_error(
-    send, status: int, code: str, body: bytes, request_id: str, started: float, headers=()
+    send: Send, status: int, code: str, body: bytes, request_id: str, started: float, headers=()
 ) -> None:
     await send(
         {

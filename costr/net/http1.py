@@ -231,18 +231,15 @@ class Client:
                     await _send_streamed(connection, head, body, chunked, read_timeout)
                 else:
                     connection.transport.write(head + body if body else head)
-                while not response.headers_complete:
-                    if response._error is not None:
-                        raise response._error
-                    await response._wait()
+                await response.head_received()
             except RemoteProtocolError:
-                response._stop_timer()
+                response.stop_timer()
                 connection.abort()
                 if reused and attempt == 1 and not response.received_any:
                     continue  # a stale idle connection: once more, on a new one
                 raise
             except BaseException:
-                response._stop_timer()
+                response.stop_timer()
                 connection.abort()
                 raise
             return response

@@ -19,7 +19,6 @@ from typing import Protocol
 import httptools
 
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 # Real providers' response heads are a few KiB; this is the limit Costr also sets on its own
 # clients' request heads (DESIGN.md, "Limits").
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
@@ -153,6 +152,13 @@ class Response:
                 raise self._error
             await self._wait()
 
+    async def head_received(self) -> None:
+        """Wait until the status and headers are in; raises UpstreamError if they never come."""
+        while not self.headers_complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
     async def aclose(self) -> None:
         self.close()
 
@@ -161,7 +167,7 @@ class Response:
         if not self._message_complete:
             self._connection.abort()
         self._chunks.clear()
-        self._stop_timer()
+        self.stop_timer()
 
     async def _wait(self) -> None:
         """Wait for the connection to report data, the end, or an error, or for the read timeout.
@@ -194,7 +200,8 @@ class Response:
         else:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
-    def _stop_timer(self) -> None:
+    def stop_timer(self) -> None:
+        """The read timeout no longer applies (the answer is given up)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
