@@ -2,9 +2,10 @@
 
 Every report over usage follows one recipe: the period's whole UTC days are summed from a daily
 rollup (a few rows a day), and what rollups cannot answer from events, with the same aggregates
-(``usage.rollups``), so both halves agree to the cent. What events answer: the partial days at
-the period's edges (a period in another time zone, one ending now), and, when days are counted
-in a zone whose days are not UTC days, the whole period (a local day straddles two UTC days).
+(``usage.metering.counters``), so both halves agree to the cent. What events answer: the partial
+days at the period's edges (a period in another time zone, one ending now), and, when days are
+counted in a zone whose days are not UTC days, the whole period (a local day straddles two UTC
+days).
 
 A ``Cut`` says which rollup rows and which events a period (or a period and the one it is
 compared with, read together and told apart by ``is_current``) takes; ``rollup_rows`` and
@@ -23,8 +24,13 @@ from django.db.models.expressions import Combinable
 from django.db.models.functions import Coalesce, TruncDate
 
 from apps.reporting.periods import UtcDays, local_days_are_utc, utc_days
-from apps.usage.models import LATENCY_BUCKETS, DailyRollup
-from apps.usage.rollups import latency_histogram_aggregates, rollup_aggregates
+from apps.usage.metering.counters import (
+    LATENCY_BUCKETS,
+    ROLLUP_COUNTERS,
+    latency_histogram_aggregates,
+    rollup_aggregates,
+)
+from apps.usage.models import DailyRollup
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ def _counter_sums() -> dict:
         name: Coalesce(Sum(name), Decimal(0), output_field=cost)
         if name == "cost_usd"
         else Coalesce(Sum(name), 0)
-        for name in rollup_aggregates()
+        for name in ROLLUP_COUNTERS
     }
 
 

@@ -2,21 +2,21 @@
 
 Long ranges read the daily rollups, never raw events: a period is cut into whole UTC days, summed
 from rollups, and the partial days at its edges (a period in another time zone, or one ending
-now), summed from events with the same definitions (``usage.rollups.rollup_aggregates``), so both
+now), summed from events with the same definitions (``usage.metering.counters``), so both
 halves agree to the cent. ``rollup_reads`` holds that recipe; the selectors here say which rollup
 and which grouping. Which rollup: ``OrganizationDailyRollup`` (a few rows a day) for totals, days,
 models, providers and latency; ``DailyRollup`` (a row per customer and model a day) only for
 customer breakdowns; ``PropertyDailyRollup`` for properties. Only days counted in a time zone
 other than UTC read events over the whole period.
 
-Latency percentiles come from the rollups' latency histograms (``usage.models.LATENCY_BOUNDS_MS``)
-plus the edges' events counted into the same buckets, interpolated linearly inside the bucket the
-rank falls in: approximate to that bucket's width (the dashboards say "≈").
+Latency percentiles come from the rollups' latency histograms
+(``usage.metering.counters.LATENCY_BOUNDS_MS``) plus the edges' events counted into the same
+buckets, interpolated linearly inside the bucket the rank falls in: approximate to that bucket's
+width (the dashboards say "≈").
 """
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -36,9 +36,8 @@ from apps.reporting.rollup_reads import (
     rollup_rows,
     rollups_plus_edges,
 )
+from apps.usage.metering.counters import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, Counters
 from apps.usage.models import (
-    LATENCY_BOUNDS_MS,
-    LATENCY_BUCKETS,
     PROPERTY_NAME_MAX_LENGTH,
     PROPERTY_VALUE_MAX_LENGTH,
     Customer,
@@ -55,27 +54,8 @@ GROUPS = ("customer", "model", "provider")
 EVENT_KEYS = {"customer": "customer__external_id", "model": "model", "provider": "provider"}
 
 
-@dataclass
-class Totals:
-    requests: int = 0
-    errors: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    cache_write_1h_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: Decimal = field(default_factory=Decimal)
-    unpriced_requests: int = 0
-    latency_ms_sum: int = 0
-    ttfb_ms_sum: int = 0
-    ttfb_count: int = 0
-
-    def add(self, values) -> "Totals":
-        for f in fields(self):
-            amount = values[f.name] if isinstance(values, dict) else getattr(values, f.name)
-            setattr(self, f.name, getattr(self, f.name) + (amount or 0))
-        return self
+class Totals(Counters):
+    """The counters of a period (or of one group of it), with the figures reports show."""
 
     @property
     def cost(self) -> Decimal:
@@ -89,11 +69,6 @@ class Totals:
     @property
     def average_latency_ms(self) -> float | None:
         return self.latency_ms_sum / self.requests if self.requests else None
-
-    def subtract(self, values: "Totals") -> "Totals":
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) - getattr(values, f.name))
-        return self
 
 
 def sum_totals(parts) -> Totals:

@@ -179,8 +179,8 @@ class PendingReprice(TenantModel):
 
 
 class UsageSums(models.Model):
-    """The counters every rollup keeps, with the meaning ``DailyRollup`` documents: their one
-    definition (``ROLLUP_COUNTERS`` lists them in order for the writer's SQL and sums)."""
+    """The counters every rollup keeps, as fields. What each counts, and how the writer, rebuilds
+    and reports compute them, is ``apps.usage.metering.counters``."""
 
     requests = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
@@ -200,9 +200,6 @@ class UsageSums(models.Model):
         abstract = True
 
 
-ROLLUP_COUNTERS = [field.name for field in UsageSums._meta.local_fields]
-
-
 class DailyRollup(TenantModel, UsageSums):
     """Per organization, UTC day, customer, provider and model: the sums dashboards read, so a long
     range never scans raw events. The writer adds every newly stored event in the transaction that
@@ -212,13 +209,8 @@ class DailyRollup(TenantModel, UsageSums):
     the unique key then holds on every database (NULLs never conflict) and reports group by the id
     people know without a join.
 
-    An error is a request answered with status >= 400, or one that Costr or the upstream broke off
-    (outcome ``upstream_error``, ``upstream_disconnected``, ``costr_error``). A client that stopped
-    reading (``client_disconnected``) with a successful status is not an error: the provider
-    served it and bills it. ``unpriced_requests`` counts events stored without a cost, exactly as
-    filtering events by ``price_source="unpriced"`` would. Token counts reported as null add 0;
-    ``ttfb_count`` counts the requests that had a first byte, so ``ttfb_ms_sum / ttfb_count`` is
-    an honest average.
+    What the counters count (an error, an unpriced request, a null token count) is defined in
+    ``apps.usage.metering.counters``.
 
     The unique key's index, led by (organization, day), is the index for an org's date range.
     On PostgreSQL the table is kept with free space in each page (fillfactor, migration 0003)
@@ -270,31 +262,6 @@ class RefusalCount(TenantModel):
         return f"{self.day} {self.status} {self.code}: {self.count}"
 
 
-# Upper bounds of the latency histogram's buckets, in ms: bucket i holds latencies in
-# [LATENCY_BOUNDS_MS[i], LATENCY_BOUNDS_MS[i + 1]), the last also everything at or above its upper
-# bound. Roughly log-spaced: fine where most requests are (tens of ms to seconds), coarse for the
-# long tail of reasoning models and long streams. Changing them invalidates stored histograms:
-# add buckets only with a migration and ``rebuild_rollups``.
-LATENCY_BOUNDS_MS = (
-    0,
-    25,
-    50,
-    100,
-    200,
-    400,
-    700,
-    1_000,
-    1_500,
-    2_500,
-    4_000,
-    7_000,
-    12_000,
-    25_000,
-    60_000,
-    150_000,
-    600_000,
-)
-LATENCY_BUCKETS = [f"latency_bucket_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) - 1)]
 # The longest property name a property rollup keeps (longer names are not rolled up), and where a
 # value is cut: a report groups by values people chose, not by free text.
 PROPERTY_NAME_MAX_LENGTH = 128
@@ -304,8 +271,9 @@ PROPERTY_VALUE_MAX_LENGTH = 255
 class OrganizationDailyRollup(TenantModel, UsageSums):
     """Per organization, UTC day, provider and model: ``DailyRollup`` without the customer, so
     totals, days, models and providers read a few rows a day instead of one per customer. It also
-    keeps a latency histogram (``LATENCY_BOUNDS_MS``): requests per latency bucket, from which
-    percentiles are read to the bucket's resolution (``apps.reporting.selectors``).
+    keeps a latency histogram (``metering.counters.LATENCY_BOUNDS_MS``): requests per latency
+    bucket, from which percentiles are read to the bucket's resolution
+    (``apps.reporting.selectors``).
 
     The writer adds to it in the transaction that adds to ``DailyRollup``, with the same
     definitions; ``rollups_rebuild_day`` rebuilds it. Indexed by its unique key, which leads with
@@ -316,6 +284,7 @@ class OrganizationDailyRollup(TenantModel, UsageSums):
     day = models.DateField()
     provider = models.CharField(max_length=16)
     model = models.CharField(max_length=255, blank=True, default="")
+    # The histogram: one field per bucket, named as ``metering.counters.LATENCY_BUCKETS``.
     latency_bucket_00 = models.BigIntegerField(default=0)
     latency_bucket_01 = models.BigIntegerField(default=0)
     latency_bucket_02 = models.BigIntegerField(default=0)

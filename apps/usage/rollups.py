@@ -1,28 +1,23 @@
-"""The daily rollups rebuilt from events, and the rollup counters as ORM aggregates over events
-(for rebuilds, and for the partial days a report reads from events): the same definitions as
-the writer's (``services.counters_of``), which adds to the rollups as it stores events.
+"""The daily rollups rebuilt from events, with the counters' definitions the writer adds them with
+(``metering.counters``: its ORM rendering, and its Python one for the property rollups).
 """
 
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Max, Min
 
 from apps.accounts.models import Organization
-from apps.usage.metering.contract import ERROR_OUTCOMES, TOKEN_FIELDS
-from apps.usage.metering.events import (
+from apps.usage.metering.counters import (
     COUNTED_FIELDS,
-    ROLLUP_LOCK_NAMESPACE,
+    ROLLUP_COUNTERS,
     counters_add,
     counters_of,
-    property_pairs,
+    latency_histogram_aggregates,
+    rollup_aggregates,
 )
+from apps.usage.metering.events import ROLLUP_LOCK_NAMESPACE, property_pairs
 from apps.usage.models import (
-    LATENCY_BOUNDS_MS,
-    LATENCY_BUCKETS,
-    ROLLUP_COUNTERS,
     DailyRollup,
     OrganizationDailyRollup,
     PropertyDailyRollup,
@@ -123,38 +118,6 @@ def _property_rollups_rebuild(organization: Organization, day: date, start: date
     ]
     PropertyDailyRollup.objects.bulk_create(rollups, batch_size=1000)
     return len(rollups)
-
-
-def latency_histogram_aggregates() -> dict:
-    """The latency histogram's buckets as aggregates over events (``LATENCY_BOUNDS_MS``): what
-    the writer adds to ``OrganizationDailyRollup``, for rebuilds and for the partial days a
-    report reads from events."""
-    last = len(LATENCY_BUCKETS) - 1
-    aggregates = {}
-    for index, name in enumerate(LATENCY_BUCKETS):
-        condition = Q(latency_ms__gte=LATENCY_BOUNDS_MS[index])
-        if index < last:
-            condition &= Q(latency_ms__lt=LATENCY_BOUNDS_MS[index + 1])
-        aggregates[name] = Count("id", filter=condition)
-    return aggregates
-
-
-def rollup_aggregates() -> dict:
-    """The rollup's counters as aggregates over events: the same definitions as the writer's."""
-    zero = 0
-    return {
-        "requests": Count("id"),
-        "errors": Count("id", filter=Q(status__gte=400) | Q(outcome__in=ERROR_OUTCOMES)),
-        **{name: Coalesce(Sum(name), zero) for name in TOKEN_FIELDS},
-        # Before cost_usd, whose annotation would otherwise stand for the field here.
-        "unpriced_requests": Count("id", filter=Q(cost_usd__isnull=True)),
-        "cost_usd": Coalesce(
-            Sum("cost_usd"), Decimal(0), output_field=DailyRollup._meta.get_field("cost_usd")
-        ),
-        "latency_ms_sum": Coalesce(Sum("latency_ms"), zero),
-        "ttfb_ms_sum": Coalesce(Sum("ttfb_ms"), zero),
-        "ttfb_count": Count("ttfb_ms"),
-    }
 
 
 def rollups_rebuild(*, organization: Organization, since: date | None = None) -> tuple[int, int]:

@@ -19,7 +19,8 @@ from apps.reporting.rollup_reads import (
 )
 from apps.reporting.selectors import Totals, sum_totals
 from apps.reporting.tests.dashboard_data import use, utc
-from apps.usage.models import LATENCY_BUCKETS, DailyRollup, OrganizationDailyRollup, UsageEvent
+from apps.usage.metering.counters import LATENCY_BUCKETS
+from apps.usage.models import DailyRollup, OrganizationDailyRollup, UsageEvent
 
 pytestmark = pytest.mark.django_db
 

@@ -128,8 +128,9 @@ def test_latency_percentiles_are_the_nearest_rank_interpolated_in_its_bucket(pri
         organization=priced, start=_utc(2026, 11, 2), end=_utc(2026, 11, 3)
     )
 
-    # Buckets (usage.models.LATENCY_BOUNDS_MS): 1-24 in [0, 25), 25-49 in [25, 50), 50-99 in
-    # [50, 100). Rank 50 is the 1st of 50 in [50, 100): 50 + 50 * 1 / 50; rank 99 the 50th.
+    # Buckets (usage.metering.counters.LATENCY_BOUNDS_MS): 1-24 in [0, 25), 25-49 in [25, 50),
+    # 50-99 in [50, 100). Rank 50 is the 1st of 50 in [50, 100): 50 + 50 * 1 / 50; rank 99 the
+    # 50th.
     assert found == {50: 51, 99: 100}
 
 

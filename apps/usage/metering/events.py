@@ -21,25 +21,29 @@ docs/metering.md has the whole picture.
 import json
 import logging
 import sqlite3
-from bisect import bisect_right
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from functools import cache
-from itertools import islice, pairwise
+from itertools import islice
 from operator import itemgetter
 
 from django.db import connection, transaction
 
 from apps.accounts.models import Organization
 from apps.keys.models import ProxyToken
-from apps.usage.metering.contract import ERROR_OUTCOMES, MAX_PROPERTIES, TOKEN_FIELDS, UsageRecord
-from apps.usage.models import (
-    LATENCY_BOUNDS_MS,
+from apps.usage.metering.contract import MAX_PROPERTIES, UsageRecord
+from apps.usage.metering.counters import (
+    COUNTED_FIELDS,
     LATENCY_BUCKETS,
+    ROLLUP_COUNTERS,
+    SQL_COUNTERS,
+    SQL_LATENCY_HISTOGRAM,
+    counters_add,
+    counters_of,
+)
+from apps.usage.models import (
     PROPERTY_NAME_MAX_LENGTH,
     PROPERTY_VALUE_MAX_LENGTH,
-    ROLLUP_COUNTERS,
     Customer,
     DailyRollup,
     OrganizationDailyRollup,
@@ -273,10 +277,10 @@ def _write_postgresql(prepared: _Prepared) -> int:
     CONFLICT (…) DO UPDATE SET c = c + excluded.c``.
 
     COPY is the cheapest way in, and summing in the database spares Python a pass over the rows
-    (the sums are defined as ``_rollups_add`` defines them for SQLite; the tests check both
-    against the events). Rows are inserted in request-id order and rollup rows in key order, so
-    concurrent writers lock in the same order. Everything goes through Django's cursor, so
-    execute wrappers and query logging see it.
+    (the sums are ``metering.counters``' SQL rendering, whose Python twin ``_rollups_add`` uses
+    for SQLite; the tests hold both to the events). Rows are inserted in request-id order and
+    rollup rows in key order, so concurrent writers lock in the same order. Everything goes
+    through Django's cursor, so execute wrappers and query logging see it.
     """
     sql = _statements()
     with connection.cursor() as cursor:
@@ -336,26 +340,12 @@ def _statements() -> dict[str, str]:
     property_head, property_tail, property_placeholder = upsert(
         property_rollups, _PROPERTY_ROLLUP_KEY, ROLLUP_COUNTERS
     )
-    # The counters as aggregates over staged rows, in ROLLUP_COUNTERS order.
-    sums = (
-        'count(*), count(*) FILTER (WHERE "status" >= 400 OR "outcome" IN ('
-        + ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
-        + ")), "
-        + ", ".join(f'coalesce(sum("{name}"), 0)' for name in TOKEN_FIELDS)
-        + ', coalesce(sum("cost_usd"), 0), count(*) FILTER (WHERE "cost_usd" IS NULL), '
-        'sum("latency_ms"), coalesce(sum("ttfb_ms"), 0), count("ttfb_ms")'
-    )
-    histogram = ", ".join(
-        f'count(*) FILTER (WHERE "latency_ms" >= {low}'
-        + (f' AND "latency_ms" < {high})' if index < len(LATENCY_BUCKETS) - 1 else ")")
-        for index, (low, high) in enumerate(pairwise(LATENCY_BOUNDS_MS))
-    )
     utc_day = "(\"timestamp\" AT TIME ZONE 'UTC')::date"
     stored = f'FROM {_INCOMING} WHERE "request_id" = ANY(%s::text[]) '
     return {
         "org_rollups_from_incoming": (
             f'{org_head}SELECT "organization_id", {utc_day}, '
-            f'"provider" COLLATE "C", "model" COLLATE "C", {sums}, {histogram} '
+            f'"provider" COLLATE "C", "model" COLLATE "C", {SQL_COUNTERS}, {SQL_LATENCY_HISTOGRAM} '
             f"{stored}GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4{org_tail}"
         ),
         # One row per (request, property) from the staged JSON (a non-object adds none), the
@@ -363,7 +353,7 @@ def _statements() -> dict[str, str]:
         "property_rollups_from_incoming": (
             f'{property_head}SELECT "organization_id", {utc_day}, '  # noqa: S608
             f'"property"."key" COLLATE "C", '
-            f'left("property"."value", {PROPERTY_VALUE_MAX_LENGTH}) COLLATE "C", {sums} '
+            f'left("property"."value", {PROPERTY_VALUE_MAX_LENGTH}) COLLATE "C", {SQL_COUNTERS} '
             f"FROM {_INCOMING} CROSS JOIN LATERAL jsonb_each_text(CASE WHEN "
             "jsonb_typeof(\"properties\") = 'object' THEN \"properties\" ELSE '{}'::jsonb END) "
             'AS "property"("key", "value") WHERE "request_id" = ANY(%s::text[]) '
@@ -390,16 +380,9 @@ def _statements() -> dict[str, str]:
         ),
         "rollups_from_incoming": (
             f"INSERT INTO {rollups} ({', '.join(quote(c) for c in rollup_columns)}) "
-            'SELECT "organization_id", ("timestamp" AT TIME ZONE \'UTC\')::date, '
-            '"customer_external" COLLATE "C", "provider" COLLATE "C", "model" COLLATE "C", '
-            'count(*), count(*) FILTER (WHERE "status" >= 400 OR "outcome" IN ('
-            + ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
-            + ")), "
-            + ", ".join(f'coalesce(sum("{name}"), 0)' for name in TOKEN_FIELDS)
-            + ', coalesce(sum("cost_usd"), 0), count(*) FILTER (WHERE "cost_usd" IS NULL), '
-            'sum("latency_ms"), coalesce(sum("ttfb_ms"), 0), count("ttfb_ms") '
-            f'FROM {_INCOMING} WHERE "request_id" = ANY(%s::text[]) '
-            "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5" + rollups_tail
+            f'SELECT "organization_id", {utc_day}, "customer_external" COLLATE "C", '
+            f'"provider" COLLATE "C", "model" COLLATE "C", {SQL_COUNTERS} '
+            f"{stored}GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5{rollups_tail}"
         ),
         "events_values": f"INSERT INTO {events} ({columns}) VALUES ",  # noqa: S608
         "events_values_tail": ' ON CONFLICT ("request_id") DO NOTHING RETURNING "request_id"',
@@ -456,8 +439,8 @@ def _max_query_params() -> int:
 
 def _rollups_add(prepared: _Prepared, inserted: set[str]) -> None:
     """SQLite: sum the newly stored rows per rollup key here and add the sums with one upsert per
-    rollup table. (PostgreSQL sums in the database: ``rollups_from_incoming`` and the statements
-    after it, with the same definitions.)"""
+    rollup table, with ``metering.counters``' Python rendering. (PostgreSQL sums in the database:
+    ``rollups_from_incoming`` and the statements after it, with its SQL rendering.)"""
     index = {name: EVENT_COLUMNS.index(name) for name in EVENT_COLUMNS}
     i_request, i_org = index["request_id"], index["organization_id"]
     i_provider, i_model = index["provider"], index["model"]
@@ -479,41 +462,6 @@ def _rollups_add(prepared: _Prepared, inserted: set[str]) -> None:
     _rollups_upsert(sorted(by_customer.items()))
     _rollups_upsert(sorted(by_model.items()), table="org_rollup")
     _rollups_upsert(sorted(by_property.items()), table="property_rollup")
-
-
-# The event fields a rollup's counters are computed from, in ``counters_of``'s order.
-COUNTED_FIELDS = ("status", "outcome", *TOKEN_FIELDS, "cost_usd", "latency_ms", "ttfb_ms")
-
-
-def counters_of(status, outcome, *rest) -> list:
-    """One event's contribution to a rollup's counters, in ``ROLLUP_COUNTERS`` order: the
-    definitions ``DailyRollup`` documents (and the SQL and ORM aggregates repeat)."""
-    tokens, (cost, latency, ttfb) = rest[:-3], rest[-3:]
-    return [
-        1,
-        1 if status >= 400 or outcome in ERROR_OUTCOMES else 0,
-        *(value or 0 for value in tokens),
-        Decimal(0) if cost is None else cost,
-        1 if cost is None else 0,
-        latency,
-        ttfb or 0,
-        0 if ttfb is None else 1,
-    ]
-
-
-def latency_bucket(latency_ms: int) -> int:
-    """The histogram bucket a latency falls in (``LATENCY_BOUNDS_MS``)."""
-    return min(max(bisect_right(LATENCY_BOUNDS_MS, latency_ms) - 1, 0), len(LATENCY_BUCKETS) - 1)
-
-
-def counters_add(sums: dict, key: tuple, counted: list, *, histogram: bool = False) -> None:
-    total = sums.get(key)
-    if total is None:
-        total = sums[key] = [0] * (len(counted) + (len(LATENCY_BUCKETS) if histogram else 0))
-    for position, value in enumerate(counted):
-        total[position] += value
-    if histogram:
-        total[len(counted) + latency_bucket(counted[10])] += 1
 
 
 def property_pairs(properties) -> list[tuple[str, str]]:

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
+from apps.usage.metering.counters import LATENCY_BUCKETS
 from apps.usage.metering.events import usage_events_write
 from apps.usage.models import (
-    LATENCY_BUCKETS,
     DailyRollup,
     OrganizationDailyRollup,
     PropertyDailyRollup,
