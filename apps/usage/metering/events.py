@@ -317,14 +317,7 @@ def _statements() -> dict[str, str]:
     columns = ", ".join(quote(c) for c in EVENT_COLUMNS)
     definitions = ", ".join(f"{quote(f.column)} {_incoming_type(f)}" for f in _EVENT_FIELDS)
     rollups = quote(DailyRollup._meta.db_table)
-    rollup_columns = _ROLLUP_KEY + ROLLUP_COUNTERS
     refusals = quote(RefusalCount._meta.db_table)
-    rollups_tail = (
-        f" ON CONFLICT ({', '.join(quote(c) for c in _ROLLUP_KEY)}) DO UPDATE SET "
-        + ", ".join(
-            f"{quote(c)} = {rollups}.{quote(c)} + excluded.{quote(c)}" for c in ROLLUP_COUNTERS
-        )
-    )
     org_rollups = quote(OrganizationDailyRollup._meta.db_table)
     property_rollups = quote(PropertyDailyRollup._meta.db_table)
 
@@ -336,6 +329,7 @@ def _statements() -> dict[str, str]:
         head = f"INSERT INTO {table} ({', '.join(quote(c) for c in key + counters)}) "
         return head, tail, "(" + ", ".join(["%s"] * (len(key) + len(counters))) + ")"
 
+    rollups_head, rollups_tail, rollup_placeholder = upsert(rollups, _ROLLUP_KEY, ROLLUP_COUNTERS)
     org_head, org_tail, org_placeholder = upsert(org_rollups, _ORG_ROLLUP_KEY, _ORG_ROLLUP_COUNTERS)
     property_head, property_tail, property_placeholder = upsert(
         property_rollups, _PROPERTY_ROLLUP_KEY, ROLLUP_COUNTERS
@@ -379,19 +373,16 @@ def _statements() -> dict[str, str]:
             'ON CONFLICT ("request_id") DO NOTHING RETURNING "request_id"'
         ),
         "rollups_from_incoming": (
-            f"INSERT INTO {rollups} ({', '.join(quote(c) for c in rollup_columns)}) "
-            f'SELECT "organization_id", {utc_day}, "customer_external" COLLATE "C", '
+            f'{rollups_head}SELECT "organization_id", {utc_day}, "customer_external" COLLATE "C", '
             f'"provider" COLLATE "C", "model" COLLATE "C", {SQL_COUNTERS} '
             f"{stored}GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5{rollups_tail}"
         ),
         "events_values": f"INSERT INTO {events} ({columns}) VALUES ",  # noqa: S608
         "events_values_tail": ' ON CONFLICT ("request_id") DO NOTHING RETURNING "request_id"',
         "event_placeholder": "(" + ", ".join(["%s"] * len(EVENT_COLUMNS)) + ")",
-        "rollups_values": (
-            f"INSERT INTO {rollups} ({', '.join(quote(c) for c in rollup_columns)}) VALUES "  # noqa: S608
-        ),
+        "rollups_values": rollups_head + "VALUES ",
         "rollups_tail": rollups_tail,
-        "rollup_placeholder": "(" + ", ".join(["%s"] * len(rollup_columns)) + ")",
+        "rollup_placeholder": rollup_placeholder,
         "refusals_values": (
             f'INSERT INTO {refusals} ("organization_id", "day", "status", "code", "count") '  # noqa: S608
             "VALUES "
