@@ -22,8 +22,16 @@ ENDPOINTS = (
     "count_tokens",
     "generate",
     "embed",
+    "realtime",
+    "transcriptions",
+    "translations",
+    "speech",
     "other",
 )
+# Endpoints the provider bills nothing for (``other``: models lists, files, batch management and
+# whatever else Costr does not meter). A record of one of these without usage is priced
+# ``no_usage`` (cost 0); a billable one that succeeded without readable usage ``usage_unknown``.
+NON_BILLABLE_ENDPOINTS = ("count_tokens", "other")
 
 # The token counts a usage record carries (DESIGN.md, "Usage event"): input includes cache
 # reads and writes, output includes reasoning; null when the provider reported none.
@@ -35,6 +43,20 @@ TOKEN_FIELDS = (
     "output_tokens",
     "reasoning_tokens",
 )
+
+# Usage beyond TOKEN_FIELDS that prices a request, under genai-prices' names: the audio share of
+# the token counts (text is the rest), and the units of duration- and character-priced models
+# (whisper-1, tts-1). What ``UsageRecord.usage_details`` may hold; any other key is dropped.
+USAGE_DETAIL_KEYS = (
+    "input_audio_tokens",
+    "cache_audio_read_tokens",
+    "output_audio_tokens",
+    "audio_seconds",
+    "input_characters",
+)
+# The service tier of a batch item (OpenAI /v1/batches, Anthropic message batches): priced at
+# the catalogue's batch rate.
+BATCH_TIER = "batch"
 
 # How a forwarded request ended (DESIGN.md, "Usage event"). ``client_disconnected`` with a
 # successful status is no error: the provider served the request and bills it.
@@ -68,7 +90,11 @@ class UsageRecord(TypedDict, total=False):
     cache_write_1h_tokens: int | None
     output_tokens: int | None
     reasoning_tokens: int | None
-    service_tier: str
+    service_tier: str  # as the provider reports it; BATCH_TIER for a batch item
+    usage_details: dict[str, int | float] | None  # USAGE_DETAIL_KEYS
+    # False when the provider bills nothing for this request whatever its endpoint (a realtime
+    # session that made no response); absent: NON_BILLABLE_ENDPOINTS and the status decide.
+    billable: bool
     raw_usage: dict[str, Any] | None
     latency_ms: int
     ttfb_ms: int | None
