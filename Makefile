@@ -37,7 +37,18 @@ migrate: install
 run: migrate
 	$(PY) -m uvicorn costr.asgi:application --host $(HOST) --port $(PORT) --http costr.server:HttpToolsProtocol --no-access-log
 
-test: install-dev
+# The Node clients of the real-client suite (tests/test_real_clients.py), installed from their
+# lock (exact versions and integrity hashes) whenever node_modules is missing or older than it;
+# install scripts are not run. No npm is an error, never a silent skip of those tests.
+NODE_CLIENTS := tests/clients/node
+NODE_CLIENTS_STAMP := $(NODE_CLIENTS)/node_modules/.installed
+
+$(NODE_CLIENTS_STAMP): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the real-client tests need Node 20+ and npm" >&2; exit 1; }
+	cd $(NODE_CLIENTS) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+test: install-dev $(NODE_CLIENTS_STAMP)
 	$(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
