@@ -28,9 +28,14 @@ Outcome = models.TextChoices("Outcome", [(name.upper(), name) for name in OUTCOM
 
 
 class PriceSource(models.TextChoices):
-    CATALOG = "catalog"
-    OVERRIDE = "override"
-    UNPRICED = "unpriced"
+    """Why an event's cost is what it is (DESIGN.md, "Usage event"; the rule is
+    ``apps.usage.metering.events.event_price``)."""
+
+    CATALOG = "catalog"  # priced from genai-prices
+    OVERRIDE = "override"  # priced by the organization's own price
+    UNPRICED = "unpriced"  # usage known, no price for the model: cost null
+    NO_USAGE = "no_usage"  # the provider bills nothing (an error, a models list): cost 0
+    USAGE_UNKNOWN = "usage_unknown"  # billable and succeeded, usage unreadable: cost null
 
 
 def _organization_without_own_index(**kwargs):
@@ -92,10 +97,14 @@ class UsageEvent(TenantModel):
     cache_write_1h_tokens = models.BigIntegerField(null=True)
     output_tokens = models.BigIntegerField(null=True)
     reasoning_tokens = models.BigIntegerField(null=True)
+    # Usage beyond the token counts that prices a request (``contract.USAGE_DETAIL_KEYS``: the
+    # audio share of the tokens, audio seconds, input characters), non-negative numbers only;
+    # null when the provider reported none.
+    usage_details = models.JSONField(null=True, blank=True)
     service_tier = models.CharField(max_length=16, blank=True)
     cost_usd = models.DecimalField(max_digits=24, decimal_places=12, null=True)
     price_source = models.CharField(
-        max_length=10, choices=PriceSource.choices, default=PriceSource.UNPRICED
+        max_length=16, choices=PriceSource.choices, default=PriceSource.UNPRICED
     )
     # The provider's own usage object, kept so past events can be re-priced. It holds counts,
     # never content.
@@ -192,6 +201,7 @@ class UsageSums(models.Model):
     reasoning_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
     unpriced_requests = models.BigIntegerField(default=0)
+    usage_unknown_requests = models.BigIntegerField(default=0)
     latency_ms_sum = models.BigIntegerField(default=0)
     ttfb_ms_sum = models.BigIntegerField(default=0)
     ttfb_count = models.BigIntegerField(default=0)
@@ -209,8 +219,8 @@ class DailyRollup(TenantModel, UsageSums):
     the unique key then holds on every database (NULLs never conflict) and reports group by the id
     people know without a join.
 
-    What the counters count (an error, an unpriced request, a null token count) is defined in
-    ``apps.usage.metering.counters``.
+    What the counters count (an error, an unpriced or usage-unknown request, a null token count)
+    is defined in ``apps.usage.metering.counters``.
 
     The unique key's index, led by (organization, day), is the index for an org's date range.
     On PostgreSQL the table is kept with free space in each page (fillfactor, migration 0003)

@@ -7,11 +7,22 @@ A model neither the catalog nor an override knows is *unpriced*: cost None, neve
 the catalog refuses as inconsistent (more cached tokens than input, say): a guessed price would
 be a wrong one.
 
+Usage beyond the token counts (``usage_details``, under genai-prices' names: the audio share of
+the tokens, audio seconds, input characters) is priced by the catalog, as genai-prices prices it
+(whisper-1 per audio second, tts-1 per character, gpt-realtime's audio tokens at their own rate).
+An override prices tokens only, so a request with such usage is priced by the catalog in full
+(source ``catalog``), and is unpriced when the catalog does not know the model: audio is never
+priced at a text rate, and the price source says which price applied.
+
+A batch item (``service_tier`` ``batch``, ``contract.BATCH_TIER``) is priced at the catalog's
+batch rate (genai-prices' ``processing: batch`` price variant); ``flex`` and ``priority`` at
+theirs; any other tier at the standard rate.
+
 The writer prices every event, so the catalog is read once per (provider, model) and the price in
 force once per (model, tier, set of active date constraints); each event then costs a handful of
 Decimal operations done in the same order as ``genai_prices.calc_price`` does them, so the result
-is the library's to the last digit. Anything outside the five token kinds Costr reports (a model
-priced per audio or image token, say) goes through ``calc_price`` itself.
+is the library's to the last digit. Anything outside the five token kinds the fast path knows
+(usage details, a model priced per image token, say) goes through ``calc_price`` itself.
 """
 
 import fnmatch
@@ -25,9 +36,16 @@ from genai_prices import Usage, calc_price
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, StartDateConstraint, TieredPrices
 
+from apps.usage.metering.contract import BATCH_TIER
+
 COST_PLACES = Decimal("0.000000000001")  # 12 decimal places, as stored
 PER_MILLION = Decimal(1_000_000)
-PRICED_TIERS = ("flex", "priority")
+# The service tiers with prices of their own, and the genai-prices price context each selects.
+PRICE_CONTEXTS = {
+    "flex": {"service_tier": "flex"},
+    "priority": {"service_tier": "priority"},
+    BATCH_TIER: {"processing": "batch"},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +139,10 @@ def price_usage(
     timestamp: datetime,
     service_tier: str = "",
     overrides: list[OverridePrice] | Overrides = (),
+    usage_details: dict | None = None,
 ) -> Price:
-    """The cost of one request. The newest override in force that matches wins over the catalog."""
+    """The cost of one request. The newest override in force that matches wins over the catalog,
+    for usage it can express (tokens only)."""
     if not isinstance(overrides, Overrides):
         overrides = Overrides(list(overrides))
     cost, source = price_tokens(
@@ -136,6 +156,7 @@ def price_usage(
         timestamp,
         service_tier,
         overrides,
+        usage_details,
     )
     return Price(cost, source)
 
@@ -151,10 +172,31 @@ def price_tokens(
     timestamp: datetime,
     service_tier: str,
     overrides: Overrides | None,
+    usage_details: dict | None = None,
 ) -> tuple[Decimal | None, str]:
-    """``price_usage`` without the objects, for the writer's loop: (cost or None, price source)."""
-    if (input_tokens is None and output_tokens is None) or not model:
+    """``price_usage`` without the objects, for the writer's loop: (cost or None, price source).
+
+    ``usage_details`` are the storable ones (``metering.events.usage_details_storable``); a zero
+    among them is no usage, so it neither leaves the fast path nor sets an override aside."""
+    details = None
+    if usage_details:
+        details = {name: value for name, value in usage_details.items() if value}
+    if not model or (input_tokens is None and output_tokens is None and not details):
         return None, "unpriced"
+    if details:
+        cost = _catalog_cost_with_details(
+            provider,
+            model,
+            input_tokens or 0,
+            cached_input_tokens or 0,
+            cache_write_tokens or 0,
+            cache_write_1h_tokens or 0,
+            output_tokens or 0,
+            details,
+            timestamp,
+            service_tier,
+        )
+        return (None, "unpriced") if cost is None else (cost, "catalog")
     if overrides:
         override = overrides.find(provider, model, timestamp)
         if override is not None:
@@ -195,7 +237,7 @@ def catalog_cost(
         return None
     if timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
-    tier = service_tier if service_tier in PRICED_TIERS else ""
+    tier = service_tier if service_tier in PRICE_CONTEXTS else ""
     compiled = entry.compiled_for(timestamp, tier)
     tokens = (input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens)
     cost = None
@@ -215,8 +257,42 @@ def catalog_cost(
     return cost.quantize(COST_PLACES)
 
 
+def _catalog_cost_with_details(
+    provider: str,
+    model: str,
+    input_tokens: int,
+    cached_input_tokens: int,
+    cache_write_tokens: int,
+    cache_write_1h_tokens: int,
+    output_tokens: int,
+    details: dict,
+    timestamp: datetime,
+    service_tier: str,
+) -> Decimal | None:
+    """The catalog's price of usage with details (audio tokens, seconds, characters), through
+    ``calc_price`` itself: such requests are few, and the fast path knows only token kinds."""
+    entry = _catalog_entry(provider, model)
+    if entry is None:
+        return None
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)
+    tier = service_tier if service_tier in PRICE_CONTEXTS else ""
+    cost = _library_cost(
+        entry,
+        input_tokens,
+        cached_input_tokens,
+        cache_write_tokens,
+        cache_write_1h_tokens,
+        output_tokens,
+        timestamp,
+        tier,
+        details,
+    )
+    return None if cost is None else cost.quantize(COST_PLACES)
+
+
 def _library_cost(
-    entry, input_tokens, cached, writes, writes_1h, output_tokens, timestamp, tier
+    entry, input_tokens, cached, writes, writes_1h, output_tokens, timestamp, tier, details=None
 ) -> Decimal | None:
     """``calc_price`` itself: the slow, general path, and the reference for the fast one."""
     try:
@@ -226,6 +302,7 @@ def _library_cost(
             cache_write_tokens=writes,
             cache_write_1h_tokens=writes_1h,
             output_tokens=output_tokens,
+            **(details or {}),
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -234,11 +311,12 @@ def _library_cost(
                 entry.model_ref,
                 provider_id=entry.provider_id,
                 genai_request_timestamp=timestamp,
-                price_context={"service_tier": tier} if tier else None,
+                price_context=PRICE_CONTEXTS.get(tier),
             )
-    except (LookupError, ValueError):
+    except (LookupError, ValueError, ArithmeticError, TypeError):
         # LookupError: unknown model. ValueError: usage the catalog's units cannot decompose
-        # (e.g. cache reads above the input total), or a price entry it rejects.
+        # (e.g. cache reads above the input total, audio tokens above it), or a price entry it
+        # rejects. ArithmeticError, TypeError: a count Decimal cannot take.
         return None
     return Decimal(calculation.total_price)
 
@@ -305,7 +383,7 @@ class _CatalogEntry:
         key = (tier, *(c.active(timestamp) for c in self.constraints))
         compiled = self.compiled.get(key)
         if compiled is None:
-            context = {"service_tier": tier} if tier else None
+            context = PRICE_CONTEXTS.get(tier)
             if context and self.own:
                 model_price = self.info.get_prices(timestamp, context)
             else:
@@ -364,10 +442,11 @@ class _CompiledPrice:
             elif key == _PER_REQUEST_KEY:
                 leaf, per = _LEAVES.index("request"), 1000
             else:
-                # A unit Costr never reports (audio, image or reasoning tokens, web searches,
-                # audio hours…): genai-prices counts 0 of it and takes 0 out of its ancestors,
-                # so it adds nothing. ``agrees_with_library`` checks that it also does not make
-                # the entry invalid.
+                # A unit outside the token counts (audio or image tokens, web searches, audio
+                # hours…): with no usage details, which take ``calc_price`` instead,
+                # genai-prices counts 0 of it and takes 0 out of its ancestors, so it adds
+                # nothing. ``agrees_with_library`` checks that it also does not make the entry
+                # invalid.
                 continue
             self.terms.append((leaf, price, per, isinstance(price, TieredPrices)))
         self.has = {_LEAVES[leaf] for leaf, _, _, _ in self.terms}

@@ -7,9 +7,8 @@ from datetime import UTC, date, datetime
 from django.db import transaction
 
 from apps.accounts.models import Organization
-from apps.usage.metering.events import overrides_for
-from apps.usage.models import UsageEvent
-from apps.usage.pricing import price_tokens
+from apps.usage.metering.events import event_price, overrides_for
+from apps.usage.models import PriceSource, UsageEvent
 from apps.usage.rollups import rollups_rebuild_day
 
 logger = logging.getLogger("costr.usage")
@@ -19,8 +18,10 @@ REPRICE_BATCH = 2000
 
 def usage_reprice(organization: Organization, since: datetime | None = None) -> int:
     """Price the organization's events again (all, or those from ``since``) from their stored
-    token counts, model, tier and timestamp, with today's catalog and overrides; then rebuild the
-    rollups of every day where a cost changed. Returns the number of events re-priced.
+    token counts, usage details, model, tier and timestamp, with today's catalog and overrides,
+    by the writer's rule (``event_price``), so an event without usage is reclassified as
+    ``no_usage`` or ``usage_unknown`` too; then rebuild the rollups of every day where a cost or
+    price source changed. Returns the number of events re-priced.
 
     Events are read and updated in batches by id, each batch its own transaction, so a large
     organization never holds long locks. The writer never updates an event, so the two do not
@@ -45,7 +46,12 @@ def usage_reprice(organization: Organization, since: datetime | None = None) -> 
         "cache_write_tokens",
         "cache_write_1h_tokens",
         "output_tokens",
+        "reasoning_tokens",
+        "usage_details",
         "service_tier",
+        "endpoint",
+        "status",
+        "outcome",
         "cost_usd",
         "price_source",
     )
@@ -59,7 +65,7 @@ def usage_reprice(organization: Organization, since: datetime | None = None) -> 
         last_id = batch[-1].id
         changed = []
         for event in batch:
-            cost, source = price_tokens(
+            cost, source = event_price(
                 event.provider,
                 event.model,
                 event.input_tokens,
@@ -67,9 +73,15 @@ def usage_reprice(organization: Organization, since: datetime | None = None) -> 
                 event.cache_write_tokens,
                 event.cache_write_1h_tokens,
                 event.output_tokens,
+                event.reasoning_tokens,
+                event.usage_details,
                 event.timestamp,
                 event.service_tier,
                 overrides,
+                event.endpoint,
+                event.status,
+                event.outcome,
+                False if event.price_source == PriceSource.NO_USAGE else None,
             )
             if (cost, source) != (event.cost_usd, event.price_source):
                 event.cost_usd, event.price_source = cost, source

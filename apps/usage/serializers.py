@@ -20,6 +20,7 @@ from apps.usage.metering.contract import (
     MAX_PROPERTIES,
     MAX_PROPERTY_NAME_LENGTH,
     TOKEN_FIELDS,
+    USAGE_DETAIL_KEYS,
     UsageRecord,
 )
 
@@ -127,6 +128,54 @@ class PropertiesField(serializers.Field):
         return value
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            name: {"type": "number" if name == "audio_seconds" else "integer", "minimum": 0}
+            for name in USAGE_DETAIL_KEYS
+        },
+        "additionalProperties": False,
+        "nullable": True,
+    }
+)
+class UsageDetailsField(serializers.Field):
+    """Usage beyond the token counts, under genai-prices' names: the audio share of the token
+    counts (``input_audio_tokens`` includes ``cache_audio_read_tokens``), the seconds of audio a
+    duration-priced model heard, the characters a character-priced one read."""
+
+    default_error_messages = {
+        "invalid": "usage_details is a JSON object, or null.",
+        "key": "Unknown usage detail; the known ones are " + ", ".join(USAGE_DETAIL_KEYS) + ".",
+        "count": f"An integer from 0 to {MAX_TOKENS}.",
+        "seconds": f"A number of seconds from 0 to {MAX_TOKENS}.",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            self.fail("invalid")
+        errors = []
+        for name, value in data.items():
+            if name not in USAGE_DETAIL_KEYS:
+                errors.append(f"{str(name)[:64]}: {self.error_messages['key']}")
+                continue
+            seconds = name == "audio_seconds"
+            kinds = (int, float) if seconds else int
+            # The range also refuses NaN and infinities, which compare false or too large.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, kinds)
+                or not 0 <= value <= MAX_TOKENS
+            ):
+                errors.append(f"{name}: {self.error_messages['seconds' if seconds else 'count']}")
+        if errors:
+            raise serializers.ValidationError(errors)
+        return data or None
+
+    def to_representation(self, value):
+        return value
+
+
 def _tokens(**kwargs):
     return StrictIntegerField(min_value=0, max_value=MAX_TOKENS, allow_null=True, **kwargs)
 
@@ -173,6 +222,15 @@ class IngestEventSerializer(serializers.Serializer):
     cache_write_1h_tokens = _tokens(required=False, help_text="Anthropic's 1-hour cache writes.")
     output_tokens = _tokens(help_text="Total output, reasoning included.")
     reasoning_tokens = _tokens(required=False)
+    usage_details = UsageDetailsField(
+        required=False,
+        allow_null=True,
+        help_text="Usage beyond the token counts that prices the call, under genai-prices' "
+        "names: input_audio_tokens, cache_audio_read_tokens and output_audio_tokens (the audio "
+        "share of input_tokens, cached_input_tokens and output_tokens), audio_seconds (a "
+        "duration-priced model such as whisper-1), input_characters (a character-priced one "
+        "such as tts-1).",
+    )
     latency_ms = StrictIntegerField(min_value=0, max_value=MAX_LATENCY_MS, default=0)
 
     def to_internal_value(self, data):
@@ -225,6 +283,19 @@ class IngestEventSerializer(serializers.Serializer):
             errors["output_tokens"] = [
                 "output_tokens includes reasoning_tokens, so it cannot be smaller."
             ]
+        details = attrs.get("usage_details") or {}
+        for name, total_name in (
+            ("input_audio_tokens", "input_tokens"),
+            ("cache_audio_read_tokens", "cached_input_tokens"),
+            ("cache_audio_read_tokens", "input_audio_tokens"),
+            ("output_audio_tokens", "output_tokens"),
+        ):
+            part = details.get(name)
+            total = details.get(total_name) if total_name in details else attrs.get(total_name)
+            if part and (total is None or part > total):
+                errors.setdefault("usage_details", []).append(
+                    f"{name} is a share of {total_name}, so it cannot exceed it."
+                )
         if errors:
             raise serializers.ValidationError(errors)
         return attrs
@@ -241,6 +312,7 @@ def ingest_record(values: dict, *, organization_id: int, token_id: int | None) -
     """The usage record the writer stores for one validated event (the same shape the proxy
     hands to the sink)."""
     tokens = {name: values.get(name) for name in TOKEN_FIELDS}
+    details = values.get("usage_details") or None
     status = values["status"]
     return {
         "request_id": ingest_request_id(organization_id, values["event_id"]),
@@ -257,10 +329,15 @@ def ingest_record(values: dict, *, organization_id: int, token_id: int | None) -
         "stream": False,
         "outcome": "ok" if status < 400 else "upstream_error",
         **tokens,
+        "usage_details": details,
         "service_tier": "",
         # What the client reported, kept as the event's usage object (counts only) so the event
         # can be re-priced like any other.
-        "raw_usage": {"source": "ingest", **tokens},
+        "raw_usage": {
+            "source": "ingest",
+            **tokens,
+            **({"usage_details": details} if details else {}),
+        },
         "latency_ms": values["latency_ms"],
         "ttfb_ms": None,
         "overhead_ms": None,

@@ -104,9 +104,10 @@ def test_an_unpriced_event_has_a_null_cost_and_no_customer_is_null(api, priced):
 
     (event,) = api.get(URL).json()["results"]
 
+    # A success without usage: its usage is unknown, so its cost is too.
     assert (event["cost_usd"], event["price_source"], event["customer"]) == (
         None,
-        "unpriced",
+        "usage_unknown",
         None,
     )
     assert (event["input_tokens"], event["output_tokens"], event["ttfb_ms"]) == (None, None, None)

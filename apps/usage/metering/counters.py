@@ -12,8 +12,12 @@ counters over the events it covers, stored in the fields of ``models.UsageSums``
   bills it.
 - the six token counts (``contract.TOKEN_FIELDS``): their sums, a count reported as null adding 0.
 - ``cost_usd``: the sum of the events' costs, an unpriced event adding 0.
-- ``unpriced_requests``: events stored without a cost, exactly as filtering events by
-  ``price_source="unpriced"`` would count them.
+- ``unpriced_requests``: events whose usage is known but has no price (``price_source``
+  ``unpriced``, cost null), exactly as filtering events by ``price_source="unpriced"`` counts
+  them.
+- ``usage_unknown_requests``: billable events that succeeded without readable usage
+  (``price_source`` ``usage_unknown``, cost null). Flagged apart from unpriced ones; events the
+  provider bills nothing for (``no_usage``, cost 0) are neither.
 - ``latency_ms_sum``: the sum of the latencies.
 - ``ttfb_ms_sum`` and ``ttfb_count``: the sum of the times to first byte, and how many events had
   one, so ``ttfb_ms_sum / ttfb_count`` is an honest average.
@@ -47,7 +51,7 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 
 from apps.usage.metering.contract import ERROR_OUTCOMES, TOKEN_FIELDS
-from apps.usage.models import UsageSums
+from apps.usage.models import PriceSource, UsageSums
 
 ROLLUP_COUNTERS = [f.name for f in UsageSums._meta.local_fields]
 
@@ -91,7 +95,10 @@ _SQL = {
     ),
     **{name: f'coalesce(sum("{name}"), 0)' for name in TOKEN_FIELDS},
     "cost_usd": 'coalesce(sum("cost_usd"), 0)',
-    "unpriced_requests": 'count(*) FILTER (WHERE "cost_usd" IS NULL)',
+    "unpriced_requests": f"count(*) FILTER (WHERE \"price_source\" = '{PriceSource.UNPRICED}')",
+    "usage_unknown_requests": (
+        f"count(*) FILTER (WHERE \"price_source\" = '{PriceSource.USAGE_UNKNOWN}')"
+    ),
     "latency_ms_sum": 'sum("latency_ms")',
     "ttfb_ms_sum": 'coalesce(sum("ttfb_ms"), 0)',
     "ttfb_count": 'count("ttfb_ms")',
@@ -109,20 +116,29 @@ SQL_LATENCY_HISTOGRAM = ", ".join(
 # Python.
 
 # The event fields the counters are computed from, in ``counters_of``'s order.
-COUNTED_FIELDS = ("status", "outcome", *TOKEN_FIELDS, "cost_usd", "latency_ms", "ttfb_ms")
+COUNTED_FIELDS = (
+    "status",
+    "outcome",
+    *TOKEN_FIELDS,
+    "cost_usd",
+    "price_source",
+    "latency_ms",
+    "ttfb_ms",
+)
 _LATENCY_SUM = ROLLUP_COUNTERS.index("latency_ms_sum")
 
 
 def counters_of(status, outcome, *rest) -> list:
     """One event's contribution to the counters, in ``ROLLUP_COUNTERS`` order, from its
     ``COUNTED_FIELDS``."""
-    tokens, (cost, latency, ttfb) = rest[:-3], rest[-3:]
+    tokens, (cost, source, latency, ttfb) = rest[:-4], rest[-4:]
     return [
         1,
         1 if status >= ERROR_STATUS or outcome in ERROR_OUTCOMES else 0,
         *(value or 0 for value in tokens),
         Decimal(0) if cost is None else cost,
-        1 if cost is None else 0,
+        1 if source == PriceSource.UNPRICED else 0,
+        1 if source == PriceSource.USAGE_UNKNOWN else 0,
         latency,
         ttfb or 0,
         0 if ttfb is None else 1,
@@ -156,8 +172,8 @@ def rollup_aggregates() -> dict:
         "requests": Count("id"),
         "errors": Count("id", filter=Q(status__gte=ERROR_STATUS) | Q(outcome__in=ERROR_OUTCOMES)),
         **{name: Coalesce(Sum(name), zero) for name in TOKEN_FIELDS},
-        # Before cost_usd, whose annotation would otherwise stand for the field here.
-        "unpriced_requests": Count("id", filter=Q(cost_usd__isnull=True)),
+        "unpriced_requests": Count("id", filter=Q(price_source=PriceSource.UNPRICED)),
+        "usage_unknown_requests": Count("id", filter=Q(price_source=PriceSource.USAGE_UNKNOWN)),
         "cost_usd": Coalesce(
             Sum("cost_usd"), Decimal(0), output_field=UsageSums._meta.get_field("cost_usd")
         ),
@@ -197,6 +213,7 @@ class Counters:
     reasoning_tokens: int = 0
     cost_usd: Decimal = field(default_factory=Decimal)
     unpriced_requests: int = 0
+    usage_unknown_requests: int = 0
     latency_ms_sum: int = 0
     ttfb_ms_sum: int = 0
     ttfb_count: int = 0

@@ -3,7 +3,8 @@ refusal counts, and re-pricing.
 
 How a batch is written (``usage_events_write``), in one transaction:
 
-1. Each record is priced here (never on the proxy's path, never by a client).
+1. Each record is priced here (never on the proxy's path, never by a client): ``event_price``
+   says which price source applies and why.
 2. The rows are inserted with ``ON CONFLICT (request_id) DO NOTHING RETURNING request_id``
    (PostgreSQL: COPY into a temporary table, then one ``INSERT … SELECT``; SQLite ≥ 3.35: multi-row
    ``VALUES``). The ids returned are exactly the rows this transaction stored: a replayed batch, or
@@ -23,6 +24,7 @@ import logging
 import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from functools import cache
 from itertools import islice
 from operator import itemgetter
@@ -31,9 +33,16 @@ from django.db import connection, transaction
 
 from apps.accounts.models import Organization
 from apps.keys.models import ProxyToken
-from apps.usage.metering.contract import MAX_PROPERTIES, UsageRecord
+from apps.usage.metering.contract import (
+    ERROR_OUTCOMES,
+    MAX_PROPERTIES,
+    NON_BILLABLE_ENDPOINTS,
+    USAGE_DETAIL_KEYS,
+    UsageRecord,
+)
 from apps.usage.metering.counters import (
     COUNTED_FIELDS,
+    ERROR_STATUS,
     LATENCY_BUCKETS,
     ROLLUP_COUNTERS,
     SQL_COUNTERS,
@@ -48,6 +57,7 @@ from apps.usage.models import (
     DailyRollup,
     OrganizationDailyRollup,
     PriceOverride,
+    PriceSource,
     PropertyDailyRollup,
     RefusalCount,
     UsageEvent,
@@ -80,6 +90,97 @@ _ROLLUP_KEY = ["organization_id", "day", "customer", "provider", "model"]
 _ORG_ROLLUP_KEY = ["organization_id", "day", "provider", "model"]
 _ORG_ROLLUP_COUNTERS = ROLLUP_COUNTERS + LATENCY_BUCKETS
 _PROPERTY_ROLLUP_KEY = ["organization_id", "day", "name", "value"]
+
+# The largest usage detail stored (as the ingest API bounds token counts): past it, a value is a
+# client's mistake or an attack, not usage.
+MAX_USAGE_DETAIL = 10**12
+_NO_COST = Decimal(0)
+
+
+def usage_details_storable(details) -> dict | None:
+    """What of ``details`` is stored and priced: the ``USAGE_DETAIL_KEYS`` whose value is a
+    finite number from 0 to ``MAX_USAGE_DETAIL`` (an int, or a float for seconds), in that key
+    order; None when nothing is left. Anything else (another key, a string, a bool, a negative
+    count, NaN, a nested object, not a mapping at all) is dropped, never refused: a hostile value
+    must not fail its batch, and a number PostgreSQL's JSON cannot hold (NaN, Infinity) never
+    reaches it."""
+    if type(details) is not dict or not details:
+        return None
+    kept = {}
+    for name in USAGE_DETAIL_KEYS:
+        value = details.get(name)
+        kind = type(value)
+        # The range also drops NaN and infinities, which compare false or too large.
+        if (kind is int or kind is float) and 0 <= value <= MAX_USAGE_DETAIL:
+            kept[name] = value
+    return kept or None
+
+
+def event_price(
+    provider: str,
+    model: str,
+    input_tokens: int | None,
+    cached_input_tokens: int | None,
+    cache_write_tokens: int | None,
+    cache_write_1h_tokens: int | None,
+    output_tokens: int | None,
+    reasoning_tokens: int | None,
+    usage_details: dict | None,
+    timestamp: datetime,
+    service_tier: str,
+    overrides: Overrides | None,
+    endpoint: str,
+    status: int,
+    outcome: str,
+    billable: bool | None,
+) -> tuple[Decimal | None, str]:
+    """An event's cost and price source (DESIGN.md, "Usage event"), for the writer and for
+    ``usage_reprice``, so a re-pricing classifies old events as the writer classifies new ones.
+
+    - Usage known (a token count, or a usage detail): priced by ``pricing.price_tokens``:
+      ``catalog`` or ``override``, or ``unpriced`` (cost None) when no price applies.
+    - No usage at all, and the provider bills nothing for the request: ``no_usage``, cost 0.
+      That is a record marked not ``billable`` (a realtime session that made no response), an
+      endpoint in ``NON_BILLABLE_ENDPOINTS`` (models lists, ``count_tokens``, file and batch
+      management), or a request that failed (status >= ``ERROR_STATUS``, or an error outcome:
+      the provider refused it, or Costr or the upstream broke it off).
+    - No usage, otherwise: a billable call that succeeded (a client that left after a successful
+      status included) whose usage could not be read: ``usage_unknown``, cost None.
+
+    ``billable`` is the record's flag, None when absent. An event already stored as
+    ``no_usage`` is re-priced with ``billable=False``: its record's flag is not stored, and
+    its usage cannot have appeared since.
+    """
+    if (
+        input_tokens is None
+        and output_tokens is None
+        and cached_input_tokens is None
+        and cache_write_tokens is None
+        and cache_write_1h_tokens is None
+        and reasoning_tokens is None
+        and not usage_details
+    ):
+        if (
+            billable is False
+            or endpoint in NON_BILLABLE_ENDPOINTS
+            or status >= ERROR_STATUS
+            or outcome in ERROR_OUTCOMES
+        ):
+            return _NO_COST, PriceSource.NO_USAGE.value
+        return None, PriceSource.USAGE_UNKNOWN.value
+    return price_tokens(
+        provider,
+        model,
+        input_tokens,
+        cached_input_tokens,
+        cache_write_tokens,
+        cache_write_1h_tokens,
+        output_tokens,
+        timestamp,
+        service_tier,
+        overrides,
+        usage_details,
+    )
 
 
 def usage_events_write(records: list[UsageRecord]) -> int:
@@ -195,7 +296,11 @@ def _prepare(records: list[dict], tokens: set[int], overrides: dict[int, Overrid
             if text is not None and len(text) > length:
                 row[index] = text[:length]
         organization_id = row[i["organization_id"]]
-        row[i["cost_usd"]], row[i["price_source"]] = price_tokens(
+        details = row[i["usage_details"]]
+        if details is not None:
+            details = usage_details_storable(details)
+            row[i["usage_details"]] = None if details is None else dumps(details)
+        row[i["cost_usd"]], row[i["price_source"]] = event_price(
             row[i["provider"]],
             row[i["model"]] or "",
             row[i["input_tokens"]],
@@ -203,9 +308,15 @@ def _prepare(records: list[dict], tokens: set[int], overrides: dict[int, Overrid
             row[i["cache_write_tokens"]],
             row[i["cache_write_1h_tokens"]],
             row[i["output_tokens"]],
+            row[i["reasoning_tokens"]],
+            details,
             timestamp,
             row[i["service_tier"]] or "",
             overrides.get(organization_id),
+            row[i["endpoint"]],
+            row[i["status"]],
+            row[i["outcome"]],
+            get("billable"),
         )
         row[i["timestamp"]] = adapt_datetime(timestamp) if sqlite else timestamp
         row[i["customer_id"]] = None  # set by _name_customers, in the transaction

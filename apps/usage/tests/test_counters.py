@@ -58,7 +58,7 @@ def _events(org) -> list[dict]:
     """gpt-4o-mini: $0.15 per million input tokens (cache writes included), $0.075 cached input,
     $0.60 output. Each event's cost and latency bucket is worked out beside it."""
 
-    def event(status, outcome, tokens, latency_ms, ttfb_ms):
+    def event(status, outcome, tokens, latency_ms, ttfb_ms, **extra):
         names = ("input", "cached_input", "cache_write", "cache_write_1h", "output", "reasoning")
         return usage_record(
             org,
@@ -68,6 +68,7 @@ def _events(org) -> list[dict]:
             **{f"{name}_tokens": count for name, count in zip(names, tokens, strict=True)},
             latency_ms=latency_ms,
             ttfb_ms=ttfb_ms,
+            **extra,
         )
 
     return [
@@ -76,7 +77,8 @@ def _events(org) -> list[dict]:
         # The last status that is no error. 1000 * 0.15 + 1000 * 0.075 + 50 * 0.6 = 255 µ$.
         # Bucket [0, 25).
         event(399, "ok", (2000, 1000, 0, None, 50, 20), 24, 12),
-        # The first status that is an error, whatever the outcome. No tokens: unpriced.
+        # The first status that is an error, whatever the outcome. No tokens on an error: the
+        # provider bills nothing (no_usage, cost 0), neither unpriced nor usage-unknown.
         # Bucket [25, 50). No first byte.
         event(400, "ok", (None,) * 6, 25, None),
         # An error outcome with status 200. 100 * 0.15 = 15 µ$. Bucket [700, 1000).
@@ -91,11 +93,16 @@ def _events(org) -> list[dict]:
         # Stopped reading an error: an error by its status. 900 * 0.15 + 100 * 0.075 + 100 * 0.6
         # = 202.5 µ$. Above the last bound: the last bucket.
         event(503, "client_disconnected", (1000, 100, 200, 50, 100, 30), 900_000, 1),
+        # A success whose usage could not be read: usage_unknown, cost null. Bucket [100, 200).
+        event(200, "ok", (None,) * 6, 150, 30),
+        # The same on a models list, which the provider bills nothing for: no_usage, cost 0.
+        # Bucket [200, 400).
+        event(200, "ok", (None,) * 6, 300, None, endpoint="other"),
     ]
 
 
 EXPECTED = {
-    "requests": 8,
+    "requests": 10,
     "errors": 5,  # statuses 400 and 503, and the three error outcomes
     "input_tokens": 1000 + 2000 + 100 + 300 + 500 + 1000,
     "cached_input_tokens": 1000 + 5 + 100,
@@ -104,21 +111,22 @@ EXPECTED = {
     "output_tokens": 100 + 50 + 40 + 10 + 100,
     "reasoning_tokens": 20 + 30,
     "cost_usd": Decimal("0.000832500000"),  # 210 + 255 + 15 + 69 + 81 + 202.5 µ$
-    "unpriced_requests": 2,
-    "latency_ms_sum": 24 + 25 + 999 + 1000 + 149_999 + 150_000 + 900_000,
-    "ttfb_ms_sum": 12 + 400 + 700 + 1,
-    "ttfb_count": 5,
+    "unpriced_requests": 1,  # the costr_error with tokens but neither input nor output
+    "usage_unknown_requests": 1,  # the success without usage
+    "latency_ms_sum": 24 + 25 + 999 + 1000 + 149_999 + 150_000 + 900_000 + 150 + 300,
+    "ttfb_ms_sum": 12 + 400 + 700 + 1 + 30,
+    "ttfb_count": 6,
 }
-# Buckets 0, 1, 6, 7, 14 and 15 (LATENCY_BOUNDS_MS 0, 25, 50, 100, 200, 400, 700, 1000, 1500,
-# 2500, 4000, 7000, 12000, 25000, 60000, 150000, 600000).
-EXPECTED_HISTOGRAM = [2, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 2]
+# Buckets 0, 1, 3, 4, 6, 7, 14 and 15 (LATENCY_BOUNDS_MS 0, 25, 50, 100, 200, 400, 700, 1000,
+# 1500, 2500, 4000, 7000, 12000, 25000, 60000, 150000, 600000).
+EXPECTED_HISTOGRAM = [2, 1, 0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 2]
 
 
 def _write(org) -> None:
     """In two batches: the rollup rows are inserted by the first and added to by the second."""
     events = _events(org)
     assert usage_events_write(events[:3]) == 3
-    assert usage_events_write(events[3:]) == 5
+    assert usage_events_write(events[3:]) == 7
 
 
 def _counters(row) -> dict:
@@ -224,7 +232,8 @@ def test_counters_add_rows_up_and_take_one_part_from_another(org):
         output_tokens=50 + 100,
         reasoning_tokens=20 + 30,
         cost_usd=Decimal("0.000457500000"),  # 255 + 202.5 µ$
-        unpriced_requests=1,
+        unpriced_requests=0,  # the 400 without usage is no_usage
+        usage_unknown_requests=0,
         latency_ms_sum=24 + 25 + 900_000,
         ttfb_ms_sum=12 + 1,
         ttfb_count=2,

@@ -50,10 +50,11 @@ MODELS = [
 def expected_cost(provider, model, tokens, timestamp, tier) -> Decimal | None:
     """What the catalog says, as DESIGN.md applies it: usage normalised (input includes cache
     reads and writes), the request's timestamp, flex/priority tiers, 12 places; a model or usage
-    the catalog cannot price, or unknown tokens, is None."""
+    the catalog cannot price is None. Every record without tokens here is a provider error,
+    which the provider bills nothing for: ``no_usage``, cost 0."""
     inputs, cached, writes, writes_1h, output = tokens
     if inputs is None and output is None:
-        return None
+        return Decimal(0)
     usage = Usage(
         input_tokens=inputs or 0,
         cache_read_tokens=cached or 0,

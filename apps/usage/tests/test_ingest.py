@@ -158,7 +158,8 @@ def test_optional_fields_take_their_defaults(post, org):
         0,
     )
     assert (event.customer, event.properties) == (None, {})
-    assert (event.cost_usd, event.price_source) == (None, "unpriced")
+    # No usage on the default endpoint, `other`, which the provider bills nothing for.
+    assert (event.cost_usd, event.price_source) == (Decimal(0), "no_usage")
 
 
 def test_an_error_status_is_recorded_as_an_upstream_error(post, org):
@@ -505,3 +506,78 @@ def test_a_database_failure_is_503_and_nothing_is_stored(post, org):
     assert response.json()["error"]["code"] == "database_unavailable"
     assert not UsageEvent.objects.for_org(org).exists()
     assert not Customer.objects.for_org(org).filter(external_id="brand-new").exists()
+
+
+def test_usage_details_are_stored_and_priced(post, org):
+    """whisper-1 at $0.36 per audio hour; gpt-4o-transcribe at $2.50 text in, $6 audio in, $10
+    out (1000 in, 800 of them audio, 100 out)."""
+    events = [
+        _event(
+            "whisper",
+            model="whisper-1",
+            endpoint="transcriptions",
+            input_tokens=None,
+            cached_input_tokens=None,
+            output_tokens=None,
+            usage_details={"audio_seconds": 90.5},
+        ),
+        _event(
+            "transcribe",
+            model="gpt-4o-transcribe",
+            endpoint="transcriptions",
+            input_tokens=1000,
+            cached_input_tokens=None,
+            output_tokens=100,
+            usage_details={"input_audio_tokens": 800},
+        ),
+    ]
+
+    assert post({"events": events}).status_code == 200
+
+    stored = {
+        event.model: (event.usage_details, event.cost_usd, event.price_source)
+        for event in UsageEvent.objects.for_org(org)
+    }
+    assert stored == {
+        "whisper-1": (
+            {"audio_seconds": 90.5},
+            Decimal("0.36") * Decimal("90.5") / 3600,
+            "catalog",
+        ),
+        "gpt-4o-transcribe": (
+            {"input_audio_tokens": 800},
+            (200 * Decimal("2.5") + 800 * 6 + 100 * 10) / Decimal(1_000_000),
+            "catalog",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("details", "message"),
+    [
+        ({"audio_minutes": 2}, "audio_minutes: Unknown usage detail; the known ones are"),
+        ({"input_characters": "1000"}, "input_characters: An integer from 0 to"),
+        ({"input_audio_tokens": 10.0}, "input_audio_tokens: An integer from 0 to"),
+        ({"output_audio_tokens": -1}, "output_audio_tokens: An integer from 0 to"),
+        ({"audio_seconds": True}, "audio_seconds: A number of seconds from 0 to"),
+        ({"audio_seconds": 10**13}, "audio_seconds: A number of seconds from 0 to"),
+        ([60], "usage_details is a JSON object, or null."),
+        ({"input_audio_tokens": 1201}, "input_audio_tokens is a share of input_tokens"),
+        ({"output_audio_tokens": 301}, "output_audio_tokens is a share of output_tokens"),
+        (
+            {"input_audio_tokens": 900, "cache_audio_read_tokens": 901},
+            "cache_audio_read_tokens is a share of input_audio_tokens",
+        ),
+        ({"cache_audio_read_tokens": 5}, "cache_audio_read_tokens is a share of input_audio"),
+    ],
+)
+def test_bad_usage_details_are_refused_with_the_reason(post, org, details, message):
+    """The event (1200 in, 1000 of them cached, 300 out) is rejected, with the reason under
+    ``usage_details``; nothing is stored."""
+    response = post({"events": [_event(usage_details=details)]})
+
+    assert response.status_code == 400
+    errors = response.json()["rejected"][0]["errors"]
+    assert list(errors) == ["usage_details"]
+    assert any(text.startswith(message) for text in errors["usage_details"]), errors
+    assert not UsageEvent.objects.for_org(org).exists()

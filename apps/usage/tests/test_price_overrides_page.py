@@ -53,6 +53,9 @@ def test_with_no_overrides_the_page_explains_what_they_are_for(client, org, memb
 
     assert "No price overrides" in page
     assert "negotiated" in page
+    # What an override does not price (test_price_sources holds the writer to it).
+    assert "An override prices tokens only" in page
+    assert "Audio is never priced at your text rate" in page
 
 
 def test_a_member_sees_the_prices_but_no_form(client, org, member, other_org):

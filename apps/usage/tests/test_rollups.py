@@ -70,7 +70,8 @@ def test_counters_sum_the_days_events_and_count_nulls_as_zero(org):
                 latency_ms=30,
                 ttfb_ms=None,
             ),
-            # An upstream error without usage: a request and an error, tokens unknown, unpriced.
+            # An upstream error without usage: a request and an error, tokens unknown, billed
+            # nothing (no_usage): neither unpriced nor usage-unknown.
             _record(
                 org,
                 "r3",
@@ -98,7 +99,7 @@ def test_counters_sum_the_days_events_and_count_nulls_as_zero(org):
     assert rollup.reasoning_tokens == 40
     # r2: 100 uncached in, 50 out.
     assert rollup.cost_usd == MINI_1200_1000_300 + (100 * Decimal("0.15") + 50 * Decimal("0.6")) / M
-    assert rollup.unpriced_requests == 1
+    assert (rollup.unpriced_requests, rollup.usage_unknown_requests) == (0, 0)
     assert (rollup.latency_ms_sum, rollup.ttfb_ms_sum, rollup.ttfb_count) == (55, 14, 2)
 
 
