@@ -95,6 +95,7 @@ def test_the_ingest_event_schema_lists_the_contracts_fields(document):
         "cache_write_1h_tokens",
         "output_tokens",
         "reasoning_tokens",
+        "usage_details",
         "latency_ms",
     }
     assert set(event["required"]) == {
@@ -150,12 +151,15 @@ EXAMPLES = 30
 
 
 @pytest.fixture
-def live_api(org, admin, connected, costr_customers):
+def live_api(org, admin, connected, costr_customers, settings):
     """``org`` with traffic (odd customer ids and properties among it), Stripe revenue synced
     from the fake Stripe, and a token that may read and ingest."""
     from apps.keys import keycache, services
     from apps.usage.tests.factories import store_usage
 
+    # Schemathesis sends a bad token with many of an operation's examples, all from one address
+    # within seconds: past the invalid-token throttle they would be 429s, not the 401s checked.
+    settings.COSTR_THROTTLE_INVALID_TOKENS_PER_ADDRESS = "100000/minute"
     keycache._drop_local(None)
     # As Django's test client does: a request's end would otherwise close the connection that
     # holds the test's transaction.
@@ -256,6 +260,8 @@ def test_the_usage_event_schema_lists_the_contracts_fields(document):
         "cache_write_1h_tokens",
         "output_tokens",
         "reasoning_tokens",
+        "usage_details",
+        "service_tier",
         "cost_usd",
         "price_source",
         "latency_ms",
@@ -293,6 +299,7 @@ def test_the_spend_report_and_customer_have_the_contracts_fields(document):
         "reasoning_tokens",
         "cost_usd",
         "unpriced_requests",
+        "usage_unknown_requests",
     ]
 
     assert list(schemas["SpendReport"]["properties"]) == [
@@ -311,6 +318,7 @@ def test_the_spend_report_and_customer_have_the_contracts_fields(document):
         "requests",
         "cost_usd",
         "unpriced_requests",
+        "usage_unknown_requests",
         "revenue",
         "margin_usd",
         "margin_pct",

@@ -200,6 +200,10 @@ def _model_list(record: dict, rng) -> dict:
 
 
 def _failed(record: dict, rng, profile: ModelProfile, status: int, outcome: str) -> dict:
+    """A provider error: no usage, so the writer prices it ``no_usage`` (cost 0, neither
+    unpriced nor usage-unknown). Its outcome is ``upstream_error`` whatever ``ERROR_SPLIT`` says,
+    as the proxy records a provider's status >= 400 (DESIGN.md, "Usage event"); the split's
+    outcome still decides whether a first byte came."""
     if status == 429:
         latency = _lognormal(rng, 90, 0.5)
     elif status == 504:
@@ -210,7 +214,7 @@ def _failed(record: dict, rng, profile: ModelProfile, status: int, outcome: str)
         endpoint=_endpoint(profile, rng),
         status=status,
         stream=False,
-        outcome=outcome,
+        outcome="upstream_error",
         latency_ms=latency,
         ttfb_ms=None if outcome == "upstream_error" else latency,
     )

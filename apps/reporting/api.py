@@ -37,7 +37,7 @@ from apps.reporting.serializers import (
     SpendReportSerializer,
     UsageEventSerializer,
 )
-from apps.usage.models import Customer
+from apps.usage.models import Customer, PriceSource
 
 READ_ERRORS = (400, 401, 403, 404, 405, 503)
 
@@ -254,8 +254,9 @@ def _figures(totals: Totals) -> dict:
         "cache_write_tokens": totals.cache_write_tokens,
         "output_tokens": totals.output_tokens,
         "reasoning_tokens": totals.reasoning_tokens,
-        "cost_usd": totals.cost,
+        "cost_usd": totals.reported_cost,
         "unpriced_requests": totals.unpriced_requests,
+        "usage_unknown_requests": totals.usage_unknown_requests,
     }
 
 
@@ -306,6 +307,13 @@ class EventListView(OrganizationAPIView):
                 description="How the request ended: `ok`, an upstream error, a client or "
                 "upstream that went away mid-stream, or Costr's own error.",
             ),
+            OpenApiParameter(
+                "price_source",
+                {"type": "string", "enum": list(PriceSource.values)},
+                description="Why the cost is what it is: `catalog`, `override`, `unpriced` "
+                "(no price for the model), `no_usage` (billed nothing), `usage_unknown` (usage "
+                "could not be read).",
+            ),
             *_page_parameters(),
             org_parameter(),
         ],
@@ -323,6 +331,7 @@ class EventListView(OrganizationAPIView):
             model=query.get("model"),
             status=query.get("status"),
             outcome=query.get("outcome"),
+            price_source=query.get("price_source"),
             properties=query["properties"],
         ).defer("raw_usage")
         paginator = EventPagination()
@@ -358,7 +367,10 @@ class SpendReportView(OrganizationAPIView):
         description=(
             "Sums over [start, end) per group, and the total. `cost_usd` sums the priced "
             "requests; `unpriced_requests` counts the requests whose model has no known price "
-            "(they add nothing to the cost and are never priced at $0).\n\n"
+            "and `usage_unknown_requests` the billable successes whose usage could not be read "
+            "(both add nothing to the cost and are never priced at $0; requests the provider "
+            "bills nothing for, such as errors, are neither). A group whose requests are all "
+            "unpriced or usage-unknown has `cost_usd` null.\n\n"
             "`group_by`: `day` (UTC days, `key` `YYYY-MM-DD`, in date order), `customer` (the "
             "external id), `model`, `provider`, or `property:<name>` (the property's value). "
             "Other groupings come costliest first. Only groups with requests are listed. Whole "
@@ -402,14 +414,16 @@ class SpendReportView(OrganizationAPIView):
 
 
 def _customer_body(customer, totals: Totals, revenue: list) -> dict:
-    margin = billing.margin(totals.cost, revenue) if revenue else None
+    # A margin over an unknown cost would be the revenue itself: none is given.
+    margin = billing.margin(totals.cost, revenue) if revenue and not totals.cost_unknown else None
     return {
         "external_id": customer.external_id,
         "name": customer.name,
         "stripe_customer_id": customer.stripe_customer_id or None,
         "requests": totals.requests,
-        "cost_usd": totals.cost,
+        "cost_usd": totals.reported_cost,
         "unpriced_requests": totals.unpriced_requests,
+        "usage_unknown_requests": totals.usage_unknown_requests,
         "revenue": [{"currency": r.currency, "gross": r.gross, "net": r.net} for r in revenue],
         "margin_usd": margin.margin_usd if margin else None,
         "margin_pct": margin.margin_pct if margin else None,

@@ -15,7 +15,7 @@ from apps.reporting.periods import (
     PeriodError,
     resolve_period,
 )
-from apps.usage.models import Outcome
+from apps.usage.models import Outcome, PriceSource
 
 
 class PeriodForm(forms.Form):
@@ -90,6 +90,12 @@ class EventFilterForm(forms.Form):
     provider = forms.ChoiceField(choices=[("", "Any"), *Provider.choices], required=False)
     status = forms.IntegerField(required=False, min_value=100, max_value=599)
     outcome = forms.ChoiceField(choices=[("", "Any"), *Outcome.choices], required=False)
+    price_source = forms.ChoiceField(
+        choices=[("", "Any"), *PriceSource.choices],
+        required=False,
+        label="Price source",
+        help_text="usage unknown: a success whose usage could not be read",
+    )
     property = forms.CharField(
         required=False,
         max_length=600,
@@ -138,6 +144,7 @@ class EventFilterForm(forms.Form):
             "model": data.get("model") or None,
             "status": data.get("status"),
             "outcome": data.get("outcome") or None,
+            "price_source": data.get("price_source") or None,
             "properties": data.get("property") or None,
         }
 

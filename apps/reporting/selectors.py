@@ -63,6 +63,19 @@ class Totals(Counters):
         return Decimal(self.cost_usd).quantize(COST_PLACES)
 
     @property
+    def cost_unknown(self) -> bool:
+        """Whether the group has requests and none of them has a known cost: all unpriced or
+        usage-unknown (DESIGN.md: such a group's ``cost_usd`` is null, not $0)."""
+        return bool(self.requests) and (
+            self.requests == self.unpriced_requests + self.usage_unknown_requests
+        )
+
+    @property
+    def reported_cost(self) -> Decimal | None:
+        """``cost``, or None for a group whose cost is unknown (``cost_unknown``)."""
+        return None if self.cost_unknown else self.cost
+
+    @property
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
@@ -306,6 +319,7 @@ def events_filtered(
     model: str | None = None,
     status: int | None = None,
     outcome: str | None = None,
+    price_source: str | None = None,
     properties: dict[str, str] | None = None,
 ) -> QuerySet[UsageEvent]:
     """The organization's events matching every filter given, newest first (ties by id, so a
@@ -331,6 +345,8 @@ def events_filtered(
         events = events.filter(status=status)
     if outcome:
         events = events.filter(outcome=outcome)
+    if price_source:
+        events = events.filter(price_source=price_source)
     for number, (name, value) in enumerate((properties or {}).items()):
         # The JSON value (not its text) compared, so the value is encoded as JSON on every backend.
         alias = f"property_filter_{number}"

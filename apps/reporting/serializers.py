@@ -143,6 +143,7 @@ class EventQuerySerializer(serializers.Serializer):
     model = QueryTextField()
     status = serializers.IntegerField(min_value=100, max_value=599, required=False)
     outcome = serializers.ChoiceField(choices=Outcome.values, required=False)
+    price_source = serializers.ChoiceField(choices=PriceSource.values, required=False)
 
     def validate(self, attrs):
         start, end = attrs.get("start"), attrs.get("end")
@@ -216,8 +217,26 @@ class UsageEventSerializer(serializers.Serializer):
         allow_null=True, help_text="Total output, reasoning included."
     )
     reasoning_tokens = serializers.IntegerField(allow_null=True)
-    cost_usd = _cost(allow_null=True, help_text="12 decimal places; null when unpriced.")
-    price_source = serializers.ChoiceField(choices=PriceSource.values)
+    usage_details = serializers.DictField(
+        allow_null=True,
+        help_text="Usage beyond the token counts, under genai-prices' names: input_audio_tokens, "
+        "cache_audio_read_tokens, output_audio_tokens (the audio share of the token counts), "
+        "audio_seconds, input_characters; null when none was reported.",
+    )
+    service_tier = serializers.CharField(
+        help_text="The service tier the provider reported (`batch` for a batch item); empty "
+        "for none."
+    )
+    cost_usd = _cost(
+        allow_null=True, help_text="12 decimal places; null when unpriced or usage-unknown."
+    )
+    price_source = serializers.ChoiceField(
+        choices=PriceSource.values,
+        help_text="Why the cost is what it is: `catalog` or `override` (priced), `unpriced` "
+        "(usage known, no price for the model: cost null), `no_usage` (the provider bills "
+        "nothing: an error, a models list, count_tokens: cost 0), `usage_unknown` (a billable "
+        "call succeeded but its usage could not be read: cost null).",
+    )
     latency_ms = serializers.IntegerField()
     ttfb_ms = serializers.IntegerField(allow_null=True)
     overhead_ms = serializers.FloatField(allow_null=True)
@@ -230,9 +249,19 @@ class SpendFiguresSerializer(serializers.Serializer):
     cache_write_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
     reasoning_tokens = serializers.IntegerField()
-    cost_usd = _cost(help_text="The priced requests' cost (unpriced ones add nothing).")
+    cost_usd = _cost(
+        allow_null=True,
+        help_text="The priced requests' cost (unpriced and usage-unknown ones add nothing); "
+        "null when every request is unpriced or usage-unknown.",
+    )
     unpriced_requests = serializers.IntegerField(
-        help_text="Requests without a known price: counted, never priced at $0."
+        help_text="Requests whose usage is known but whose model has no known price: counted, "
+        "never priced at $0."
+    )
+    usage_unknown_requests = serializers.IntegerField(
+        help_text="Billable requests that succeeded but whose usage could not be read: "
+        "counted, never priced at $0. Requests the provider bills nothing for (errors, model "
+        "lists) are neither."
     )
 
 
@@ -283,8 +312,13 @@ class CustomerSerializer(serializers.Serializer):
         allow_null=True, help_text="The Stripe customer mapped to this customer, or null."
     )
     requests = serializers.IntegerField()
-    cost_usd = _cost(help_text="The priced requests' cost over the period.")
+    cost_usd = _cost(
+        allow_null=True,
+        help_text="The priced requests' cost over the period; null when every request is "
+        "unpriced or usage-unknown.",
+    )
     unpriced_requests = serializers.IntegerField()
+    usage_unknown_requests = serializers.IntegerField()
     revenue = RevenueSerializer(
         many=True, help_text="Stripe revenue over the period, one entry per currency."
     )

@@ -112,7 +112,8 @@ def _spend_chart(by_day: dict, days: list[date], empty_label: str) -> dict:
 
 
 def _daily_rows(by_day: dict, days: list[date]) -> list[dict]:
-    """Per local day: requests, spend and unpriced requests (the chart's numbers, as a table)."""
+    """Per local day: requests, spend, unpriced and usage-unknown requests (the chart's numbers,
+    as a table)."""
     totals: dict[date, Totals] = defaultdict(Totals)
     for (day, _key), values in by_day.items():
         totals[day].add(values)

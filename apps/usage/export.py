@@ -27,6 +27,7 @@ COLUMNS = [
     ("cache_write_1h_tokens", "cache_write_1h_tokens"),
     ("output_tokens", "output_tokens"),
     ("reasoning_tokens", "reasoning_tokens"),
+    ("usage_details", "usage_details"),
     ("service_tier", "service_tier"),
     ("cost_usd", "cost_usd"),
     ("price_source", "price_source"),

@@ -81,6 +81,7 @@ def test_the_list_has_cost_revenue_and_margin_per_customer(api, january, stripe_
             "requests": 10,
             "cost_usd": "0.012000000000",
             "unpriced_requests": 0,
+            "usage_unknown_requests": 0,
             "revenue": [{"currency": "usd", "gross": "75.00", "net": "55.92"}],
             # 55.92 - 0.012 = 55.908; 55.908 / 55.92 = 99.9785…%
             "margin_usd": "55.908000000000",
@@ -93,6 +94,7 @@ def test_the_list_has_cost_revenue_and_margin_per_customer(api, january, stripe_
             "requests": 3,
             "cost_usd": "0.002400000000",
             "unpriced_requests": 1,
+            "usage_unknown_requests": 0,
             "revenue": [{"currency": "usd", "gross": "30.00", "net": "13.83"}],
             # 13.83 - 0.0024 = 13.8276; 13.8276 / 13.83 = 99.9826…%
             "margin_usd": "13.827600000000",
@@ -105,6 +107,7 @@ def test_the_list_has_cost_revenue_and_margin_per_customer(api, january, stripe_
             "requests": 1,
             "cost_usd": "0.001200000000",
             "unpriced_requests": 0,
+            "usage_unknown_requests": 0,
             # Yen stay yen: listed, never converted, and no USD margin.
             "revenue": [{"currency": "jpy", "gross": "5000", "net": "4820"}],
             "margin_usd": None,
@@ -117,6 +120,7 @@ def test_the_list_has_cost_revenue_and_margin_per_customer(api, january, stripe_
             "requests": 0,
             "cost_usd": ZERO,
             "unpriced_requests": 0,
+            "usage_unknown_requests": 0,
             "revenue": [],
             "margin_usd": None,
             "margin_pct": None,
@@ -259,3 +263,33 @@ def test_the_detail_query_count_is_fixed(api, january, django_assert_num_queries
     # The organization, the customer, its usage (rollups), and its revenue (three queries).
     with django_assert_num_queries(6):
         api.get(detail_url("alice"), JANUARY)
+
+
+def test_a_customer_whose_cost_is_unknown_has_a_null_cost_and_no_margin(
+    api, priced, connected, costr_customers, stripe_account
+):
+    """cus_Bob0001's January: one request of a model without a price, one success whose usage
+    could not be read. Its cost is unknown, not $0, so its margin is not its revenue."""
+    use(priced, "cus_Bob0001", 13, model="nobody-knows-this-model")
+    store_usage(
+        priced,
+        customer="cus_Bob0001",
+        model="test-small",
+        timestamp=datetime(2026, 1, 14, 12, tzinfo=UTC).isoformat(),
+        input_tokens=None,
+        cached_input_tokens=None,
+        cache_write_tokens=None,
+        output_tokens=None,
+        reasoning_tokens=None,
+    )
+
+    body = api.get(detail_url("cus_Bob0001"), JANUARY).json()
+
+    assert (
+        body["requests"],
+        body["cost_usd"],
+        body["unpriced_requests"],
+        body["usage_unknown_requests"],
+    ) == (2, None, 1, 1)
+    assert body["revenue"] == [{"currency": "usd", "gross": "30.00", "net": "13.83"}]
+    assert (body["margin_usd"], body["margin_pct"]) == (None, None)

@@ -77,6 +77,8 @@ def test_an_event_has_exactly_the_contracts_fields(api, priced):
                 "cache_write_1h_tokens": None,
                 "output_tokens": 100,
                 "reasoning_tokens": 0,
+                "usage_details": None,
+                "service_tier": "",
                 "cost_usd": "0.001200000000",
                 "price_source": "override",
                 "latency_ms": 20,
@@ -307,3 +309,39 @@ def test_a_forged_cursor_beyond_any_id_is_read_not_a_server_error(api, priced):
 
     # At the event's timestamp, with an id beyond any: the event comes after that place.
     assert request_ids(api.get(URL, {"cursor": forged})) == [event["request_id"]]
+
+
+def test_usage_details_are_returned_and_price_source_filters(api, priced):
+    """A whisper-1 transcription (priced by its seconds), a success without usage and a
+    rate-limited request without usage: each found by its price source alone."""
+    no_tokens = {
+        "input_tokens": None,
+        "output_tokens": None,
+        "cached_input_tokens": None,
+        "cache_write_tokens": None,
+        "reasoning_tokens": None,
+    }
+    use(
+        priced,
+        utc(2026, 11, 2, 12),
+        model="whisper-1",
+        endpoint="transcriptions",
+        usage_details={"audio_seconds": 60},
+        request_id="whisper",
+        **no_tokens,
+    )
+    use(priced, utc(2026, 11, 2, 13), request_id="unread", **no_tokens)
+    use(priced, utc(2026, 11, 2, 14), request_id="limited", status=429, **no_tokens)
+
+    def found(source):
+        body = api.get(URL, {"price_source": source}).json()
+        return [(e["request_id"], e["cost_usd"], e["usage_details"]) for e in body["results"]]
+
+    # whisper-1: $0.36 an hour of audio, so a minute is $0.006.
+    assert found("catalog") == [("whisper", "0.006000000000", {"audio_seconds": 60})]
+    assert found("usage_unknown") == [("unread", None, None)]
+    assert found("no_usage") == [("limited", "0.000000000000", None)]
+    assert found("unpriced") == []
+    refused = api.get(URL, {"price_source": "free"})
+    assert refused.status_code == 400
+    assert "price_source" in refused.json()["error"]["details"]

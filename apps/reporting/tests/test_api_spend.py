@@ -1,7 +1,8 @@
 """``GET /api/v1/reports/spend/`` against figures worked out by hand. Prices come from an
 override ($1 per million input tokens, $2 per million output tokens for test-* models), so each
 priced request here (1,000 input, 100 output tokens) costs $0.0012; a model without a price is
-counted as unpriced and adds nothing to the cost."""
+counted as unpriced and adds nothing to the cost, and a group of unpriced requests only has a
+null cost."""
 
 from datetime import UTC, datetime, time, timedelta
 
@@ -57,7 +58,7 @@ def traffic(priced, other_org):
     return priced
 
 
-def figures(requests, cost, *, unpriced=0, cached=0, writes=0, reasoning=0):
+def figures(requests, cost, *, unpriced=0, usage_unknown=0, cached=0, writes=0, reasoning=0):
     return {
         "requests": requests,
         "input_tokens": 1000 * requests,
@@ -67,6 +68,7 @@ def figures(requests, cost, *, unpriced=0, cached=0, writes=0, reasoning=0):
         "reasoning_tokens": reasoning,
         "cost_usd": cost,
         "unpriced_requests": unpriced,
+        "usage_unknown_requests": usage_unknown,
     }
 
 
@@ -84,7 +86,7 @@ def test_by_day(api, traffic):
         "rows": [
             {"key": "2026-11-01", **figures(1, "0.001200000000")},
             {"key": "2026-11-02", **figures(2, "0.002400000000")},
-            {"key": "2026-11-03", **figures(1, ZERO, unpriced=1, **UNPRICED_TOKENS)},
+            {"key": "2026-11-03", **figures(1, None, unpriced=1, **UNPRICED_TOKENS)},
             {"key": "2026-11-04", **figures(1, "0.001200000000")},
         ],
         "total": TOTAL,
@@ -97,7 +99,7 @@ def test_by_customer_costliest_first_and_no_customer_as_null(api, traffic):
     assert body["rows"] == [
         {"key": "acme", **figures(2, "0.002400000000")},
         {"key": "globex", **figures(2, "0.002400000000")},
-        {"key": None, **figures(1, ZERO, unpriced=1, **UNPRICED_TOKENS)},
+        {"key": None, **figures(1, None, unpriced=1, **UNPRICED_TOKENS)},
     ]
     assert body["total"] == TOTAL
 
@@ -109,7 +111,7 @@ def test_by_model_and_by_provider(api, traffic):
     assert by_model["rows"] == [
         {"key": "test-a", **figures(3, "0.003600000000")},
         {"key": "test-b", **figures(1, "0.001200000000")},
-        {"key": "nobody-knows-this-model", **figures(1, ZERO, unpriced=1, **UNPRICED_TOKENS)},
+        {"key": "nobody-knows-this-model", **figures(1, None, unpriced=1, **UNPRICED_TOKENS)},
     ]
     assert by_provider["rows"] == [
         {"key": "openai", **figures(4, "0.003600000000", unpriced=1, **UNPRICED_TOKENS)},
@@ -227,3 +229,44 @@ def test_the_query_count_does_not_grow_with_the_data(
         large = api.get(URL, params).json()
 
     assert small["total"]["requests"] < large["total"]["requests"]
+
+
+NO_TOKENS = dict.fromkeys(
+    (
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "cache_write_1h_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+    )
+)
+
+
+def test_usage_unknown_is_counted_apart_and_no_usage_as_neither(api, priced):
+    """test-a: one priced request, one success without usage (usage unknown), one rate-limited
+    request without usage (billed nothing); test-c: only a success without usage, so its cost is
+    null, not $0."""
+    when = utc(2026, 11, 10, 12)
+    use(priced, when)
+    use(priced, when, **NO_TOKENS)
+    use(priced, when, status=429, outcome="upstream_error", **NO_TOKENS)
+    use(priced, when, model="test-c", **NO_TOKENS)
+    tokenless = {"input_tokens": 0, "output_tokens": 0}
+
+    body = api.get(URL, {"start": "2026-11-10", "end": "2026-11-10", "group_by": "model"}).json()
+
+    assert body["rows"] == [
+        {
+            "key": "test-a",
+            **figures(1, "0.001200000000"),
+            "requests": 3,
+            "usage_unknown_requests": 1,
+        },
+        {"key": "test-c", **figures(1, None, usage_unknown=1), **tokenless},
+    ]
+    assert body["total"] == {
+        **figures(1, "0.001200000000"),
+        "requests": 4,
+        "usage_unknown_requests": 2,
+    }

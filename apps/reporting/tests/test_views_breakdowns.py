@@ -38,7 +38,8 @@ def test_models_table_and_chart(client, october, member):
     # test-small: acme's 3 requests and globex's error; $0.0048; 1 error of 4; (10+20+30+60)/4 ms;
     # September had one request ($0.0012): +300%.
     assert "test-small 4 4,000 0 400 0 $0.0048 0.5% 25.0% 30 ms ▲ 300%" in table
-    assert "mystery-model 1 1,000 0 100 0 $0.00 1 unpriced" in table
+    # Its only request has no price: its cost is unknown, not $0.
+    assert "mystery-model 1 1,000 0 100 0 unknown 1 unpriced" in table
     chart = chart_data(html, "models-chart")
     assert [s["label"] for s in chart["datasets"]] == ["test-large", "test-small", "mystery-model"]
 

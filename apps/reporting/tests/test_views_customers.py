@@ -161,7 +161,7 @@ def test_customer_page_shows_its_spend_by_day_and_model(client, october, member)
     assert "4" in text_of(html, "card-requests")
     models = text_of(html, "by-model")
     assert "test-small 3 3,000 300 $0.0036 100.0%" in models
-    assert "mystery-model 1 1,000 100 $0.00 1 unpriced" in models
+    assert "mystery-model 1 1,000 100 unknown 1 unpriced" in models  # no known cost, not $0
     chart = chart_data(html, "customer-spend-chart")
     day = dict(zip(chart["labels"], chart["datasets"][0]["data"], strict=True))
     assert (day["2026-10-05"], day["2026-10-06"], day["2026-10-07"]) == (0.0036, 0, 0)
