@@ -12,6 +12,14 @@ complete: over ``MAX_HEAD_BYTES`` the client gets 431, past
 the provider's error shape. The proxy also checks the size of every complete head itself, so
 the limit holds under any server.
 
+uvicorn puts its ``date`` and ``server`` headers (``server_state.default_headers``, remade
+once a second) on every response, so a proxied answer would carry two of each, the provider's
+and the server's. For a request under ``/p/``, ``HttpToolsProtocol`` gives the request's cycle
+no default headers and leaves them in the scope (``limits.SERVER_HEADERS_SCOPE_KEY``): relayed
+answers carry the provider's headers only, and the proxy adds the server's to the answers that
+are its own. It costs a prefix test on the head already parsed, nothing else per request; every
+other response (Django's pages, ``/healthz``, these refusals) keeps the server's one of each.
+
 The access log line carries the query string, where a Gemini client puts its Costr token
 (``?key=costr_…``): ``AccessLogRedaction`` rewrites it before any handler sees it.
 """
@@ -23,7 +31,12 @@ from django.conf import settings
 from uvicorn.protocols.http import httptools_impl
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
-from apps.proxy.limits import MAX_HEAD_BYTES, error_for_path
+from apps.proxy.limits import (
+    MAX_HEAD_BYTES,
+    PROXY_PATH_PREFIX,
+    SERVER_HEADERS_SCOPE_KEY,
+    error_for_path,
+)
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -88,6 +101,12 @@ class HttpToolsProtocol(_Parent):
         self._head_complete = True
         self._head_started = None
         _on_headers_complete(self)
+        if self.url.startswith(PROXY_PATH_PREFIX):
+            cycle = self.cycle
+            # No cycle of this head's own: an upgrade (WebSockets write their own headers).
+            if cycle is not None and cycle.scope is self.scope:
+                self.scope[SERVER_HEADERS_SCOPE_KEY] = cycle.default_headers
+                cycle.default_headers = []
 
     def on_message_complete(self) -> None:
         _on_message_complete(self)
@@ -129,6 +148,7 @@ class HttpToolsProtocol(_Parent):
         body = error_for_path(self.url, status, code, message)
         head = [
             b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            *(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers),
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
             b"x-costr-error: " + code.encode() + b"\r\n",

@@ -9,6 +9,7 @@ record goes to ``usage.sink`` after the last byte has reached the client.
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -16,7 +17,6 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,8 @@ from apps.proxy.admission import authorize, count_refusal
 from apps.proxy.limits import (
     HOP_BY_HOP,
     MAX_HEAD_BYTES,
+    PROXY_PATH_PREFIX,
+    SERVER_HEADERS_SCOPE_KEY,
     Attribution,
     ReadDeadlines,
     ReadTimedOut,
@@ -41,15 +43,17 @@ from apps.proxy.limits import (
     response_headers_to_relay,
 )
 from apps.proxy.providers import Adapter, RequestInfo, Usage, get_adapter
+from apps.proxy.providers.base import header_value, is_event_stream, with_headers_set
 from apps.proxy.upstream import get_client
 from apps.usage.metering import sink
 from apps.usage.metering.contract import UsageRecord
+from costr.net.decoding import decodable_accept_encoding
 from costr.net.http1 import Origin
 from costr.net.http1_connection import Response, UpstreamError, UpstreamTimeout
 
 logger = logging.getLogger("costr.proxy")
 
-PREFIX = b"/p/"
+PREFIX = PROXY_PATH_PREFIX
 
 # The ASGI callables, as the proxy uses them.
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -97,7 +101,7 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-@dataclass(slots=True)
+@dataclasses.dataclass(slots=True)
 class RequestBody:
     """The client's request body, as ``_read_body`` takes it in.
 
@@ -146,6 +150,17 @@ class ProxiedRequest:
         self.recorded = False
         self.response_started = False
 
+    def final_outcome(self) -> str:
+        """The outcome recorded, by precedence: ``costr_error`` (Costr failed, whatever the
+        provider said); ``upstream_error`` for a provider answer with status >= 400 (the ingest
+        API maps such statuses the same way), even when its body was then cut or the client
+        left, since the request failed at the provider either way; then what happened to the
+        transfer (``upstream_disconnected``, ``client_disconnected``); else ``ok``."""
+        outcome = self.outcome
+        if outcome != "costr_error" and self.status is not None and self.status >= 400:
+            return "upstream_error"
+        return outcome
+
     def emit(self, usage: Usage | None) -> None:
         """Hand this request's one usage record to the sink (a second call does nothing).
 
@@ -173,7 +188,7 @@ class ProxiedRequest:
             "properties": self.attribution.properties,
             "status": self.status,
             "stream": self.info.stream,
-            "outcome": self.outcome,
+            "outcome": self.final_outcome(),
             "input_tokens": usage.input_tokens if usage else None,
             "cached_input_tokens": usage.cached_input_tokens if usage else None,
             "cache_write_tokens": usage.cache_write_tokens if usage else None,
@@ -204,7 +219,9 @@ async def proxy_app(scope, receive: Receive, send: Send) -> None:
     provider = parts[1].decode("latin-1") if len(parts) > 1 else ""
     adapter = get_adapter(provider)
     if adapter is None or not parts[0]:
-        await _send_plain_error(send, started, 404, "unknown_provider", "Use /p/<org>/<provider>/…")
+        await _send_plain_error(
+            scope, send, started, 404, "unknown_provider", "Use /p/<org>/<provider>/…"
+        )
         return
     org_slug = parts[0].decode("latin-1")
     raw_rest = parts[2] if len(parts) > 2 else b""
@@ -277,7 +294,18 @@ async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
         if injected:
             # The upstream client sends the new body's content-length in place of the client's.
             content = new_body
+            # The usage chunk Costr asked for must be cut out of the answer, which means
+            # decoding it: the upstream may answer only in a coding Costr can decode.
+            forward_headers = with_headers_set(
+                forward_headers,
+                {
+                    b"accept-encoding": decodable_accept_encoding(
+                        header_value(forward_headers, b"accept-encoding")
+                    )
+                },
+            )
     else:
+        # A body too large to read whole was not inspected and is never rewritten.
         injected = False
 
     # The path and query go out exactly as received, never normalised or re-quoted.
@@ -449,6 +477,11 @@ async def _relay(
     request.status = status
     content_type = _latin1(response.header(b"content-type"))
     content_encoding = _latin1(response.header(b"content-encoding"))
+    if body.head is None and not request.info.stream and is_event_stream(content_type):
+        # A request too large to read said nothing of streaming: the response says it. (The
+        # usage reader already goes by the response's content type, and its model by the
+        # response's.)
+        request.info = dataclasses.replace(request.info, stream=True)
     reader = adapter.usage_reader(request.info, status, content_type, content_encoding)
     stream_filter = (
         adapter.client_stream_filter(request.info, status, content_type, content_encoding)
@@ -563,20 +596,31 @@ async def _send_error(
     send: Send, request: ProxiedRequest, status: int, code: str, message: str, headers=()
 ) -> None:
     body = request.adapter.error_body(status, code, message)
+    headers = (*headers, *request.scope.get(SERVER_HEADERS_SCOPE_KEY, ()))
     await _send_json_error(send, status, code, body, request.request_id, request.started, headers)
 
 
 async def _send_plain_error(
-    send: Send, started: float, status: int, code: str, message: str
+    scope, send: Send, started: float, status: int, code: str, message: str
 ) -> None:
     """An error for a request no provider adapter can answer (its shape is Costr's own)."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    await _send_json_error(send, status, code, body, f"req_{uuid.uuid4().hex}", started)
+    await _send_json_error(
+        send,
+        status,
+        code,
+        body,
+        f"req_{uuid.uuid4().hex}",
+        started,
+        scope.get(SERVER_HEADERS_SCOPE_KEY, ()),
+    )
 
 
 async def _send_json_error(
     send: Send, status: int, code: str, body: bytes, request_id: str, started: float, headers=()
 ) -> None:
+    """Costr's own answer. ``headers`` include the server's ``date`` and ``server`` when the
+    server left them to the proxy (``limits.SERVER_HEADERS_SCOPE_KEY``)."""
     await send(
         {
             "type": "http.response.start",

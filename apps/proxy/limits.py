@@ -54,6 +54,11 @@ HOP_BY_HOP = frozenset(
 )
 # Never relayed to the client, whatever the upstream's Connection header says.
 RESPONSE_HEADERS_DROPPED = HOP_BY_HOP | {b"set-cookie", b"set-cookie2"}
+# Where costr.server puts the headers the ASGI server adds to every response (``date``,
+# ``server``) for a request under /p/, instead of adding them itself: a relayed answer carries
+# the provider's own, and the proxy puts these on the answers that are Costr's.
+SERVER_HEADERS_SCOPE_KEY = "costr.server_headers"
+PROXY_PATH_PREFIX = b"/p/"
 CUSTOMER_HEADER = b"x-costr-customer"
 PROPERTY_HEADER = b"x-costr-property-"
 # A string in a provider's raw usage object (a tier, a modality name) is short by nature.

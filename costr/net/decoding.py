@@ -1,9 +1,10 @@
-"""Incremental content decoding (gzip, deflate, br) for the usage readers, and for the one stream
-filter that must rewrite a compressed body, bounded so that an upstream cannot stall the worker.
+"""Incremental content decoding (gzip, deflate, br, zstd) for the usage readers, and for the one
+stream filter that must rewrite a compressed body, bounded so that an upstream cannot stall the
+worker.
 
 Decoding runs on the event loop, between the chunks of every other request the worker serves,
-and a compressed body can expand a thousandfold (deflate) or far more (brotli): a 10 MB gzip body
-of zeros is 10 GB decoded, seconds of CPU in one ``feed``. So each decoder holds three bounds,
+and a compressed body can expand a thousandfold (deflate) or far more (brotli, zstd): a 10 MB gzip
+body of zeros is 10 GB decoded, seconds of CPU in one ``feed``. So each decoder holds three bounds,
 and past any of them raises ``DecodedSizeExceeded`` (a ``ContentDecodingError``); the usage
 reader then gives up (the event gets no usage) while the body goes on to the client as it came:
 
@@ -18,6 +19,14 @@ reader then gives up (the event gets no usage) while the body goes on to the cli
   run of one character, a blank image in base64) is still read whole.
 - **Per response**: at most ``max_decoded_bytes`` decoded in all (``COSTR_PROXY_MAX_DECODED_BYTES``
   unless given), which stops a bomb sent in many small chunks, each within its allowance.
+
+zstd is decoded with the C library's own streaming call (``ZSTD_decompressStream``, through
+python-zstandard's cffi binding), because python-zstandard's ``decompressobj`` has no bound on
+what one call produces: an RLE block of 4 bytes holds 128 KiB, so even a few bytes of input can
+mean megabytes. The C call fills an output buffer of the size asked and reports how much input
+it took, which gives zstd the same bounds as zlib's ``max_length``. Its window is limited to
+``ZSTD_MAX_WINDOW_BYTES`` (the 8 MB RFC 9659 requires of HTTP decoders): a frame asking for more
+memory is refused, like a corrupt body.
 
 Measured on the project's 2-core machine: inflating 64 MiB of gzip'd zeros takes 0.2-0.3 s of
 CPU, about 4 ms per MiB; so a chunk of 64 KiB costs at most about 4 ms here, and a response at
@@ -34,6 +43,11 @@ try:
     import brotli
 except ImportError:  # pragma: no cover - brotli is a declared dependency
     brotli = None
+try:
+    from zstandard.backend_cffi import ffi as _zstd_ffi
+    from zstandard.backend_cffi import lib as _zstd_lib
+except ImportError:  # pragma: no cover - zstandard is a declared dependency
+    _zstd_ffi = _zstd_lib = None
 
 # Decoded output is handed on in pieces of about this size (brotli may overshoot it by half), so
 # a small compressed chunk that expands enormously never becomes one enormous bytes object.
@@ -47,6 +61,10 @@ MAX_BACKLOG_BYTES = 1024 * 1024
 # What the end of the body may still decode, once per response (35-50 ms of CPU, measured on
 # the 2-core machine under load): a bomb small enough to arrive whole costs this, no more.
 FINISH_ALLOWANCE_BYTES = 8 * 1024 * 1024
+# The largest zstd window decoded (RFC 9659: HTTP's zstd coding uses at most 8 MB), i.e. the
+# most memory one zstd body can make the decoder hold.
+ZSTD_MAX_WINDOW_LOG = 23
+ZSTD_MAX_WINDOW_BYTES = 1 << ZSTD_MAX_WINDOW_LOG
 
 
 class ContentDecodingError(Exception):
@@ -63,6 +81,7 @@ _ENCODING_ALIASES = {
     "x-gzip": "gzip",
     "deflate": "deflate",
     "br": "br",
+    "zstd": "zstd",
 }
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -94,6 +113,7 @@ class ContentDecoder:
         "_members",
         "_starved",
         "_zlib",
+        "_zstd",
         "decoded_bytes",
     )
 
@@ -101,6 +121,7 @@ class ContentDecoder:
         self._encoding = encoding
         self._zlib: Any = None
         self._brotli: Any = brotli.Decompressor() if encoding == "br" else None
+        self._zstd = _ZstdStream() if encoding == "zstd" else None
         self._head = b""  # the first bytes of a zlib stream, until its header can be judged
         self._members = 0
         self._ended = False
@@ -111,7 +132,7 @@ class ContentDecoder:
 
     @property
     def encoding(self) -> str:
-        """The coding decoded: ``identity``, ``gzip``, ``deflate`` or ``br``."""
+        """The coding decoded: ``identity``, ``gzip``, ``deflate``, ``br`` or ``zstd``."""
         return self._encoding
 
     @property
@@ -159,6 +180,8 @@ class ContentDecoder:
         try:
             if self._brotli is not None:
                 yield from self._unbrotli(data, allowance)
+            elif self._zstd is not None:
+                yield from self._unzstd(data, allowance)
             else:
                 yield from self._inflate(data, allowance)
         except _DECODE_ERRORS as error:
@@ -234,6 +257,72 @@ class ContentDecoder:
             if not output and not given:
                 return  # nothing held and nothing accepted: wait for more input
 
+    def _unzstd(self, data: bytes, allowance: int) -> Iterator[bytes]:
+        stream = self._zstd
+        offset = 0
+        while True:
+            if allowance <= 0:
+                self._backlog, self._starved = data[offset:], True
+                return
+            limit = self._limit(allowance)
+            output, taken = stream.decompress(data, offset, limit)
+            offset += taken
+            if output:
+                allowance -= len(output)
+                self._count(len(output))
+                yield output
+            # A buffer not filled means the decoder holds nothing more for the input it took.
+            if len(output) < limit and offset == len(data):
+                return
+            if not output and not taken:
+                raise ContentDecodingError("the zstd decoder made no progress")
+
+
+class _ZstdStream:
+    """One zstd decoding context: ``decompress`` gives at most ``limit`` bytes per call and says
+    how much input it took (the rest is the caller's to give again). Concatenated frames are
+    decoded in turn, as RFC 8878 allows."""
+
+    __slots__ = ("_context", "_output", "_taken", "_written")
+
+    def __init__(self) -> None:
+        context = _zstd_lib.ZSTD_createDCtx()
+        if context == _zstd_ffi.NULL:  # pragma: no cover - out of memory
+            raise MemoryError("cannot create a zstd context")
+        self._context = _zstd_ffi.gc(context, _zstd_lib.ZSTD_freeDCtx)
+        self._check(
+            _zstd_lib.ZSTD_DCtx_setParameter(
+                self._context, _zstd_lib.ZSTD_d_windowLogMax, ZSTD_MAX_WINDOW_LOG
+            )
+        )
+        self._output = _zstd_ffi.new("char[]", DECODED_PIECE_BYTES)
+        self._written = _zstd_ffi.new("size_t *")
+        self._taken = _zstd_ffi.new("size_t *")
+
+    def decompress(self, data: bytes, offset: int, limit: int) -> tuple[bytes, int]:
+        """Decoded bytes (at most ``limit``, at most a piece) of ``data[offset:]``, and how many
+        of its bytes were taken."""
+        self._written[0] = 0
+        self._taken[0] = offset
+        self._check(
+            _zstd_lib.ZSTD_decompressStream_simpleArgs(
+                self._context,
+                self._output,
+                min(limit, DECODED_PIECE_BYTES),
+                self._written,
+                _zstd_ffi.from_buffer(data),
+                len(data),
+                self._taken,
+            )
+        )
+        return _zstd_ffi.buffer(self._output, self._written[0])[:], self._taken[0] - offset
+
+    @staticmethod
+    def _check(result: int) -> None:
+        if _zstd_lib.ZSTD_isError(result):
+            name = _zstd_ffi.string(_zstd_lib.ZSTD_getErrorName(result)).decode("latin-1")
+            raise ContentDecodingError(f"zstd: {name}")
+
 
 def _deflate_wbits(head: bytes) -> int:
     """zlib-wrapped when the first two bytes form a valid zlib header, else raw deflate."""
@@ -247,8 +336,8 @@ def content_decoder(
 ) -> ContentDecoder | None:
     """A decoder for a response's Content-Encoding, or None when Costr cannot decode it.
 
-    Unknown codings (zstd, compress, …) and stacked codings (``gzip, br``) answer None: the
-    usage of such a response is recorded as unknown. The decoder stops at
+    Unknown codings (compress, …) and stacked codings (``gzip, br``) answer None: the usage of
+    such a response is recorded as unknown. The decoder stops at
     ``max_decoded_bytes``, by default ``COSTR_PROXY_MAX_DECODED_BYTES``.
     """
     codings = [
@@ -262,6 +351,24 @@ def content_decoder(
     encoding = _ENCODING_ALIASES.get(codings[0])
     if encoding is None or (encoding == "br" and brotli is None):
         return None
+    if encoding == "zstd" and _zstd_lib is None:  # pragma: no cover - a declared dependency
+        return None
     if max_decoded_bytes is None:
         max_decoded_bytes = settings.COSTR_PROXY_MAX_DECODED_BYTES
     return ContentDecoder(encoding, max_decoded_bytes=max_decoded_bytes)
+
+
+def decodable_accept_encoding(value: bytes | None) -> bytes:
+    """An ``Accept-Encoding`` value that admits only codings ``content_decoder`` reads.
+
+    For a request whose response Costr must decode to rewrite (the OpenAI usage chunk it asked
+    for): the codings the client listed that Costr can decode, each with its own weight, in the
+    client's order; ``*`` and anything else dropped. ``identity`` when none is left, or when the
+    client sent none: an upstream then answers uncompressed, which every client accepts.
+    """
+    kept = []
+    for item in (value or b"").split(b","):
+        coding = item.partition(b";")[0].strip().lower()
+        if coding != b"identity" and coding.decode("latin-1") in _ENCODING_ALIASES:
+            kept.append(item.strip())
+    return b", ".join(kept) if kept else b"identity"

@@ -31,8 +31,10 @@ Test-control headers (they pass through the proxy, which forwards all but `x-cos
     x-fake-delay-ms: <ms>          sleep between body chunks
     x-fake-first-byte-delay-ms     sleep before the response headers
     x-fake-stall-ms: <ms>          sleep after the headers, before the body
-    x-fake-encoding: gzip|deflate|br   compress the body (incrementally for streams) when the
-                                   request's accept-encoding allows it
+    x-fake-encoding: gzip|deflate|br|zstd   compress the body (incrementally for streams) when
+                                   the request's accept-encoding allows it; a list
+                                   (`gzip, zstd`) applies each coding in turn, as
+                                   Content-Encoding then says, when all are allowed
     x-fake-cut-after: <n>          send n body chunks, then drop the connection without a clean end
     x-fake-split: 1                send each chunk in two network writes, cut in the middle
     x-fake-echo: 1                 answer 200 JSON with the request as received (method, path,
@@ -68,6 +70,7 @@ from urllib.parse import parse_qs
 
 import brotli
 import uvicorn
+import zstandard
 
 from tests.asgi_server import ThreadedServer
 
@@ -678,23 +681,64 @@ def error_body(
 # Compression
 
 
+CODINGS = (b"gzip", b"deflate", b"br", b"zstd")
+
+
 class _Encoder:
     """Compresses a body; for streams each chunk is flushed so it is decodable on arrival."""
 
     def __init__(self, name: bytes) -> None:
         self.name = name
         self._brotli = brotli.Compressor() if name == b"br" else None
-        self._zlib = None if self._brotli else zlib.compressobj(wbits=31 if name == b"gzip" else 15)
+        # zstd at its default level, the frame's content size unknown (a streamed frame).
+        self._zstd = zstandard.ZstdCompressor(level=3).compressobj() if name == b"zstd" else None
+        self._zlib = (
+            zlib.compressobj(wbits=31 if name == b"gzip" else 15)
+            if name in (b"gzip", b"deflate")
+            else None
+        )
 
     def chunk(self, data: bytes) -> bytes:
         if self._brotli is not None:
             return self._brotli.process(data) + self._brotli.flush()
+        if self._zstd is not None:
+            return self._zstd.compress(data) + self._zstd.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         return self._zlib.compress(data) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
 
     def finish(self, data: bytes = b"") -> bytes:
         if self._brotli is not None:
             return self._brotli.process(data) + self._brotli.finish()
+        if self._zstd is not None:
+            return self._zstd.compress(data) + self._zstd.flush()
         return self._zlib.compress(data) + self._zlib.flush()
+
+
+class _Encoders:
+    """Codings applied in turn (``Content-Encoding: gzip, zstd``: gzip first, then zstd)."""
+
+    def __init__(self, names: list[bytes]) -> None:
+        self.name = b", ".join(names)
+        self._encoders = [_Encoder(name) for name in names]
+
+    def chunk(self, data: bytes) -> bytes:
+        for encoder in self._encoders:
+            data = encoder.chunk(data)
+        return data
+
+    def finish(self, data: bytes = b"") -> bytes:
+        for encoder in self._encoders:
+            data = encoder.finish(data)
+        return data
+
+
+def _encoders_for(coding: bytes, accept_encoding: bytes) -> _Encoders | None:
+    """The encoders an ``x-fake-encoding`` value asks for, when the client accepts each one."""
+    names = [name.strip() for name in coding.lower().split(b",") if name.strip()]
+    if not names or any(
+        name not in CODINGS or not _accepts(accept_encoding, name) for name in names
+    ):
+        return None
+    return _Encoders(names)
 
 
 def _accepts(accept_encoding: bytes, coding: bytes) -> bool:
@@ -1013,12 +1057,11 @@ async def _send(
     if first_byte_ms:
         await asyncio.sleep(first_byte_ms / 1000)
 
-    encoder = None
-    coding = request_headers.get(b"x-fake-encoding", b"").strip().lower()
-    accept = request_headers.get(b"accept-encoding", b"")
-    if coding in (b"gzip", b"deflate", b"br") and _accepts(accept, coding):
-        encoder = _Encoder(coding)
-        headers = [*headers, (b"content-encoding", coding)]
+    encoder = _encoders_for(
+        request_headers.get(b"x-fake-encoding", b""), request_headers.get(b"accept-encoding", b"")
+    )
+    if encoder is not None:
+        headers = [*headers, (b"content-encoding", encoder.name)]
 
     cut_after = _int_knob(request_headers, b"x-fake-cut-after")
     split = request_headers.get(b"x-fake-split", b"0") not in (b"0", b"")
@@ -1058,7 +1101,7 @@ async def _send(
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-async def _send_part(send: Any, data: bytes, encoder: _Encoder | None) -> None:
+async def _send_part(send: Any, data: bytes, encoder: _Encoders | None) -> None:
     if encoder is not None:
         data = encoder.chunk(data)
     if data:

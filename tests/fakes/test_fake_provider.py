@@ -21,6 +21,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+import zstandard
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
@@ -541,6 +542,25 @@ def test_compressed_stream_is_flushed_per_chunk(fake):
         first = next(r.iter_raw())
     # The first compressed read already decodes to a whole SSE event.
     assert decoder.decompress(first).startswith(b"data: {")
+
+
+def test_zstd_and_stacked_codings_when_accepted(fake):
+    """Stacked codings apply in the order Content-Encoding lists them (gzip first here)."""
+    body = {**CHAT_BODY, "stream": True}
+    for coding in ("zstd", "gzip, zstd"):
+        headers = {**OPENAI_AUTH, "x-fake-encoding": coding, "accept-encoding": "gzip, zstd"}
+        with httpx.stream(
+            "POST", f"{fake.url}/v1/chat/completions", headers=headers, json=body
+        ) as response:
+            raw = b"".join(response.iter_raw())
+        assert response.headers["content-encoding"] == coding
+        text = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+        if coding == "gzip, zstd":
+            text = zlib.decompress(text, wbits=31)
+        assert text.startswith(b"data: {") and text.endswith(b"data: [DONE]\n\n")
+    headers = {**OPENAI_AUTH, "x-fake-encoding": "gzip, zstd", "accept-encoding": "gzip"}
+    response = httpx.post(f"{fake.url}/v1/chat/completions", headers=headers, json=CHAT_BODY)
+    assert "content-encoding" not in response.headers
 
 
 def test_encoding_only_when_accepted(fake):

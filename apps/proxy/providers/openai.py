@@ -400,9 +400,12 @@ class OpenAIAdapter(Adapter):
     ) -> UsageChunkFilter | None:
         """The filter hiding the injected usage chunk; call only when the body was changed.
 
-        None (forward as is) for anything but a successful chat event stream, and for a coding
-        Costr cannot decode: that client then sees the usage chunk, which is valid OpenAI
-        output, rather than a broken stream.
+        None (forward as is) for anything but a successful chat event stream. The proxy
+        forwards an injected request with an ``Accept-Encoding`` that admits only codings Costr
+        decodes (``costr.net.decoding.decodable_accept_encoding``), so an upstream that keeps to
+        HTTP never answers one it cannot. One that answers another coding anyway gets None
+        here too: its bytes go on unchanged (the usage chunk with them, valid OpenAI output)
+        rather than as a broken stream.
         """
         if info.endpoint != "chat" or not 200 <= status < 300 or not is_event_stream(content_type):
             return None

@@ -4,6 +4,7 @@ import gzip
 import zlib
 
 import brotli
+import zstandard
 
 
 def whole(body: bytes) -> list[list[bytes]]:
@@ -34,6 +35,9 @@ def encode(body: bytes, encoding: str) -> bytes:
         return compressor.compress(body) + compressor.flush()
     if encoding == "br":
         return brotli.compress(body)
+    if encoding == "zstd":  # one frame, its content size unknown, as a streaming server sends it
+        compressor = zstandard.ZstdCompressor().compressobj()
+        return compressor.compress(body) + compressor.flush()
     raise ValueError(encoding)
 
 

@@ -23,6 +23,7 @@ import zlib
 
 import brotli
 import pytest
+import zstandard
 
 from apps.proxy.tests.test_upstream import OK, Server, fetch
 from costr.net import decoding, http1_connection
@@ -440,6 +441,81 @@ def test_a_brotli_bomb_is_bounded_too(settings):
     assert reader.finish() is None
     # brotli's output buffer may overshoot its limit by one piece.
     assert reader.decoded_bytes <= 16 * MIB + 2 * decoding.DECODED_PIECE_BYTES
+
+
+def zstd_bomb(filler_mib: int, *, window_log: int | None = None) -> bytes:
+    """A valid zstd body: the bomb's message with ``filler_mib`` MiB of spaces before its usage,
+    compressed several thousandfold."""
+    params = (
+        zstandard.ZstdCompressionParameters.from_level(19, window_log=window_log)
+        if window_log is not None
+        else None
+    )
+    compressor = (
+        zstandard.ZstdCompressor(compression_params=params)
+        if params is not None
+        else zstandard.ZstdCompressor(level=19)
+    ).compressobj()
+    parts = [compressor.compress(BOMB_HEAD)]
+    block = b" " * MIB
+    parts += [compressor.compress(block) for _ in range(filler_mib)]
+    parts += [compressor.compress(BOMB_TAIL), compressor.flush()]
+    return b"".join(parts)
+
+
+def test_the_zstd_bomb_is_a_valid_body_whose_usage_a_whole_decode_would_find():
+    body = zstd_bomb(3)
+    expected = BOMB_HEAD + b" " * (3 * MIB) + BOMB_TAIL
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(body) == expected
+    reader = anthropic_reader("zstd")
+    reader.feed(body)
+    usage = reader.finish()
+    assert (usage.input_tokens, usage.output_tokens) == (11, 7)
+    assert reader.decoded_bytes == len(expected)
+
+
+def test_one_chunk_of_a_zstd_bomb_decodes_into_a_bounded_amount():
+    body = zstd_bomb(2048)  # 2 GiB decoded
+    decoder = content_decoder("zstd")
+    decoded = sum(len(piece) for piece in decoder.decode(body[: 64 * 1024]))
+    assert decoded == decoder.decoded_bytes
+    # A 64 KiB chunk's allowance: 1 MiB (the floor, and 16 times its size).
+    assert decoded <= MIB
+
+
+@pytest.mark.parametrize("chunk_size", [64 * 1024, 64], ids=["large-chunks", "small-chunks"])
+def test_a_zstd_bomb_stops_the_reader_within_the_bound_and_leaves_no_usage(settings, chunk_size):
+    settings.COSTR_PROXY_MAX_DECODED_BYTES = 16 * MIB
+    body = zstd_bomb(256)  # 256 MiB decoded, a few KiB compressed
+    reader = anthropic_reader("zstd")
+    for start in range(0, len(body), chunk_size):
+        reader.feed(body[start : start + chunk_size])
+    assert reader.finish() is None
+    assert reader.decoded_bytes <= 16 * MIB + 1
+
+
+def test_a_zstd_bomb_that_arrives_whole_is_stopped_at_the_end_allowance():
+    """Too small to fill the backlog, so the end of the body may decode its allowance, once."""
+    decoder = content_decoder("zstd")
+    body = zstd_bomb(64)
+    assert len(body) < decoding.MAX_BACKLOG_BYTES
+    decoded = sum(len(piece) for piece in decoder.decode(body))
+    with pytest.raises(decoding.DecodedSizeExceeded):
+        decoded += sum(len(piece) for piece in decoder.flush())
+    assert decoder.decoded_bytes <= decoding.DECODE_FLOOR_BYTES + decoding.FINISH_ALLOWANCE_BYTES
+
+
+def test_a_zstd_frame_asking_for_a_window_over_8_mib_is_refused():
+    """RFC 9659 holds HTTP's zstd to an 8 MB window; a larger one would make every such
+    response hold that much memory in the decoder."""
+    within, beyond = zstd_bomb(1, window_log=23), zstd_bomb(1, window_log=24)
+    decoder = content_decoder("zstd")
+    assert sum(len(piece) for piece in decoder.decode(within)) > 0
+    with pytest.raises(decoding.ContentDecodingError):
+        list(content_decoder("zstd").decode(beyond))
+    reader = anthropic_reader("zstd")
+    reader.feed(beyond)
+    assert reader.finish() is None
 
 
 def test_a_large_real_body_is_read_whole_in_large_chunks():

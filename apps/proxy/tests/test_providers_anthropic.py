@@ -142,7 +142,7 @@ def test_stream_usage_is_message_start_overwritten_by_the_last_delta(cut):
         assert read(stream_reader(), chunks) == STREAM_USAGE
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate", "br"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate", "br", "zstd"])
 def test_compressed_stream(encoding):
     header = "deflate" if encoding == "raw-deflate" else encoding
     body = encode(STREAM, encoding)
@@ -230,7 +230,7 @@ def test_priority_tier_and_no_cache_fields():
 @pytest.mark.parametrize("content_type", [SSE, JSON])
 def test_garbage_never_raises(content_type):
     generator = random.Random(99)
-    for encoding in [None, "gzip", "br"]:
+    for encoding in [None, "gzip", "br", "zstd"]:
         for _ in range(30):
             reader = adapter.usage_reader(STREAM_INFO, 200, content_type, encoding)
             chunks = [generator.randbytes(generator.randint(0, 200)) for _ in range(4)]

@@ -163,7 +163,7 @@ def test_stream_usage_is_the_last_running_total(cut):
         assert read(stream_reader(), chunks) == STREAM_USAGE
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate", "br"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate", "br", "zstd"])
 def test_compressed_stream(encoding):
     header = "deflate" if encoding == "raw-deflate" else encoding
     body = encode(STREAM, encoding)

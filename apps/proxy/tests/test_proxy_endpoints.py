@@ -26,7 +26,9 @@ def _tokens(event) -> tuple:
 
 
 def _assert_unmetered(event, endpoint: str, status: int = 200) -> None:
-    assert (event.endpoint, event.status, event.outcome) == (endpoint, status, "ok")
+    # A provider's answer with an error status is an error whatever the endpoint (DESIGN.md).
+    outcome = "upstream_error" if status >= 400 else "ok"
+    assert (event.endpoint, event.status, event.outcome) == (endpoint, status, outcome)
     assert _tokens(event) == (None, None, None, None)
 
 

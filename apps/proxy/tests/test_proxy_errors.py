@@ -428,9 +428,37 @@ def test_an_upstream_error_passes_through_unchanged_and_is_recorded(http, proxy,
     assert response.headers["content-type"] == direct.headers["content-type"]
     assert "x-costr-error" not in response.headers
     [event] = proxy.events()
-    assert (event.status, event.outcome) == (status, "ok")
+    # The provider answered an error: recorded as one (DESIGN.md, "Usage event").
+    assert (event.status, event.outcome) == (status, "upstream_error")
     assert event.request_id == response.headers["x-costr-request-id"]
     assert (event.input_tokens, event.output_tokens) == (None, None)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_provider_error_whose_body_is_cut_is_still_an_upstream_error(http, proxy, provider):
+    """The error status outranks the broken transfer: the request failed at the provider
+    either way. The client's connection still breaks, as for any cut body."""
+    knobs = {"x-fake-status": "503", "x-fake-cut-after": "1"}
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        _raw_generate(http, proxy, provider, proxy.token, headers=knobs)
+
+    [event] = proxy.events()
+    assert (event.status, event.outcome) == (503, "upstream_error")
+
+
+def test_an_sdk_rate_limit_error_is_recorded_as_an_upstream_error(sdk, proxy):
+    client = sdk.openai(proxy.url("openai"), proxy.token)
+
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Hi"}],
+            extra_headers={"x-fake-status": "429"},
+        )
+
+    [event] = proxy.events()
+    assert (event.status, event.outcome, event.model) == (429, "upstream_error", "gpt-4o-mini")
 
 
 def _closed_port() -> int:
