@@ -8,11 +8,17 @@ import uvicorn
 
 
 class ThreadedServer:
-    def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, lifespan: str = "off"):
+    """``config``: further ``uvicorn.Config`` arguments (Costr's own server passes its protocol
+    and keeps uvicorn's ``server`` header, as in production)."""
+
+    def __init__(
+        self, app, *, host: str = "127.0.0.1", port: int = 0, lifespan: str = "off", **config
+    ):
         self.app = app
         self.host = host
         self.port = port
         self.lifespan = lifespan
+        self.config = {"server_header": False, **config}
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -32,8 +38,8 @@ class ThreadedServer:
             log_config=None,
             access_log=False,
             lifespan=self.lifespan,
-            server_header=False,
             timeout_graceful_shutdown=2,
+            **self.config,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

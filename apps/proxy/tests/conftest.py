@@ -155,6 +155,7 @@ def costr_server(fake_provider, django_db_setup, django_db_blocker):
     from django.test import override_settings
 
     from costr.asgi import application
+    from costr.server import HttpToolsProtocol
     from tests.asgi_server import ThreadedServer
 
     upstreams = {
@@ -165,7 +166,11 @@ def costr_server(fake_provider, django_db_setup, django_db_blocker):
     # The server's threads reach the test database as any other client would.
     with (
         override_settings(**upstreams),
-        ThreadedServer(application, lifespan="on") as server,
+        # Served as make run and the Procfile's worker serve it: Costr's protocol (head limits,
+        # the provider's own date and server headers on relayed answers), uvicorn's defaults.
+        ThreadedServer(
+            application, lifespan="on", http=HttpToolsProtocol, server_header=True
+        ) as server,
         django_db_blocker.unblock(),
     ):
         yield server

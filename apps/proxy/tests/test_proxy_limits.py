@@ -14,12 +14,10 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from tests.asgi_server import ThreadedServer
 
@@ -304,27 +302,10 @@ def test_a_request_head_just_under_64_kib_is_forwarded(http, proxy):
 
 @pytest.fixture
 def protected_server(costr_server, settings):
-    """Costr served with ``costr.server.HttpToolsProtocol``, as ``make run`` and the Procfile's
-    worker serve it."""
-    from costr.asgi import application
-    from costr.server import HttpToolsProtocol
-
+    """The session's Costr (served with ``costr.server.HttpToolsProtocol``, as ``make run`` and
+    the Procfile's worker serve it) with a short head read timeout, read per connection."""
     settings.COSTR_PROXY_HEADER_READ_TIMEOUT = 0.5
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        application, http=HttpToolsProtocol, log_config=None, access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    return costr_server.url
 
 
 def test_a_head_that_never_ends_gets_408_from_the_protocol(proxy, protected_server):

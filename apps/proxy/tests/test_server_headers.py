@@ -4,13 +4,8 @@ carries exactly one of each, the server's. Served as the Procfile and ``make run
 with ``costr.server.HttpToolsProtocol``.
 """
 
-import socket
-import threading
-import time
-
 import httpx
 import pytest
-import uvicorn
 
 from apps.proxy.tests.test_hostile_upstream import ThreadedUpstream
 from apps.proxy.tests.test_proxy_limits import _parse, _raw_request
@@ -22,26 +17,9 @@ MODELS = b'{"object":"list","data":[]}'
 
 @pytest.fixture
 def costr_protocol_server(costr_server):
-    """Costr's ASGI app under ``costr.server.HttpToolsProtocol`` (the session's own server
-    runs uvicorn's stock protocol), with uvicorn's default ``date`` and ``server`` headers."""
-    from costr.asgi import application
-    from costr.server import HttpToolsProtocol
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        application, http=HttpToolsProtocol, log_config=None, access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    """The session's Costr, served with ``costr.server.HttpToolsProtocol`` and uvicorn's
+    default ``date`` and ``server`` headers, as in production."""
+    return costr_server.url
 
 
 def _provider(upstream, conn, sock):
