@@ -77,6 +77,7 @@ def proxy_limits_in_force() -> dict:
         "header_timeout": settings.COSTR_PROXY_HEADER_READ_TIMEOUT,
         "body_timeout": settings.COSTR_PROXY_BODY_READ_TIMEOUT,
         "max_decoded_mib": settings.COSTR_PROXY_MAX_DECODED_BYTES // (1024 * 1024),
+        "inspect_mib": settings.COSTR_PROXY_INSPECT_BYTES / (1024 * 1024),
         "queue_records": settings.COSTR_USAGE_QUEUE_MAX_RECORDS,
         "customer_length": contract.MAX_CUSTOMER_LENGTH,
         "property_name_length": contract.MAX_PROPERTY_NAME_LENGTH,

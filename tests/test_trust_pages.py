@@ -73,6 +73,7 @@ def test_security_page_states_the_limits_on_what_reaches_the_proxy(client, setti
     settings.COSTR_PROXY_BODY_READ_TIMEOUT = 23
     settings.COSTR_PROXY_MAX_DECODED_BYTES = 5 * 1024 * 1024
     settings.COSTR_USAGE_QUEUE_MAX_RECORDS = 777
+    settings.COSTR_PROXY_INSPECT_BYTES = 3 * 1024 * 1024 // 2
 
     html = client.get(reverse("security")).content.decode()
 
@@ -83,6 +84,7 @@ def test_security_page_states_the_limits_on_what_reaches_the_proxy(client, setti
     assert "A customer identifier is at most 255 characters, a property name 64" in html
     assert "At most 777 records wait in a server's memory" in html
     assert "a re-pricing within 10 minutes of Redis being back" in html
+    assert "A request body larger than Costr reads whole (1.5 MiB here;" in html
 
 
 def test_security_page_quotes_the_committed_benchmark(client, tmp_path, monkeypatch):
