@@ -56,6 +56,10 @@ COSTR_PROXY_MAX_DECODED_BYTES = env.int("COSTR_PROXY_MAX_DECODED_BYTES", default
 # costr.server's protocol), and each piece of the body arrive within the second.
 COSTR_PROXY_HEADER_READ_TIMEOUT = env.float("COSTR_PROXY_HEADER_READ_TIMEOUT", default=30.0)
 COSTR_PROXY_BODY_READ_TIMEOUT = env.float("COSTR_PROXY_BODY_READ_TIMEOUT", default=60.0)
+# The largest WebSocket message the relay passes on, either way (OpenAI Realtime, Gemini Live); a
+# larger one closes the session with 1009 on both sides. The ASGI server bounds what clients send
+# too (uvicorn's --ws-max-size, 16 MiB by default): the smaller of the two holds.
+COSTR_PROXY_MAX_WS_FRAME_BYTES = env.int("COSTR_PROXY_MAX_WS_FRAME_BYTES", default=16 * 1024 * 1024)
 
 # Absolute origin used where no request is at hand (links printed by commands, e-mails).
 COSTR_BASE_URL = env.str("COSTR_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")

@@ -818,6 +818,11 @@ class FakeProviderApp:
         self.recorder = _Recorder()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            from tests.fakes import realtime  # the WebSocket endpoints (they build on this module)
+
+            await realtime.serve(self, scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         chunks = []
