@@ -279,14 +279,22 @@ class EventListView(OrganizationAPIView):
         parameters=[
             *_bound_parameters(default=False),
             OpenApiParameter(
-                "customer", str, description="The customer's external id (X-Costr-Customer)."
+                "customer",
+                str,
+                description="The customer's external id (X-Costr-Customer), or its beginning: "
+                "`acme` also finds `acme-eu` (case-sensitive).",
             ),
             OpenApiParameter(
                 "provider",
                 {"type": "string", "enum": ["openai", "anthropic", "google"]},
                 description="The provider the request went to.",
             ),
-            OpenApiParameter("model", str, description="The model, exactly as stored."),
+            OpenApiParameter(
+                "model",
+                str,
+                description="The model as stored, or its beginning: `gpt-4o-mini` also finds "
+                "`gpt-4o-mini-2024-07-18` (case-sensitive).",
+            ),
             OpenApiParameter(
                 "status",
                 {"type": "integer", "minimum": 100, "maximum": 599},
@@ -372,7 +380,10 @@ class SpendReportView(OrganizationAPIView):
             "bills nothing for, such as errors, are neither). A group whose requests are all "
             "unpriced or usage-unknown has `cost_usd` null.\n\n"
             "`group_by`: `day` (UTC days, `key` `YYYY-MM-DD`, in date order), `customer` (the "
-            "external id), `model`, `provider`, or `property:<name>` (the property's value). "
+            "external id), `model` (the price catalogue's model id: `gpt-4o-mini-2024-07-18` "
+            "and a failed `gpt-4o-mini` call are both `gpt-4o-mini`; a model the catalogue "
+            "does not know is its own key), `provider`, or `property:<name>` (the property's "
+            "value). "
             "Other groupings come costliest first. Only groups with requests are listed. Whole "
             "UTC days are read from daily rollups (properties included), so long periods stay "
             "fast; only the partial days at the period's edges read events."

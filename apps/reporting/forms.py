@@ -85,8 +85,8 @@ class PropertyForm(forms.Form):
 class EventFilterForm(forms.Form):
     """The events explorer's filters. Times are read in the organization's time zone."""
 
-    customer = forms.CharField(required=False, max_length=255)
-    model = forms.CharField(required=False, max_length=255)
+    customer = forms.CharField(required=False, max_length=255, help_text="or its beginning")
+    model = forms.CharField(required=False, max_length=255, help_text="or its beginning")
     provider = forms.ChoiceField(choices=[("", "Any"), *Provider.choices], required=False)
     status = forms.IntegerField(required=False, min_value=100, max_value=599)
     outcome = forms.ChoiceField(choices=[("", "Any"), *Outcome.choices], required=False)

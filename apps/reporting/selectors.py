@@ -9,6 +9,12 @@ models, providers and latency; ``DailyRollup`` (a row per customer and model a d
 customer breakdowns; ``PropertyDailyRollup`` for properties. Only days counted in a time zone
 other than UTC read events over the whole period.
 
+Reports by model group by the price catalogue's model id (``pricing.catalog_model_id``:
+``gpt-4o-mini-2024-07-18`` and a failed ``gpt-4o-mini`` call are both ``gpt-4o-mini``): the rows
+are read per (provider, exact model), as rollups keep them, and folded into their catalogue id
+here, so nothing stored depends on the catalogue and the exact names stay at hand for a drill-down
+(``usage_by_model_name``). A model the catalogue does not know is its own group.
+
 Latency percentiles come from the rollups' latency histograms
 (``usage.metering.counters.LATENCY_BOUNDS_MS``) plus the edges' events counted into the same
 buckets, interpolated linearly inside the bucket the rank falls in: approximate to that bucket's
@@ -23,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from django.db.models import Max, QuerySet
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
-from django.db.models.functions import TruncMonth
+from django.db.models.functions import Left, TruncMonth
 
 from apps.accounts.models import Organization
 from apps.reporting.periods import periods_overlap
@@ -47,7 +53,7 @@ from apps.usage.models import (
     RefusalCount,
     UsageEvent,
 )
-from apps.usage.pricing import COST_PLACES
+from apps.usage.pricing import COST_PLACES, catalog_model_id
 
 GROUPS = ("customer", "model", "provider")
 # The event field each rollup key stands for.
@@ -130,17 +136,36 @@ def _by_period(rows: Iterable[dict], key: str) -> tuple[dict[str, Totals], dict[
     return dict(found[True]), dict(found[False])
 
 
+def _model_groups(rows: list[dict]) -> list[dict]:
+    """Rows read per (provider, model), each keyed by its catalogue model id under ``model``
+    and its exact name under ``model_name``."""
+    for row in rows:
+        name = row["model"] or ""
+        row["model_name"] = name
+        row["model"] = catalog_model_id(row["provider"], name)
+    return rows
+
+
+def _by_model(group_by: list[str]) -> list[str]:
+    """A read grouped by model is read per provider and exact model, then folded
+    (``_model_groups``)."""
+    if "model" not in group_by:
+        return group_by
+    return [name for name in group_by if name != "model"] + ["provider", "model"]
+
+
 def _usage_by_rows(organization: Organization, cut, group_by: str) -> list[dict]:
     if group_by not in GROUPS:
         raise ValueError(f"cannot group usage by {group_by!r}")
-    return rollups_plus_edges(
+    rows = rollups_plus_edges(
         # Only a read by customer needs the rollup with a row per customer.
         rollups=(_rollups if group_by == "customer" else _org_rollups)(organization),
         events=_events(organization),
         cut=cut,
-        group_by=[group_by],
+        group_by=_by_model([group_by]),
         event_fields=EVENT_KEYS,
     )
+    return _model_groups(rows) if group_by == "model" else rows
 
 
 def usage_by(
@@ -150,9 +175,23 @@ def usage_by(
     end: datetime,
     group_by: str,
 ) -> dict[str, Totals]:
-    """Totals per customer (external id, "" for none), model or provider, in [start, end)."""
+    """Totals per customer (external id, "" for none), model (the catalogue's model id) or
+    provider, in [start, end)."""
     rows = _usage_by_rows(organization, period_cut(start, end), group_by)
     return _by_period(rows, group_by)[0]
+
+
+def usage_by_model_name(
+    *, organization: Organization, start: datetime, end: datetime
+) -> dict[str, dict[str, Totals]]:
+    """Totals per catalogue model id and, beneath it, per exact model name as events recorded
+    it (the one reported, else the one requested), in [start, end): the models page's rows and
+    their drill-down, in one read."""
+    rows = _usage_by_rows(organization, period_cut(start, end), "model")
+    found: dict[str, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
+    for row in rows:
+        found[row["model"]][row["model_name"]].add(row)
+    return {group: dict(names) for group, names in found.items()}
 
 
 def usage_by_compared(
@@ -191,8 +230,10 @@ def usage_by_day(
         rollups=_org_rollups(organization),
         events=_events(organization),
         cut=period_cut(start, end, zone=zone),
-        group_by=["day", *([split_by] if split_by else [])],
+        group_by=_by_model(["day", *([split_by] if split_by else [])]),
     )
+    if split_by == "model":
+        rows = _model_groups(rows)
     found: dict[tuple[date, str], Totals] = defaultdict(Totals)
     for row in rows:
         found[(row["day"], row[split_by] if split_by else "")].add(row)
@@ -327,8 +368,10 @@ def events_filtered(
 
     Shared by the events explorer, its CSV export and the reporting API. A filter left at None (or
     empty) does not filter. ``start``/``end`` bound the timestamp as [start, end); ``customer`` is
-    the external id; ``properties`` maps a property name to the exact value it must have (each
-    name read as one JSON key, whatever characters it holds).
+    the external id; ``customer`` and ``model`` match the value itself or any value it begins
+    (DESIGN.md: filters match a prefix, case-sensitive on every database, unlike SQL ``LIKE`` on
+    SQLite); ``properties`` maps a property name to the exact value it must have (each name read
+    as one JSON key, whatever characters it holds).
     """
     events = _events(organization).select_related("customer")
     if start is not None:
@@ -336,11 +379,12 @@ def events_filtered(
     if end is not None:
         events = events.filter(timestamp__lt=end)
     if customer:
-        events = events.filter(customer__external_id=customer)
+        events = events.alias(customer_prefix=Left("customer__external_id", len(customer)))
+        events = events.filter(customer_prefix=customer)
     if provider:
         events = events.filter(provider=provider)
     if model:
-        events = events.filter(model=model)
+        events = events.alias(model_prefix=Left("model", len(model))).filter(model_prefix=model)
     if status is not None:
         events = events.filter(status=status)
     if outcome:
@@ -387,8 +431,10 @@ def customer_usage_by(
         rollups=rollups,
         events=events,
         cut=period_cut(start, end, zone=(zone or UTC) if group_by == "day" else None),
-        group_by=[group_by],
+        group_by=_by_model([group_by]),
     )
+    if group_by == "model":
+        rows = _model_groups(rows)
     found: dict = defaultdict(Totals)
     for row in rows:
         found[row[group_by]].add(row)

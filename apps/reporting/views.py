@@ -56,6 +56,8 @@ class Row:
     current: Totals
     previous: Totals = field(default_factory=Totals)
     share: float | None = None
+    # A model row's drill-down: the exact model names it groups, when they are not just its own.
+    names: list["Row"] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -484,9 +486,10 @@ class ModelsView(ReportPageMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         org, period = self.organization, self.period
-        current = selectors.usage_by(
-            organization=org, start=period.start, end=period.end, group_by="model"
+        by_name = selectors.usage_by_model_name(
+            organization=org, start=period.start, end=period.end
         )
+        current = {group: sum_totals(names.values()) for group, names in by_name.items()}
         previous = selectors.usage_by(
             organization=org,
             start=period.previous_start,
@@ -496,10 +499,12 @@ class ModelsView(ReportPageMixin, TemplateView):
         by_day = selectors.usage_by_day(
             organization=org, start=period.start, end=period.end, zone=self.zone, split_by="model"
         )
-        context.update(
-            rows=_rows(current, previous, NO_MODEL),
-            chart=_spend_chart(by_day, period.local_days(), NO_MODEL),
-        )
+        rows = _rows(current, previous, NO_MODEL)
+        for row in rows:
+            names = by_name[row.key]
+            if list(names) != [row.key]:
+                row.names = _rows(names, {}, NO_MODEL)
+        context.update(rows=rows, chart=_spend_chart(by_day, period.local_days(), NO_MODEL))
         return context
 
 

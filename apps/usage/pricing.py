@@ -321,6 +321,18 @@ def _library_cost(
     return Decimal(calculation.total_price)
 
 
+def catalog_model_id(provider: str, model: str) -> str:
+    """The price catalogue's id for ``model`` of ``provider`` (``gpt-4o-mini-2024-07-18`` and
+    ``gpt-4o-mini`` are both ``gpt-4o-mini``), the name itself for a model the catalogue does
+    not know, "" for none. Reports group by it (DESIGN.md, "Usage event": one model, one row);
+    it depends on the installed genai-prices only, so it is worked out when reports are read,
+    never stored. The look-up is the pricing's own, cached per (provider, model)."""
+    if not model:
+        return ""
+    entry = _catalog_entry(provider, model)
+    return model if entry is None else entry.info.id
+
+
 @lru_cache(maxsize=4096)
 def _catalog_entry(provider: str, model: str) -> "_CatalogEntry | None":
     """The catalog's model for (provider, model), looked up once. Bounded: model names come from
