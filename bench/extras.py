@@ -35,6 +35,9 @@ SECTIONS = [
     # One worker offered more than it serves for 60 s, embedded and Redis mode (Redis db 7 or
     # BENCH_REDIS_URL; its own database costr_bench_memory on the same server).
     ("Worker memory under sustained overload", "bench.memory"),
+    # One WebSocket session relayed, against the same session to the fake directly (embedded
+    # Costr, as bench.run starts it: the scratch database is not used).
+    ("WebSocket relay", "bench.websocket"),
 ]
 
 
