@@ -1,4 +1,5 @@
-"""Organization pages of the usage app: the organization's own prices."""
+"""Organization pages of the usage app: how to send usage through Costr, and the organization's
+own prices."""
 
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect
@@ -9,10 +10,33 @@ from django.views.generic import TemplateView
 
 from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import client_ip
+from apps.keys.proxy_urls import proxy_base_urls
 from apps.usage import overrides
 from apps.usage.forms import PriceOverrideForm, RepriceForm, parse_utc_moment
+from apps.usage.metering import contract
 from apps.usage.models import PriceOverride
 from costr.schedule import REPRICE_SWEEP_MINUTES
+
+
+class IntegrateView(OrganizationViewMixin, TemplateView):
+    """Where the SDKs point and what they send: this deployment's base URLs, a snippet per SDK
+    and the attribution headers with the limits the proxy enforces (read from the metering
+    contract, so the page cannot drift from what the proxy does). Never a token's secret: those
+    are shown once, when created."""
+
+    template_name = "usage/integrate.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["base_urls"] = proxy_base_urls(self.request, self.organization)
+        context["can_manage"] = self.membership.has_role("admin")
+        context["limits"] = {
+            "customer_length": contract.MAX_CUSTOMER_LENGTH,
+            "property_name_length": contract.MAX_PROPERTY_NAME_LENGTH,
+            "property_value_length": contract.MAX_PROPERTY_VALUE_LENGTH,
+            "properties": contract.MAX_PROPERTIES,
+        }
+        return context
 
 
 def usd(value) -> str:
