@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from django.db.models import Max, QuerySet
+from django.db.models import Max, Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Left, TruncMonth
 
@@ -370,7 +370,9 @@ def events_filtered(
     empty) does not filter. ``start``/``end`` bound the timestamp as [start, end); ``customer`` is
     the external id; ``customer`` and ``model`` match the value itself or any value it begins
     (DESIGN.md: filters match a prefix, case-sensitive on every database, unlike SQL ``LIKE`` on
-    SQLite); ``properties`` maps a property name to the exact value it must have (each name read
+    SQLite), and ``model`` also every name whose catalogue model id it is, so a report's model
+    row finds all its requests (``claude-sonnet-4-0`` finds ``claude-sonnet-4-20250514``);
+    ``properties`` maps a property name to the exact value it must have (each name read
     as one JSON key, whatever characters it holds).
     """
     events = _events(organization).select_related("customer")
@@ -384,7 +386,12 @@ def events_filtered(
     if provider:
         events = events.filter(provider=provider)
     if model:
-        events = events.alias(model_prefix=Left("model", len(model))).filter(model_prefix=model)
+        events = events.alias(model_prefix=Left("model", len(model)))
+        names = _names_of_model(organization, model)
+        if names:
+            events = events.filter(Q(model_prefix=model) | Q(model__in=names))
+        else:
+            events = events.filter(model_prefix=model)
     if status is not None:
         events = events.filter(status=status)
     if outcome:
@@ -396,6 +403,20 @@ def events_filtered(
         alias = f"property_filter_{number}"
         events = events.alias(**{alias: KeyTransform(name, "properties")}).filter(**{alias: value})
     return events.order_by("-timestamp", "-id")
+
+
+def _names_of_model(organization: Organization, model: str) -> list[str]:
+    """The exact model names the organization's requests were recorded under whose catalogue
+    model id is ``model`` and which do not begin with it (those the prefix finds). Read from the
+    model rollup (a row per model a day, written with every event): one small query."""
+    names = _org_rollups(organization).values_list("provider", "model").distinct().order_by()
+    return sorted(
+        {
+            name
+            for provider, name in names
+            if not name.startswith(model) and catalog_model_id(provider, name) == model
+        }
+    )
 
 
 def organization_has_usage(*, organization: Organization) -> bool:

@@ -178,3 +178,35 @@ def test_an_edge_only_period_groups_its_events_too(models):
     )
 
     assert {key: t.requests for key, t in by_model.items()} == {"gpt-4o-mini": 2}
+
+
+def test_a_model_whose_names_do_not_begin_with_its_id_is_found_by_it(api, client, org, member):
+    """claude-sonnet-4-20250514 is the catalogue's claude-sonnet-4-0: the report's key finds
+    it, on the explorer and in the API, though it is no prefix of the name."""
+    use(org, utc(2026, 11, 2, 12), provider="anthropic", model="claude-sonnet-4-20250514")
+    use(org, utc(2026, 11, 2, 13), provider="anthropic", model="claude-sonnet-4-5")
+    by_model = selectors.usage_by(organization=org, start=START, end=END, group_by="model")
+    assert set(by_model) == {"claude-sonnet-4-0", "claude-sonnet-4-5"}
+    client.force_login(member)
+
+    found = selectors.events_filtered(organization=org, model="claude-sonnet-4-0")
+    page = client.get(url("events", org), {"model": "claude-sonnet-4-0"}).content.decode()
+    body = api.get("/api/v1/events/", {"model": "claude-sonnet-4-0"}).json()
+
+    assert [event.model for event in found] == ["claude-sonnet-4-20250514"]
+    assert "claude-sonnet-4-20250514" in page and "claude-sonnet-4-5" not in page
+    assert [event["model"] for event in body["results"]] == ["claude-sonnet-4-20250514"]
+
+
+def test_a_model_filter_costs_one_query_whatever_the_number_of_events(
+    client, models, member, django_assert_num_queries
+):
+    """Session, user, membership, nav (4); the names of the model (1); the page of events (1)."""
+    client.force_login(member)
+    with django_assert_num_queries(6):
+        client.get(url("events", models), {"model": "gpt-4o-mini"})
+    for n in range(30):
+        use(models, utc(2026, 11, 2, 1, n), model="gpt-4o-mini-2024-07-18")
+    with django_assert_num_queries(6):
+        response = client.get(url("events", models), {"model": "gpt-4o-mini"})
+    assert len(response.context["events"]) == 34
