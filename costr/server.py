@@ -164,6 +164,13 @@ class UvicornWorker(_UvicornWorker):
 
     CONFIG_KWARGS = {"loop": "auto", "http": "costr.server:HttpToolsProtocol"}
 
+    def run(self) -> None:
+        # The application (and with it Django's settings) is loaded by now. uvicorn closes a
+        # client's WebSocket message over ws_max_size (1009) before the relay sees it: the same
+        # bound as the relay's own, COSTR_PROXY_MAX_WS_FRAME_BYTES, whatever it is set to.
+        self.config.ws_max_size = settings.COSTR_PROXY_MAX_WS_FRAME_BYTES
+        super().run()
+
 
 _KEY_VALUE = re.compile(r"([?&;]key=)[^&;\s\"]*", re.IGNORECASE)
 _TOKEN = re.compile(r"costr_[A-Za-z0-9_\-]+")

@@ -27,6 +27,7 @@ import openai
 import psycopg
 import pytest
 import redis
+import websockets.sync.client
 
 from tests.outage import ROOT, free_port, wait_until
 
@@ -207,6 +208,8 @@ def test_the_procfile_processes_serve_pages_and_meter_requests(
         COSTR_USAGE_SPOOL_DIR=str(var_dir / "spool"),
         # Plain HTTP on loopback: the platform's TLS terminator is not part of this test.
         SECURE_SSL_REDIRECT="False",
+        # Above uvicorn's own 16 MiB default: the worker must apply Costr's bound.
+        COSTR_PROXY_MAX_WS_FRAME_BYTES=str(20 * 1024 * 1024),
     )
     python = str(VENV_BIN / "python")
     _run([python, "manage.py", "collectstatic", "--noinput"], env)
@@ -298,6 +301,18 @@ def test_the_procfile_processes_serve_pages_and_meter_requests(
             )
             assert (outcome, status) == ("ok", 200)
             assert cost is not None and cost > 0
+
+        # A WebSocket message larger than uvicorn's default bound, within Costr's, relayed both
+        # ways by the Procfile's web worker.
+        message = os.urandom(17 * 1024 * 1024)
+        with websockets.sync.client.connect(
+            f"ws://127.0.0.1:{port}/p/acme/openai/v1/realtime?model=gpt-realtime",
+            additional_headers={"Authorization": f"Bearer {token}", "X-Fake-Ws-Echo": "1"},
+            max_size=None,
+            open_timeout=10,
+        ) as socket:
+            socket.send(message)
+            assert socket.recv(timeout=30) == message
 
         # The Celery worker answers on the broker; beat has started its schedule.
         wait_until(

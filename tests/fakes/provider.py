@@ -1171,7 +1171,11 @@ class FakeProvider:
         if self._server is not None:
             raise RuntimeError("FakeProvider already started")
         _quiet_cut_logs()
-        self._server = ThreadedServer(self.app, host=self.host, port=self.port).start()
+        # Real providers take larger WebSocket messages than uvicorn's 16 MiB default: the bound
+        # under test is Costr's own.
+        self._server = ThreadedServer(
+            self.app, host=self.host, port=self.port, ws_max_size=64 * 1024 * 1024
+        ).start()
         self.port = self._server.port
         return self
 
