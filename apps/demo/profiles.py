@@ -126,12 +126,12 @@ HOUR_WEIGHTS = (
 WEEKDAY_WEIGHTS = (1.0, 1.06, 1.05, 1.02, 0.94, 0.46, 0.4)  # Monday first
 
 ERROR_SPLIT = (
-    # (cumulative chance, status, outcome); the rest are successes.
-    (0.011, 429, "ok"),  # the provider's rate limit, passed through
-    (0.016, 500, "ok"),  # the provider's own failure, passed through
-    (0.019, 502, "upstream_error"),  # the provider could not be reached
-    (0.020, 504, "upstream_error"),
-    (0.023, 200, "client_disconnected"),  # a user closed the tab mid-stream: billed, no error
+    # (cumulative chance, status, the provider answered); the rest are successes.
+    (0.011, 429, True),  # the provider's rate limit, passed through
+    (0.016, 500, True),  # the provider's own failure, passed through
+    (0.019, 502, False),  # the provider could not be reached
+    (0.020, 504, False),
+    (0.023, 200, True),  # a user closed the tab mid-stream: billed, no error
 )
 MODEL_LIST_CHANCE = 0.002  # GET /v1/models from an SDK: forwarded, recorded, no tokens
 

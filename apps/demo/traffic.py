@@ -153,10 +153,10 @@ def _record(
     roll = rng.random()
     if roll < MODEL_LIST_CHANCE and profile.provider == "openai":
         return _model_list(record, rng)
-    for chance, status, outcome in ERROR_SPLIT:
+    for chance, status, answered in ERROR_SPLIT:
         if roll < chance:
             if status >= 400:
-                return _failed(record, rng, profile, status, outcome)
+                return _failed(record, rng, profile, status, answered=answered)
             return _succeeded(record, rng, profile, feature, disconnected=True)
     return _succeeded(record, rng, profile, feature, disconnected=False)
 
@@ -199,11 +199,11 @@ def _model_list(record: dict, rng) -> dict:
     return _empty_usage(record)
 
 
-def _failed(record: dict, rng, profile: ModelProfile, status: int, outcome: str) -> dict:
-    """A provider error: no usage, so the writer prices it ``no_usage`` (cost 0, neither
-    unpriced nor usage-unknown). Its outcome is ``upstream_error`` whatever ``ERROR_SPLIT`` says,
-    as the proxy records a provider's status >= 400 (DESIGN.md, "Usage event"); the split's
-    outcome still decides whether a first byte came."""
+def _failed(record: dict, rng, profile: ModelProfile, status: int, *, answered: bool) -> dict:
+    """A provider error, or a provider Costr could not reach (``answered`` False: no first
+    byte): no usage, so the writer prices it ``no_usage`` (cost 0, neither unpriced nor
+    usage-unknown), outcome ``upstream_error`` as the proxy records it (DESIGN.md, "Usage
+    event")."""
     if status == 429:
         latency = _lognormal(rng, 90, 0.5)
     elif status == 504:
@@ -216,7 +216,7 @@ def _failed(record: dict, rng, profile: ModelProfile, status: int, outcome: str)
         stream=False,
         outcome="upstream_error",
         latency_ms=latency,
-        ttfb_ms=None if outcome == "upstream_error" else latency,
+        ttfb_ms=latency if answered else None,
     )
     return _empty_usage(record)
 
