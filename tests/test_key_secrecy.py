@@ -371,7 +371,11 @@ def stored(client, org, admin, logs, celery_messages, monkeypatch) -> Stored:
     output = add_key_by_command(monkeypatch, org, "anthropic", keys["anthropic"])
     outputs.append(("addproviderkey output", output))
 
-    response = client.post(reverse("tokens", args=[org.slug]), {"name": "ci", "scopes": ["proxy"]})
+    posted = client.post(reverse("tokens", args=[org.slug]), {"name": "ci", "scopes": ["proxy"]})
+    assert posted.status_code == 302, posted.content
+    # The POST only redirects (a reload creates no second token); its answer shows no secret.
+    outputs += response_sources("POST token", posted)
+    response = client.get(posted["Location"])
     assert response.status_code == 200, response.content
     out = io.StringIO()
     call_command("createtoken", org.slug, stdout=out)
@@ -380,7 +384,7 @@ def stored(client, org, admin, logs, celery_messages, monkeypatch) -> Stored:
         token_secret(out.getvalue().strip().splitlines()[-1]),
     ]
     token_outputs = [
-        *response_sources("POST token", response),
+        *response_sources("page after POST token", response),
         ("createtoken output", out.getvalue()),
     ]
 

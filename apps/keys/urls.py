@@ -15,5 +15,6 @@ org_urlpatterns = [
         name="provider_key_delete",
     ),
     path("settings/tokens/", views.TokensView.as_view(), name="tokens"),
+    path("settings/tokens/created/", views.TokenCreatedView.as_view(), name="token_created"),
     path("settings/tokens/<int:pk>/revoke/", views.TokenRevokeView.as_view(), name="token_revoke"),
 ]

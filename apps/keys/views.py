@@ -1,3 +1,6 @@
+import base64
+import time
+
 from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect
@@ -9,8 +12,9 @@ from django.views.generic import TemplateView
 
 from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import client_ip
-from apps.keys import services
+from apps.keys import services, vault
 from apps.keys.forms import ProviderKeyForm, ProxyTokenForm
+from apps.keys.keyring import get_keyring
 from apps.keys.models import Provider, ProviderKey, ProxyToken
 from apps.keys.proxy_urls import proxy_base_urls
 
@@ -93,6 +97,16 @@ class ProviderKeyDeleteView(VaultPageMixin, TemplateView):
         return redirect("provider_keys", org_slug=org_slug)
 
 
+# The session key under which a new token waits, sealed, for the one page that shows it.
+SHOWN_ONCE_SESSION_ENTRY = "costr_new_token"
+# How long after creation that page may still show it; past this it is gone unseen.
+NEW_TOKEN_SHOWN_WITHIN_SECONDS = 300
+
+
+def _shown_once_context(organization, token_pk) -> vault.Context:
+    return vault.Context(org_id=organization.pk, record_id=token_pk, purpose="token-shown-once")
+
+
 class TokensView(VaultPageMixin, TemplateView):
     template_name = "keys/tokens.html"
     model = ProxyToken
@@ -103,8 +117,7 @@ class TokensView(VaultPageMixin, TemplateView):
         context["form"] = kwargs.get("form") or ProxyTokenForm()
         return context
 
-    @method_decorator(never_cache)
-    @sensitive_variables("created")
+    @sensitive_variables("created", "sealed")
     def post(self, request, *args, **kwargs):
         form = ProxyTokenForm(request.POST)
         if form.is_valid():
@@ -120,20 +133,63 @@ class TokensView(VaultPageMixin, TemplateView):
             except services.KeysError as error:
                 form.add_error(None, str(error))
             else:
-                # Shown in this response only: the token is never stored, in the session or
-                # anywhere else, so a reload cannot show it again.
-                response = self.response_class(
-                    request=request,
-                    template=["keys/token_created.html"],
-                    context={
-                        **self.get_context_data(),
-                        "token": created.token,
-                        "plaintext": created.plaintext,
-                        "base_urls": proxy_base_urls(request, self.organization),
-                    },
+                # Post/redirect/get: a reload of the page that shows the token must not create
+                # another. The plaintext waits for that page in the session, sealed by the vault
+                # (the session table never holds it in the clear), and is removed when shown.
+                sealed = vault.encrypt(
+                    created.plaintext,
+                    context=_shown_once_context(self.organization, created.token.pk),
+                    keyring=get_keyring(),
                 )
-                return response
+                request.session[SHOWN_ONCE_SESSION_ENTRY] = {
+                    "org": self.organization.pk,
+                    "token": created.token.pk,
+                    "sealed": base64.b64encode(sealed).decode(),
+                    "at": time.time(),
+                }
+                return redirect("token_created", org_slug=self.organization.slug)
         return self.render_to_response(self.get_context_data(form=form), status=400)
+
+
+@method_decorator(never_cache, name="dispatch")
+class TokenCreatedView(VaultPageMixin, TemplateView):
+    """Shows a new token's secret once: the first GET after creating it takes it out of the
+    session; a reload, a second tab or the back button finds nothing and says so."""
+
+    template_name = "keys/token_created.html"
+    required_role = "admin"
+
+    @sensitive_variables("waiting", "plaintext")
+    def get(self, request, *args, **kwargs):
+        waiting = request.session.get(SHOWN_ONCE_SESSION_ENTRY)
+        token = None
+        if waiting and waiting.get("org") == self.organization.pk:
+            del request.session[SHOWN_ONCE_SESSION_ENTRY]
+            if time.time() - waiting.get("at", 0) <= NEW_TOKEN_SHOWN_WITHIN_SECONDS:
+                token = (
+                    ProxyToken.objects.for_org(self.organization)
+                    .filter(pk=waiting.get("token"), revoked_at=None)
+                    .first()
+                )
+        if token is None:
+            messages.info(
+                request,
+                "A token's secret is shown only once, right after it is created; Costr keeps "
+                "only its hash. Create a new token if you did not copy it.",
+            )
+            return redirect("tokens", org_slug=self.organization.slug)
+        plaintext = vault.decrypt(
+            base64.b64decode(waiting["sealed"]),
+            context=_shown_once_context(self.organization, token.pk),
+            keyring=get_keyring(),
+        ).decode()
+        return self.render_to_response(
+            self.get_context_data(
+                token=token,
+                plaintext=plaintext,
+                base_urls=proxy_base_urls(request, self.organization),
+            )
+        )
 
 
 class TokenRevokeView(VaultPageMixin, TemplateView):

@@ -24,7 +24,10 @@ def _shown_token(response) -> str:
 def test_a_token_is_shown_once_with_base_urls_and_stored_only_as_a_hash(client, org, admin):
     client.force_login(admin)
 
-    response = _create(client, org, scopes=["proxy", "read"])
+    created = _create(client, org, scopes=["proxy", "read"])
+    assert created.status_code == 302
+    assert created["Location"] == reverse("token_created", args=[org.slug])
+    response = client.get(created["Location"])
 
     assert response.status_code == 200
     plaintext = _shown_token(response)
@@ -41,6 +44,66 @@ def test_a_token_is_shown_once_with_base_urls_and_stored_only_as_a_hash(client, 
     listing = client.get(reverse("tokens", args=[org.slug])).content.decode()
     assert token.prefix in listing and plaintext not in listing
     assert AuditEvent.objects.for_org(org).filter(action="token.created").exists()
+
+
+def test_reloading_the_token_page_creates_nothing_and_shows_the_secret_no_more(client, org, admin):
+    client.force_login(admin)
+    created = _create(client, org)
+    shown = _shown_token(client.get(created["Location"]))
+
+    reloaded = client.get(created["Location"], follow=True)
+
+    assert ProxyToken.objects.for_org(org).count() == 1
+    page = reloaded.content.decode()
+    assert reloaded.redirect_chain == [(reverse("tokens", args=[org.slug]), 302)]
+    assert shown not in page
+    assert "shown only once" in page
+    assert 'id="new-token"' not in page
+
+
+def test_the_waiting_token_is_sealed_in_the_session_and_gone_once_shown(client, org, admin):
+    from django.contrib.sessions.models import Session
+
+    client.force_login(admin)
+    created = _create(client, org)
+
+    stored = "".join(str(s.get_decoded()) for s in Session.objects.all())
+    assert "costr_new_token" in stored
+    shown = _shown_token(client.get(created["Location"]))
+    assert ProxyToken.objects.for_org(org).get().prefix == shown[:14]
+    # Before it was shown the session held it sealed, never in the clear; after, not at all.
+    assert shown not in stored and shown[6:] not in stored
+    after = "".join(str(s.get_decoded()) for s in Session.objects.all())
+    assert "costr_new_token" not in after
+
+
+def test_the_created_page_of_another_org_does_not_take_the_waiting_token(
+    client, org, admin, other_org
+):
+    from apps.accounts.tests.factories import MembershipFactory
+
+    MembershipFactory(organization=other_org, user=admin, role="admin")
+    client.force_login(admin)
+    created = _create(client, org)
+
+    elsewhere = client.get(reverse("token_created", args=[other_org.slug]))
+    assert elsewhere.status_code == 302
+    assert elsewhere["Location"] == reverse("tokens", args=[other_org.slug])
+    assert _shown_token(client.get(created["Location"])).startswith("costr_")
+
+
+def test_a_token_left_unseen_for_too_long_is_not_shown(client, org, admin, monkeypatch):
+    import time
+
+    client.force_login(admin)
+    created = _create(client, org)
+    later = time.time() + 301
+    monkeypatch.setattr(time, "time", lambda: later)
+
+    response = client.get(created["Location"])
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("tokens", args=[org.slug])
 
 
 def test_a_token_needs_a_scope(client, org, admin):
