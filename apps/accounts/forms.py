@@ -88,6 +88,20 @@ class SignupForm(OrganizationFieldsMixin, forms.Form):
         return cleaned
 
 
+class InvitedSignupForm(SignupForm):
+    """Sign-up from an invitation link: the address is the invitation's and the organization
+    the inviter's, so neither is asked."""
+
+    def __init__(self, *args, invitation, **kwargs):
+        super().__init__(*args, **kwargs)
+        del self.fields["organization_name"], self.fields["organization_slug"]
+        email = self.fields["email"]
+        # Disabled: the posted value is ignored and the invitation's address is used.
+        email.disabled = True
+        email.help_text = f"The address {invitation.organization.name} invited."
+        self.initial["email"] = invitation.email
+
+
 class InvitationForm(forms.Form):
     email = forms.EmailField(label="E-mail")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)

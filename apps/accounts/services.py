@@ -95,12 +95,36 @@ def user_signup(
     return user, organization
 
 
+def user_signup_by_invitation(
+    *, token: str, password: str | None, name: str = "", ip: str | None = None
+) -> tuple[User, Membership]:
+    """Create a person from an invitation link and make them a member of the inviting
+    organization, all or nothing. The address is the invitation's, so the new account can
+    accept it; no organization of their own is created."""
+    invitation = invitation_from_token(token)
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(email=invitation.email, password=password, name=name)
+            membership = invitation_accept(token=token, user=user, ip=ip)
+    except IntegrityError as error:
+        raise AccountsError(
+            "An account with this e-mail address already exists. Log in to accept the invitation."
+        ) from error
+    return user, membership
+
+
+def with_full_stop(text: str) -> str:
+    """``text`` ending one sentence: a name that ends in a full stop ("Acme Inc.") gets no
+    second one."""
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
 def invitation_create(
     *, organization: Organization, email: str, role: str, invited_by: User, ip: str | None = None
 ) -> Invitation:
     email = User.objects.normalize_email(email)
     if Membership.objects.for_org(organization).filter(user__email__iexact=email).exists():
-        raise AccountsError(f"{email} is already a member of {organization.name}.")
+        raise AccountsError(with_full_stop(f"{email} is already a member of {organization.name}"))
     if role == Role.OWNER and not _is_owner(organization, invited_by):
         raise AccountsError("Only an owner can invite another owner.")
     with transaction.atomic():
@@ -171,7 +195,7 @@ def invitation_accept(*, token: str, user: User, ip: str | None = None) -> Membe
             organization=organization, user=user, defaults={"role": invitation.role}
         )
         if not created:
-            raise AccountsError(f"You are already a member of {organization.name}.")
+            raise AccountsError(with_full_stop(f"You are already a member of {organization.name}"))
         invitation.accepted_at = timezone.now()
         invitation.accepted_by = user
         invitation.save(update_fields=["accepted_at", "accepted_by"])

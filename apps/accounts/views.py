@@ -1,3 +1,5 @@
+from urllib.parse import urlsplit
+
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -5,7 +7,7 @@ from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.debug import sensitive_post_parameters
@@ -15,6 +17,7 @@ from apps.accounts import legal, services
 from apps.accounts.forms import (
     AuditLogFilterForm,
     InvitationForm,
+    InvitedSignupForm,
     OrganizationForm,
     OrganizationSettingsForm,
     RoleForm,
@@ -35,20 +38,57 @@ def landing(request):
     return render(request, "pages/landing.html")
 
 
+def _invitation_in(next_url: str):
+    """The pending invitation that a ``next`` URL (``/invite/<token>/``) names, with its token,
+    or (None, "") for any other URL or an invitation that can no longer be used."""
+    try:
+        match = resolve(urlsplit(next_url or "").path)
+    except Resolver404:
+        return None, ""
+    if match.url_name != "invitation_accept":
+        return None, ""
+    try:
+        return services.invitation_from_token(match.kwargs["token"]), match.kwargs["token"]
+    except services.AccountsError:
+        return None, ""
+
+
 @method_decorator(sensitive_post_parameters("password"), name="dispatch")
 class SignupView(FormView):
+    """Sign-up with an organization of one's own; or, arriving from an invitation link, sign-up
+    that joins the inviting organization instead."""
+
     template_name = "accounts/signup.html"
     form_class = SignupForm
 
     def dispatch(self, request, *args, **kwargs):
         if request.user.is_authenticated:
             return redirect("app")
+        self.next_url = request.POST.get("next") or request.GET.get("next") or ""
+        self.invitation, self.invitation_token = _invitation_in(self.next_url)
         return super().dispatch(request, *args, **kwargs)
+
+    def get_form_class(self):
+        return InvitedSignupForm if self.invitation else SignupForm
+
+    def get_form_kwargs(self):
+        kwargs = super().get_form_kwargs()
+        if self.invitation:
+            kwargs["invitation"] = self.invitation
+        return kwargs
 
     def get_initial(self):
         return {"email": self.request.GET.get("email", "")}
 
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["invitation"] = self.invitation
+        context["next_url"] = self.next_url
+        return context
+
     def form_valid(self, form):
+        if self.invitation:
+            return self.join_by_invitation(form)
         data = form.cleaned_data
         try:
             user, organization = services.user_signup(
@@ -64,9 +104,25 @@ class SignupView(FormView):
             return self.form_invalid(form)
         login(self.request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(self.request, f"Welcome to Costr. {organization.name} is ready.")
-        next_url = self.request.POST.get("next") or self.request.GET.get("next")
-        if next_url and next_url.startswith("/invite/"):
-            return redirect(next_url)
+        if self.next_url.startswith("/invite/"):
+            return redirect(self.next_url)
+        return redirect("org_home", org_slug=organization.slug)
+
+    def join_by_invitation(self, form):
+        try:
+            user, membership = services.user_signup_by_invitation(
+                token=self.invitation_token,
+                password=form.cleaned_data["password"],
+                name=form.cleaned_data["name"],
+                ip=services.client_ip(self.request),
+            )
+        except services.AccountsError as error:
+            form.add_error(None, str(error))
+            return self.form_invalid(form)
+        login(self.request, user, backend="django.contrib.auth.backends.ModelBackend")
+        organization = membership.organization
+        welcome = f"Welcome to Costr. You joined {organization.name}"
+        messages.success(self.request, services.with_full_stop(welcome))
         return redirect("org_home", org_slug=organization.slug)
 
 
@@ -182,7 +238,7 @@ class MembershipRemoveView(OrganizationViewMixin, TemplateView):
             messages.error(request, str(error))
             return redirect("members", org_slug=org_slug)
         if target.user_id == request.user.pk:
-            messages.success(request, f"You left {self.organization.name}.")
+            messages.success(request, services.with_full_stop(f"You left {self.organization.name}"))
             return redirect("app")
         messages.success(request, f"{target.user.email} was removed.")
         return redirect("members", org_slug=org_slug)
@@ -217,7 +273,9 @@ class InvitationAcceptView(View):
             )
         except services.AccountsError as error:
             return render(request, self.template_name, {"error": str(error)}, status=400)
-        messages.success(request, f"You joined {membership.organization.name}.")
+        messages.success(
+            request, services.with_full_stop(f"You joined {membership.organization.name}")
+        )
         return redirect("org_home", org_slug=membership.organization.slug)
 
 
