@@ -97,6 +97,7 @@ def test_the_ingest_event_schema_lists_the_contracts_fields(document):
         "reasoning_tokens",
         "usage_details",
         "latency_ms",
+        "source",
     }
     assert set(event["required"]) == {
         "event_id",
@@ -254,6 +255,7 @@ def test_the_usage_event_schema_lists_the_contracts_fields(document):
         "status",
         "stream",
         "outcome",
+        "source",
         "input_tokens",
         "cached_input_tokens",
         "cache_write_tokens",

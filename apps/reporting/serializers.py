@@ -205,6 +205,11 @@ class UsageEventSerializer(serializers.Serializer):
     status = serializers.IntegerField(help_text="The upstream HTTP status.")
     stream = serializers.BooleanField()
     outcome = serializers.ChoiceField(choices=Outcome.values)
+    source = serializers.CharField(
+        help_text="`proxy` for a call Costr forwarded; else what its ingest record named: "
+        "`ingest` by default, `sdk_fallback` for a call the client SDK made straight to the "
+        "provider while Costr was down."
+    )
     input_tokens = serializers.IntegerField(
         allow_null=True, help_text="Total input, cache reads and writes included."
     )

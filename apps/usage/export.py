@@ -21,6 +21,7 @@ COLUMNS = [
     ("status", "status"),
     ("stream", "stream"),
     ("outcome", "outcome"),
+    ("source", "source"),
     ("input_tokens", "input_tokens"),
     ("cached_input_tokens", "cached_input_tokens"),
     ("cache_write_tokens", "cache_write_tokens"),

@@ -1,7 +1,7 @@
 from django.db import models
 
 from apps.accounts.tenancy import TenantModel
-from apps.usage.metering.contract import OUTCOMES
+from apps.usage.metering.contract import MAX_SOURCE_LENGTH, OUTCOMES, SOURCE_PROXY
 
 
 class Customer(TenantModel):
@@ -91,6 +91,8 @@ class UsageEvent(TenantModel):
     status = models.PositiveSmallIntegerField()
     stream = models.BooleanField(default=False)
     outcome = models.CharField(max_length=24, choices=Outcome.choices)
+    # ``proxy`` for a call Costr forwarded, else what the ingest API's record named.
+    source = models.CharField(max_length=MAX_SOURCE_LENGTH, default=SOURCE_PROXY)
     input_tokens = models.BigIntegerField(null=True)
     cached_input_tokens = models.BigIntegerField(null=True)
     cache_write_tokens = models.BigIntegerField(null=True)

@@ -9,6 +9,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -19,12 +20,17 @@ from apps.usage.metering.contract import (
     ENDPOINTS,
     MAX_PROPERTIES,
     MAX_PROPERTY_NAME_LENGTH,
+    MAX_SOURCE_LENGTH,
+    SOURCE_INGEST,
+    SOURCE_PROXY,
     TOKEN_FIELDS,
     USAGE_DETAIL_KEYS,
     UsageRecord,
 )
 
 MAX_EVENTS = 500
+SOURCE_PATTERN = r"\A[A-Za-z0-9_.\-]+\Z"
+SOURCE_RULE = f"1 to {MAX_SOURCE_LENGTH} letters, digits, '_', '-' or '.'."
 MAX_TEXT = 255
 MAX_EVENT_ID = 64
 # A token count beyond this is a client bug, not a request.
@@ -232,6 +238,16 @@ class IngestEventSerializer(serializers.Serializer):
         "such as tts-1).",
     )
     latency_ms = StrictIntegerField(min_value=0, max_value=MAX_LATENCY_MS, default=0)
+    source = StrictCharField(
+        max_length=MAX_SOURCE_LENGTH,
+        required=False,
+        default=SOURCE_INGEST,
+        validators=[RegexValidator(SOURCE_PATTERN, message=SOURCE_RULE)],
+        error_messages={"invalid": SOURCE_RULE, "blank": SOURCE_RULE, "max_length": SOURCE_RULE},
+        help_text="Where the call was metered, shown as the event's source: "
+        f"{SOURCE_RULE} The client SDKs send `sdk_fallback`; default `{SOURCE_INGEST}`; "
+        f"`{SOURCE_PROXY}` is reserved for the calls Costr forwarded.",
+    )
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -250,6 +266,13 @@ class IngestEventSerializer(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError(unknown)
         return values
+
+    def validate_source(self, value):
+        if value == SOURCE_PROXY:
+            raise serializers.ValidationError(
+                f"'{SOURCE_PROXY}' is the source of the calls Costr forwarded itself."
+            )
+        return value
 
     def validate_timestamp(self, value):
         now = self.context["now"]
@@ -341,6 +364,7 @@ def ingest_record(values: dict, *, organization_id: int, token_id: int | None) -
         "latency_ms": values["latency_ms"],
         "ttfb_ms": None,
         "overhead_ms": None,
+        "source": values.get("source") or SOURCE_INGEST,
     }
 
 

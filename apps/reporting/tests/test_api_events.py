@@ -71,6 +71,7 @@ def test_an_event_has_exactly_the_contracts_fields(api, priced):
                 "status": 200,
                 "stream": False,
                 "outcome": "ok",
+                "source": "proxy",
                 "input_tokens": 1000,
                 "cached_input_tokens": 0,
                 "cache_write_tokens": 0,

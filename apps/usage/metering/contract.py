@@ -99,7 +99,15 @@ class UsageRecord(TypedDict, total=False):
     latency_ms: int
     ttfb_ms: int | None
     overhead_ms: float | None  # None for what the ingest API reports
+    source: str  # SOURCE_PROXY when absent
 
+
+# Where a usage event came from: the proxy, or the ingest API (its records name their own
+# source, ``ingest`` when they name none; the client SDKs send ``sdk_fallback`` for calls made
+# directly while Costr was down).
+SOURCE_PROXY = "proxy"
+SOURCE_INGEST = "ingest"
+MAX_SOURCE_LENGTH = 32
 
 MAX_CUSTOMER_LENGTH = 255
 MAX_PROPERTY_NAME_LENGTH = 64

@@ -189,6 +189,14 @@ def test_an_override_of_the_org_prices_ingested_events(post, org):
     assert (event.cost_usd, event.price_source) == (Decimal("0.0018"), "override")
 
 
+def test_an_event_keeps_the_source_it_names_and_is_ingest_by_default(post, org):
+    response = post({"events": [_event("a"), _event("b", source="sdk_fallback")]})
+
+    assert response.json()["accepted"] == 2
+    stored = sorted(UsageEvent.objects.for_org(org).values_list("source", flat=True))
+    assert stored == ["ingest", "sdk_fallback"]
+
+
 # --- Idempotency -----------------------------------------------------------------------------
 
 
@@ -307,6 +315,11 @@ def test_none_valid_is_400_with_the_counts_and_an_error_and_nothing_stored(post,
         ({"properties": {f"k{i}": "v" for i in range(21)}}, "properties"),
         ({"properties": {"k": "a\x00b"}}, "properties"),
         ({"model": "gpt\x00"}, "model"),
+        ({"source": ""}, "source"),
+        ({"source": "s" * 33}, "source"),
+        ({"source": "sdk fallback"}, "source"),
+        ({"source": 7}, "source"),
+        ({"source": "proxy"}, "source"),
     ],
 )
 def test_each_field_is_checked(post, org, changes, field):
