@@ -1,4 +1,6 @@
+import re
 import zoneinfo
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
@@ -7,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models.functions import Lower
-from django.utils import timezone
+from django.utils import dateformat, timezone
 
 from apps.accounts.tenancy import TenantModel
 
@@ -226,14 +228,53 @@ class AuditEvent(TenantModel):
         return f"{self.action} {self.target}"
 
     def details_lines(self) -> list[str]:
-        """``details`` for people: a change reads "field: old → new"."""
-        lines = []
-        for key, value in self.details.items():
-            if isinstance(value, dict) and value.keys() == {"from", "to"}:
-                lines.append(f"{key}: {value['from']} → {value['to']}")
-            else:
-                lines.append(f"{key}: {value}")
-        return lines
+        """``details`` for people: "Retention days: 90 → 30", "Scopes: proxy, read",
+        "Expires at: none", dates as the dashboard writes them, never a Python repr."""
+        return [
+            f"{_detail_label(key)}: {_detail_text(value)}" for key, value in self.details.items()
+        ]
+
+
+_ISO_MOMENT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def _detail_label(key) -> str:
+    words = str(key).replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+def _detail_text(value) -> str:
+    """One value of an audit event's details as plain text (nested values included)."""
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_detail_text(item) for item in value) if value else "none"
+    if isinstance(value, dict):
+        if value.keys() == {"from", "to"}:
+            return f"{_detail_text(value['from'])} → {_detail_text(value['to'])}"
+        if not value:
+            return "none"
+        return "; ".join(f"{str(k).replace('_', ' ')} {_detail_text(v)}" for k, v in value.items())
+    if isinstance(value, str) and _ISO_MOMENT.match(value):
+        return _moment_text(value)
+    return str(value)
+
+
+def _moment_text(text: str) -> str:
+    """An ISO date or moment in the dashboard's format: "Mar 1, 2026" or "Mar 1, 2026 14:30 UTC"."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if len(text) == 10:
+        return dateformat.format(moment, "M j, Y")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{dateformat.format(moment, 'M j, Y H:i')} UTC"
 
 
 class DpaAcceptance(TenantModel):

@@ -62,8 +62,12 @@ def organization_audit_events(
 
 
 def organization_audit_actions(*, organization: Organization) -> list[str]:
-    return sorted(
-        AuditEvent.objects.for_org(organization).values_list("action", flat=True).distinct()
+    # order_by() first: the model's ordering would otherwise join DISTINCT and repeat actions.
+    return list(
+        AuditEvent.objects.for_org(organization)
+        .order_by("action")
+        .values_list("action", flat=True)
+        .distinct()
     )
 
 

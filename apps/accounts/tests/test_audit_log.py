@@ -1,3 +1,4 @@
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -93,7 +94,7 @@ def test_changes_read_as_old_and_new_values(client, org, admin):
 
     html = client.get(reverse("audit_log", args=[org.slug])).content.decode()
 
-    assert "retention_days: 90 → 30" in html
+    assert "Retention days: 90 → 30" in html
 
 
 def test_another_organizations_events_never_show(client, org, other_org, admin):
@@ -104,3 +105,60 @@ def test_another_organizations_events_never_show(client, org, other_org, admin):
 
     assert _rows(response) == []
     assert "Nothing has happened in this organization yet." in response.content.decode()
+
+
+def test_the_action_filter_offers_each_action_once(client, org, admin):
+    for day in (1, 2, 3):
+        _event(org, "token.created", when=datetime(2026, 3, day, tzinfo=UTC))
+    _event(org, "provider_key.created", when=datetime(2026, 3, 4, tzinfo=UTC))
+    client.force_login(admin)
+
+    html = client.get(reverse("audit_log", args=[org.slug])).content.decode()
+
+    options = re.findall(r'<option value="([^"]*)"', html)
+    assert options == ["", "provider_key.created", "token.created"]
+
+
+def test_details_read_as_text_with_dashboard_dates_never_as_python(client, org, admin):
+    _event(
+        org,
+        "token.created",
+        when=datetime(2026, 3, 2, 9, 5, 7, tzinfo=UTC),
+        details={"scopes": ["proxy", "read"], "expires_at": None},
+    )
+    _event(
+        org,
+        "usage.exported",
+        when=datetime(2026, 3, 3, tzinfo=UTC),
+        details={
+            "filters": {
+                "customer": "acme",
+                "start": "2026-03-01T00:00:00+00:00",
+                "properties": {"feature": "chat"},
+            }
+        },
+    )
+    _event(
+        org,
+        "organization.settings_changed",
+        when=datetime(2026, 3, 4, tzinfo=UTC),
+        details={"inject_openai_stream_usage": {"from": True, "to": False}, "day": "2026-03-01"},
+    )
+    client.force_login(admin)
+
+    html = client.get(reverse("audit_log", args=[org.slug])).content.decode()
+
+    assert "Scopes: proxy, read" in html
+    assert "Expires at: none" in html
+    # PostgreSQL's jsonb keeps keys in an order of its own: each part, in any order.
+    filters = re.search(r"Filters: ([^<]*)<", html)[1].split("; ")
+    assert sorted(filters) == [
+        "customer acme",
+        "properties feature chat",
+        "start Mar 1, 2026 00:00 UTC",
+    ]
+    assert "Inject openai stream usage: yes → no" in html
+    assert "Day: Mar 1, 2026" in html
+    assert "Mar 2, 2026 09:05:07" in html
+    for python in ("{&#x27;", "[&#x27;", "None", "True", "False"):
+        assert python not in html
