@@ -100,7 +100,7 @@ RETENTION_CHOICES = [
 
 def validate_time_zone(value):
     if value not in zoneinfo.available_timezones():
-        raise ValidationError(f"{value!r} is not a time zone name such as Europe/Paris or UTC.")
+        raise ValidationError(f"“{value}” is not a time zone name such as Europe/Paris or UTC.")
 
 
 def default_retention_days() -> int:

@@ -55,3 +55,19 @@ def test_an_admin_sets_the_time_zone_and_an_unknown_one_is_refused(client, org, 
     assert "Mars/Olympus" in refused.content.decode()
     assert accepted.status_code == 302
     assert Organization.objects.get(pk=org.pk).time_zone == "America/Los_Angeles"
+
+
+def test_the_time_zone_is_a_searchable_text_box_suggesting_every_name(client, org, admin):
+    import re
+    import zoneinfo
+
+    client.force_login(admin)
+
+    page = client.get(reverse("org_settings", args=[org.slug])).content.decode()
+
+    box = re.search(r'<input [^>]*name="time_zone"[^>]*>', page)[0]
+    assert 'list="time-zone-names"' in box and 'value="UTC"' in box
+    suggestions = re.search(r'<datalist id="time-zone-names">(.*?)</datalist>', page)[1]
+    names = re.findall(r'<option value="([^"]+)">', suggestions)
+    assert names == sorted(zoneinfo.available_timezones())
+    assert '<select name="time_zone"' not in page

@@ -179,3 +179,11 @@ def test_a_signed_in_person_creates_another_organization(client, member):
     organization = Organization.objects.get(slug="second-shop")
     assert response["Location"] == reverse("org_home", args=["second-shop"])
     assert Membership.objects.for_org(organization).get().user == member
+
+
+def test_the_landing_page_says_which_change_costr_makes_to_requests(client):
+    page = client.get(reverse("landing")).content.decode()
+
+    assert "untouched" not in page
+    assert "stream_options.include_usage</code> added" in page
+    assert "On by default" in page or "on by default" in page
