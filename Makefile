@@ -48,12 +48,24 @@ $(NODE_CLIENTS_STAMP): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock
 	cd $(NODE_CLIENTS) && npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
-test: install-dev $(NODE_CLIENTS_STAMP)
+# The TypeScript client SDK (sdk/js, @costr/sdk): its build and test tools and the official
+# clients it is tested with, installed from its lock the same way; `npm test` builds it and runs
+# its tests against a real Costr (stopped and restarted) and the fake provider.
+SDK_JS := sdk/js
+SDK_JS_STAMP := $(SDK_JS)/node_modules/.installed
+
+$(SDK_JS_STAMP): $(SDK_JS)/package.json $(SDK_JS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: the sdk/js tests need Node 20+ and npm" >&2; exit 1; }
+	cd $(SDK_JS) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+test: install-dev $(NODE_CLIENTS_STAMP) $(SDK_JS_STAMP)
 	$(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
+	cd $(SDK_JS) && COSTR_PYTHON=$(CURDIR)/$(PY) npm test
 
 # Proxy overhead against the fake provider, then the sink, writer and reporting benchmarks on
 # PostgreSQL (BENCH_DATABASE_URL); about ten minutes; writes docs/benchmarks.md and .json.
