@@ -38,6 +38,7 @@ SECTIONS = [
     # One WebSocket session relayed, against the same session to the fake directly (embedded
     # Costr, as bench.run starts it: the scratch database is not used).
     ("WebSocket relay", "bench.websocket"),
+    ("Python client SDK", "bench.sdk"),  # costr_sdk.OpenAI against openai.OpenAI, and outages
 ]
 
 
