@@ -280,13 +280,25 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"permission_denied": {"()": "costr.log_filters.PermissionDeniedWithoutTraceback"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "permission_denied": {"()": "costr.log_filters.PermissionDeniedWithoutTraceback"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        # Django's own: errors e-mailed to ADMINS when DEBUG is off.
+        "mail_admins": {
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+            "class": "django.utils.log.AdminEmailHandler",
+        },
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         # One line per event: Django gives its "django" logger a console handler of its own (with
-        # DEBUG on), which printed every request warning a second time beside the root's.
-        "django": {"handlers": [], "propagate": True},
+        # DEBUG on), which printed every request warning a second time beside the root's; only
+        # its mail to ADMINS is kept.
+        "django": {"handlers": ["mail_admins"], "propagate": True},
         "django.request": {"filters": ["permission_denied"]},
         "django.db.backends": {"level": "INFO"},
         # httpx logs every request URL at INFO: on the proxy that is a line per request, and a
