@@ -29,9 +29,7 @@ HEALTH_PATH = "/healthz"
 BATCH_SIZE = 500  # the ingest API's limit
 # After a failed delivery (Costr answered, but not with success), the next try waits this long.
 RETRY_SECONDS = 30.0
-# Costr's ingest API refuses unknown fields until it stores ``source``: until then the record
-# is sent without it (the server marks it as ingested).
-SEND_SOURCE = False
+# Shown as the event's source (the ingest API stores it since Costr's migration usage.0007).
 SOURCE = "sdk_fallback"
 
 
@@ -202,13 +200,11 @@ class Runtime:
         settings = self.settings
         if not settings.url or not settings.token:
             return False
-        events = [
-            r if SEND_SOURCE else {k: v for k, v in r.items() if k != "source"} for r in records
-        ]
+
         try:
             response = self._client().post(
                 settings.url + INGEST_PATH,
-                json={"events": events},
+                json={"events": records},
                 headers={"Authorization": f"Bearer {settings.token}"},
             )
         except httpx.TransportError as error:

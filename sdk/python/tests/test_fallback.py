@@ -72,8 +72,11 @@ def _summary(event) -> tuple:
 
 
 def _ingested(event) -> bool:
-    """Events the ingest API stored carry an ``ing_`` request id; the proxy's its own."""
-    return event.request_id.startswith("ing_")
+    """A call the SDK made directly and reported: the ingest API's request id, the SDK's source;
+    the proxy's events are ``proxy``."""
+    ingested = event.request_id.startswith("ing_")
+    assert event.source == ("sdk_fallback" if ingested else "proxy"), event.request_id
+    return ingested
 
 
 def _openai_calls(client) -> None:
