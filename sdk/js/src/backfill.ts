@@ -9,11 +9,6 @@ import type { OrphanFile, Spool } from "./spool.js";
 
 /** What the SDK names itself as the source of its records (DESIGN.md, "Source"). */
 export const SOURCE = "sdk_fallback";
-/**
- * Whether records carry `source`. The ingest API rejects fields it does not know, and at the
- * time of writing it did not know `source`; turn this on once the server takes it.
- */
-export const SEND_SOURCE = false;
 export const MAX_BATCH = 500;
 
 const RETRY_MIN_MS = 1000;
@@ -74,8 +69,8 @@ export class Backfill {
         return;
       }
       const safe = scrubRecord(kept, this.secrets);
-      if (SEND_SOURCE) safe.source = SOURCE;
-      else delete safe.source;
+      // Set after scrubbing and beforeSend: the event's source is the SDK's, whatever a hook did.
+      safe.source = SOURCE;
       this.queue.push(safe);
       this.dirty = true;
       void this.deps.spool.append(safe);

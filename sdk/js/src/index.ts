@@ -10,7 +10,7 @@ import { resolveConfig, type CostrOptions, type Provider } from "./config.js";
 
 export { withCustomer, currentCustomer } from "./context.js";
 export { scrubText, scrubRecord, REDACTED } from "./scrub.js";
-export { SOURCE, SEND_SOURCE, MAX_BATCH } from "./backfill.js";
+export { SOURCE, MAX_BATCH } from "./backfill.js";
 export type { CostrOptions, IngestRecord, BeforeSend, Provider } from "./config.js";
 export type { CustomerContext } from "./context.js";
 export { CostrClient } from "./client.js";

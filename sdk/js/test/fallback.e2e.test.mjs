@@ -19,7 +19,6 @@ import {
   createVercelOpenAI,
   flush,
   getClient,
-  SEND_SOURCE,
   SOURCE,
   withCustomer,
 } from "../dist/index.js";
@@ -305,7 +304,7 @@ describe("the SDK with Costr up, down and back", () => {
       );
       const properties = { ...(call.properties ?? {}), ...(direct && !customer.startsWith("child") ? { via: "backfill" } : {}) };
       assert.deepEqual(event.properties, properties, customer);
-      if ("source" in event) assert.equal(event.source, direct ? (SEND_SOURCE ? SOURCE : "ingest") : "proxy", customer);
+      assert.equal(event.source, direct ? SOURCE : "proxy", customer);
     });
     const rateLimited = byCustomer.get("up-429")[0];
     assert.deepEqual([rateLimited.status, rateLimited.outcome, rateLimited.cost_usd !== null && Number(rateLimited.cost_usd)], [429, "upstream_error", 0]);
