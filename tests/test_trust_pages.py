@@ -144,3 +144,13 @@ def test_the_repository_has_benchmark_figures_for_the_security_page():
 
     assert summary is not None, "run make bench: it writes docs/benchmarks.json"
     assert {"date", "machine", "added_p50_ms", "added_p99_ms"} <= summary.keys()
+
+
+def test_security_page_says_what_happens_when_costr_is_down_with_and_without_the_sdk(client):
+    html = client.get(reverse("security")).content.decode()
+
+    assert "<strong>With Costr's client SDK</strong>" in html
+    assert "is sent straight to the provider with that key" in html
+    assert "Provider errors and Costr's refusals (an invalid token, a budget) are never" in html
+    assert "shown with the source <code>sdk_fallback</code>" in html
+    assert "<strong>Without the SDK</strong>, your calls to Costr fail" in html
