@@ -16,7 +16,7 @@ from apps.keys import services, vault
 from apps.keys.forms import ProviderKeyForm, ProxyTokenForm
 from apps.keys.keyring import get_keyring
 from apps.keys.models import Provider, ProviderKey, ProxyToken
-from apps.keys.proxy_urls import proxy_base_urls
+from apps.keys.proxy_urls import costr_origin, proxy_base_urls
 
 
 class VaultPageMixin(OrganizationViewMixin):
@@ -188,6 +188,7 @@ class TokenCreatedView(VaultPageMixin, TemplateView):
                 token=token,
                 plaintext=plaintext,
                 base_urls=proxy_base_urls(request, self.organization),
+                costr_url=costr_origin(request),
             )
         )
 

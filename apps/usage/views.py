@@ -10,7 +10,7 @@ from django.views.generic import TemplateView
 
 from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import client_ip
-from apps.keys.proxy_urls import proxy_base_urls
+from apps.keys.proxy_urls import costr_origin, proxy_base_urls
 from apps.usage import overrides
 from apps.usage.forms import PriceOverrideForm, RepriceForm, parse_utc_moment
 from apps.usage.metering import contract
@@ -29,6 +29,7 @@ class IntegrateView(OrganizationViewMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["base_urls"] = proxy_base_urls(self.request, self.organization)
+        context["costr_url"] = costr_origin(self.request)
         context["can_manage"] = self.membership.has_role("admin")
         context["limits"] = {
             "customer_length": contract.MAX_CUSTOMER_LENGTH,

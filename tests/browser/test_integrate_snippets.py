@@ -33,6 +33,8 @@ SNIPPETS = {
     "snippet-anthropic-ts": ("anthropic", "node"),
     "snippet-google-ts": ("google", "node"),
     "snippet-curl": ("openai", "shell"),
+    # Costr's Python SDK (an editable dev dependency of this project), configured as printed.
+    "sdk-python": ("openai", "python"),
 }
 
 
@@ -69,7 +71,10 @@ def test_every_snippet_on_the_integrate_page_runs_and_is_metered_for_its_custome
     assert created.plaintext not in text and created.plaintext[:14] not in text
     for element, (provider, kind) in SNIPPETS.items():
         snippet = html.unescape(re.search(rf'<pre id="{element}">(.*?)</pre>', text, re.S)[1])
-        assert f"{costr_server.url}/p/{organization.slug}/{provider}" in snippet, element
+        assert (
+            f"{costr_server.url}/p/{organization.slug}/{provider}" in snippet
+            or f'url="{costr_server.url}",\n    org="{organization.slug}"' in snippet
+        ), element
         run = _run(kind, snippet.replace("YOUR_COSTR_TOKEN", created.plaintext))
         assert run.returncode == 0, (element, run.stdout[-2000:], run.stderr[-2000:])
 
