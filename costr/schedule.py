@@ -23,5 +23,7 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "task": "usage.reprices_resume",
         "schedule": crontab(minute=f"*/{REPRICE_SWEEP_MINUTES}"),
     },
+    # Provider batches created through the proxy, looked at when due (their own back-off).
+    "usage-batches-poll-due": {"task": "usage.batches_poll_due", "schedule": crontab(minute="*")},
     "billing-stripe-sync": {"task": "billing.stripe_sync_all", "schedule": crontab(minute="17")},
 }

@@ -18,7 +18,7 @@ from apps.billing.services import RESOURCES
 from apps.keys import keycache, vault
 from apps.keys.keyring import get_keyring
 from apps.proxy.limits import ALLOWED_METHODS, MAX_HEAD_BYTES
-from apps.usage import lifecycle
+from apps.usage import batch_polling, batches, lifecycle
 from apps.usage.metering import contract
 from costr import throttle
 from costr.schedule import PURGE_HOUR_UTC, PURGE_MINUTE_UTC, REPRICE_SWEEP_MINUTES
@@ -52,6 +52,11 @@ def security(request):
             "deletion_hours": lifecycle.DELETION_DEADLINE_HOURS,
             "throttles": throttles_in_force(),
             "limits": proxy_limits_in_force(),
+            "batches": {
+                "first_minutes": round(batches.FIRST_CHECK_AFTER.total_seconds() / 60),
+                "max_minutes": round(batch_polling.BACKOFF_MAX.total_seconds() / 60),
+                "limit_days": batch_polling.TRACKING_LIMIT.days,
+            },
         },
     )
 

@@ -25,6 +25,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from apps.keys import keycache
 from apps.proxy.admission import authorize, count_refusal
+from apps.proxy.batches import BatchCall, batch_call
 from apps.proxy.limits import (
     HOP_BY_HOP,
     MAX_HEAD_BYTES,
@@ -149,6 +150,7 @@ class ProxiedRequest:
         self.forwarded = False  # the upstream request has left: an event is owed
         self.recorded = False
         self.response_started = False
+        self.batch: BatchCall | None = None  # a call on a batch API (apps/proxy/batches.py)
 
     def final_outcome(self) -> str:
         """The outcome recorded, by precedence: ``costr_error`` (Costr failed, whatever the
@@ -173,7 +175,7 @@ class ProxiedRequest:
     def record(self, usage: Usage | None) -> UsageRecord:
         resolved = self.resolved
         finished = time.perf_counter()
-        return {
+        record: UsageRecord = {
             "request_id": self.request_id,
             "organization_id": resolved.organization_id,
             "token_id": resolved.token_id,
@@ -204,6 +206,9 @@ class ProxiedRequest:
             else None,
             "overhead_ms": _ms(self.overhead),
         }
+        if self.batch is not None and (created := self.batch.hand_over()) is not None:
+            record["batch"] = created
+        return record
 
 
 @sensitive_variables("scope")
@@ -288,6 +293,11 @@ async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
     request.info = clean_request_info(
         adapter.inspect_request(scope["method"], request.rest, body.head)
     )
+    if request.info.endpoint == "other":
+        request.batch = _batch_call(request, headers)
+        if request.batch is not None and request.batch.rewrite_base is not None:
+            # The results_url rewrite reads these small JSON answers: asked for uncompressed.
+            forward_headers = with_headers_set(forward_headers, {b"accept-encoding": b"identity"})
     if body.head is not None:
         inject = request.resolved.inject_openai_stream_usage
         new_body, injected = adapter.prepare_request_body(request.info, body.head, inject)
@@ -339,6 +349,19 @@ async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
         )
     finally:
         response.close()
+
+
+def _batch_call(request: ProxiedRequest, headers) -> BatchCall | None:
+    key = request.resolved.provider_keys.get(request.provider)
+    return batch_call(
+        request.provider,
+        request.scope["method"],
+        request.rest,
+        headers,
+        request.scope,
+        request.org_slug,
+        key.secret_id if key is not None else None,
+    )
 
 
 def _request_headers(request: ProxiedRequest, headers) -> list[tuple[bytes, bytes]]:
@@ -488,6 +511,9 @@ async def _relay(
         if injected
         else None
     )
+    if request.batch is not None:
+        reader = request.batch.usage_reader(status, content_encoding) or reader
+        stream_filter = request.batch.client_filter(status, content_encoding)
     # With a filter, the reader is fed through it when it can be: one split per chunk.
     feed_reader = not (stream_filter is not None and stream_filter.share(reader))
     out_headers = response_headers_to_relay(response.headers)

@@ -351,3 +351,62 @@ class PropertyDailyRollup(TenantModel, UsageSums):
 
     def __str__(self):
         return f"{self.day} {self.name}={self.value}"
+
+
+class TrackedBatch(TenantModel):
+    """A provider batch (OpenAI ``/v1/batches``, Anthropic ``/v1/messages/batches``) created
+    through the proxy, which Costr follows until it ends and then meters item by item
+    (``apps.usage.batch_polling``). Recorded by the usage writer from the creating request's
+    record (``contract.BatchCreated``), in the transaction that stores that request's event.
+
+    The customer, properties and token are the creating request's: every item is attributed to
+    them. ``key_secret_id`` names the provider key the batch was created with (its vault id, not
+    the key), so the batch is polled with the same provider account. The state lives here, so a
+    restarted worker goes on where the last one stopped: ``next_check_at`` is when the batch is
+    due (and, while a poll runs, a lease that keeps a second worker off it), ``attempts`` counts
+    the polls that found it unfinished or could not reach the provider (the back-off grows with
+    it), ``items_metered`` how many items the last complete read of its results found.
+    """
+
+    class Status(models.TextChoices):
+        TRACKING = "tracking"  # not ended, or ended and its results not yet read whole
+        METERED = "metered"  # every item of its results is stored as an event
+        ABANDONED = "abandoned"  # given up after the tracking limit (last_error says why)
+
+    provider = models.CharField(max_length=16)
+    batch_id = models.CharField(max_length=128)
+    key_secret_id = models.UUIDField(null=True, blank=True)
+    customer = models.CharField(max_length=255, blank=True, default="")
+    properties = models.JSONField(default=dict, blank=True)
+    token = models.ForeignKey(
+        "keys.ProxyToken",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
+    )
+    created_at = models.DateTimeField()  # when the creating request reached Costr
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.TRACKING)
+    next_check_at = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=0)
+    items_metered = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=255, blank=True, default="")
+    ended_at = models.DateTimeField(null=True, blank=True)  # metered or abandoned
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "provider", "batch_id"], name="usage_tracked_batch_unique"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_check_at"],
+                condition=models.Q(status="tracking"),
+                name="usage_tracked_batch_due",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.provider} batch {self.batch_id} ({self.status})"

@@ -5,7 +5,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import Organization
-from apps.usage import lifecycle, repricing
+from apps.usage import batch_polling, lifecycle, repricing
 from apps.usage.models import PendingReprice
 from costr.db import TASK_RETRY_ON_CONNECTION_ERRORS
 from costr.schedule import REPRICE_SWEEP_MINUTES
@@ -141,3 +141,31 @@ def organization_deletions_resume() -> int:
     for organization_id in organization_ids:
         organization_data_delete.delay(organization_id)
     return len(organization_ids)
+
+
+@shared_task(
+    name="usage.batch_poll",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=batch_polling.POLL_TIME_LIMIT_SECONDS,
+    soft_time_limit=batch_polling.POLL_TIME_LIMIT_SECONDS - 60,
+)
+def batch_poll(tracked_batch_id: int) -> str:
+    """One look at a tracked provider batch: not ended yet, looked at again later; ended, its
+    items metered once each. Safe to run twice: a poll takes its batch by a lease, and items
+    are stored under request ids derived from the batch and their custom_id."""
+    return batch_polling.tracked_batch_poll(tracked_batch_id=tracked_batch_id)
+
+
+@shared_task(
+    name="usage.batches_poll_due",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=120,
+    soft_time_limit=100,
+)
+def batches_poll_due() -> int:
+    """Every minute: queue a look at every tracked batch that is due (a new one a minute after
+    its creation, then on its back-off, and one whose poll died once its lease ran out)."""
+    due = batch_polling.tracked_batches_due()
+    for tracked_batch_id in due:
+        batch_poll.delay(tracked_batch_id)
+    return len(due)

@@ -816,6 +816,9 @@ class FakeProviderApp:
         self.keys = {"openai": openai_key, "anthropic": anthropic_key, "google": google_key}
         self.record = record
         self.recorder = _Recorder()
+        from tests.fakes.batches import FakeBatches  # files and batches (they build on this module)
+
+        self.batches = FakeBatches(self)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
@@ -846,6 +849,10 @@ class FakeProviderApp:
                 received_at=time.monotonic(),
             )
             self.recorder.add(recorded)
+        echo = headers.get(b"x-fake-echo", b"0") not in (b"0", b"")
+        if not echo and self.batches.route(scope["path"]) is not None:
+            await self.batches.serve(scope, headers, body, send, recorded)
+            return
         status, response_headers, content = self._respond(scope, headers, body)
         await _send(send, status, response_headers, content, headers, recorded)
 

@@ -2,9 +2,11 @@
 
 Usage rules (PROVIDERS.md): ``input_tokens`` EXCLUDES the cache, so the total input is
 ``input_tokens + cache_creation_input_tokens + cache_read_input_tokens``; the 5m/1h split of
-cache writes is in ``cache_creation``. A stream starts with ``message_start`` (the full starting
-usage) and each ``message_delta`` repeats the usage so far, cumulatively: the last value of each
-field wins, never a sum, and fields a delta omits keep their ``message_start`` value.
+cache writes is in ``cache_creation`` (``usage_from_anthropic_usage``, shared with the batch
+poller in ``apps.usage.metering.provider_usage``). A stream starts with ``message_start`` (the
+full starting usage) and each ``message_delta`` repeats the usage so far, cumulatively: the
+last value of each field wins, never a sum, and fields a delta omits keep their
+``message_start`` value.
 """
 
 import json
@@ -22,15 +24,14 @@ from apps.proxy.providers.base import (
     Usage,
     UsageReader,
     bearer_token,
-    count,
     header_value,
     loads_or_none,
     model_and_stream_from_body,
-    normalise_service_tier,
     text_or_none,
     with_headers_set,
 )
 from apps.proxy.sse import Event
+from apps.usage.metering.provider_usage import usage_from_anthropic_body, usage_from_anthropic_usage
 from costr.net.decoding import ContentDecoder
 
 _ENDPOINTS = {
@@ -53,39 +54,6 @@ _ERROR_TYPES = {
 _EVENTS_WITHOUT_USAGE = frozenset(
     {"ping", "content_block_start", "content_block_delta", "content_block_stop"}
 )
-
-
-def usage_from_anthropic_usage(raw: Any, *, model: Any = None) -> Usage | None:
-    """Normalise an Anthropic ``usage`` object (a body's, or a stream's merged one)."""
-    model = text_or_none(model)
-    if not isinstance(raw, dict):
-        return Usage(model=model) if model else None
-    uncached = count(raw, "input_tokens")
-    cache_writes = count(raw, "cache_creation_input_tokens")
-    cache_reads = count(raw, "cache_read_input_tokens")
-    input_tokens = cached = writes = writes_1h = None
-    if uncached is not None or cache_writes is not None or cache_reads is not None:
-        cached, writes = cache_reads or 0, cache_writes or 0
-        input_tokens = (uncached or 0) + writes + cached
-        writes_1h = count(raw.get("cache_creation"), "ephemeral_1h_input_tokens") or 0
-    return Usage(
-        input_tokens=input_tokens,
-        cached_input_tokens=cached,
-        cache_write_tokens=writes,
-        cache_write_1h_tokens=writes_1h,
-        output_tokens=count(raw, "output_tokens"),
-        reasoning_tokens=count(raw.get("output_tokens_details"), "thinking_tokens"),
-        model=model,
-        service_tier=normalise_service_tier(raw.get("service_tier")),
-        raw=raw,
-    )
-
-
-def usage_from_anthropic_body(document: Any) -> Usage | None:
-    """Usage of a whole Message body."""
-    if not isinstance(document, dict):
-        return None
-    return usage_from_anthropic_usage(document.get("usage"), model=document.get("model"))
 
 
 class AnthropicStreamUsageReader(SSEUsageReader):

@@ -1,7 +1,8 @@
-"""The adapter interface every provider implements, and what the adapters share: the normalised
-usage record, request metadata, header and query helpers, the usage readers that watch response
-bodies (decoding them with ``costr.net.decoding``, reading large JSON bodies' usage with
-``recovery``) and the client stream filter's protocol.
+"""The adapter interface every provider implements, and what the adapters share: request
+metadata, header and query helpers, the usage readers that watch response bodies (decoding them
+with ``costr.net.decoding``, reading large JSON bodies' usage with ``recovery``) and the client
+stream filter's protocol. The normalised usage itself (``Usage``) is
+``apps.usage.metering.provider_usage``'s.
 
 Everything here runs on the proxy's hot path, so it works on the bytes already passing, in
 O(chunk) time and bounded memory, and it never raises into the proxy: a body Costr cannot read
@@ -24,6 +25,15 @@ from apps.proxy.providers.recovery import (
 )
 from apps.proxy.sse import TAIL_BYTES, Event, SSESplitter
 from apps.usage.metering import contract
+
+# The normalised usage and its helpers are defined once for the proxy and the batch poller
+# (``provider_usage``); the adapters that predate that move still import them from here.
+from apps.usage.metering.provider_usage import (  # noqa: F401
+    Usage,
+    count,
+    normalise_service_tier,
+    text_or_none,
+)
 from costr.net.decoding import ContentDecoder, content_decoder
 
 logger = logging.getLogger(__name__)
@@ -39,35 +49,6 @@ JSON_BODY_CAP = 256 * 1024
 # From this size a kept body is first read from its end (``usage_document_from_tail``): parsing
 # a whole embeddings body costs ~15 ms of CPU per MB, its tail a small fraction of that.
 JSON_TAIL_FIRST_BYTES = 16 * 1024
-
-
-@dataclass(slots=True)
-class Usage:
-    """Token usage normalised across providers, as the usage event records it.
-
-    ``input_tokens`` is the TOTAL input, cache reads and writes included; ``output_tokens``
-    includes reasoning. A token field is None when the provider reported nothing for it: every
-    field when there was no usage object at all, and the fields a provider or endpoint has no
-    notion of (OpenAI and Gemini have no 1-hour cache writes, Gemini reports no cache writes,
-    embeddings have no output). When a usage object was reported, a detail count it omits
-    (cached, cache writes, reasoning) is 0, because providers omit zero details; the exception is
-    Anthropic reasoning, which older responses never break out of ``output_tokens``.
-
-    ``model`` is the model the response reports; ``service_tier`` is ``flex`` or ``priority``
-    when the response reports one of those, else None (standard pricing); ``raw`` is the usage
-    object as the provider sent it (for an Anthropic stream, ``message_start``'s usage updated
-    by the last ``message_delta``), kept so that events can be re-priced later.
-    """
-
-    input_tokens: int | None = None
-    cached_input_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    cache_write_1h_tokens: int | None = None
-    output_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    model: str | None = None
-    service_tier: str | None = None
-    raw: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -89,25 +70,6 @@ def loads_or_none(data: bytes | bytearray | str) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
-
-
-def count(mapping: Any, key: str) -> int | None:
-    """A token count from a usage mapping, or None when absent, null or not an integer."""
-    if not isinstance(mapping, dict):
-        return None
-    value = mapping.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
-def text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def normalise_service_tier(value: Any) -> str | None:
-    """The tiers that change the price (``flex``, ``priority``); anything else is standard."""
-    return value if value in ("flex", "priority") else None
 
 
 def model_and_stream_from_body(body_head: bytes | None) -> tuple[str | None, bool]:

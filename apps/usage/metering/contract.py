@@ -58,6 +58,21 @@ USAGE_DETAIL_KEYS = (
 # the catalogue's batch rate.
 BATCH_TIER = "batch"
 
+# The longest provider batch id Costr tracks (OpenAI ``batch_…`` and Anthropic ``msgbatch_…``
+# ids are a few dozen characters); a longer one is not a batch id and is not followed.
+MAX_BATCH_ID_LENGTH = 128
+
+
+class BatchCreated(TypedDict):
+    """What the proxy hands over, in the record of the request that created a batch, for Costr
+    to follow the batch and meter its items (``apps.usage.batch_polling``): the provider's batch
+    id and the vault id (``ProviderKey.secret_id``, not the key) of the provider key the batch
+    was created with, so it is polled with the same provider account."""
+
+    id: str
+    key_secret_id: str | None
+
+
 # How a forwarded request ended (DESIGN.md, "Usage event"). ``client_disconnected`` with a
 # successful status is no error: the provider served the request and bills it.
 OUTCOMES = ("ok", "upstream_error", "client_disconnected", "upstream_disconnected", "costr_error")
@@ -100,6 +115,8 @@ class UsageRecord(TypedDict, total=False):
     ttfb_ms: int | None
     overhead_ms: float | None  # None for what the ingest API reports
     source: str  # SOURCE_PROXY when absent
+    # Only in the record of a successful batch creation (POST /v1/batches, /v1/messages/batches).
+    batch: BatchCreated
 
 
 # Where a usage event came from: the proxy, or the ingest API (its records name their own

@@ -33,6 +33,7 @@ from django.db import connection, transaction
 
 from apps.accounts.models import Organization
 from apps.keys.models import ProxyToken
+from apps.usage.batches import tracked_batches_record
 from apps.usage.metering.contract import (
     ERROR_OUTCOMES,
     MAX_PROPERTIES,
@@ -208,10 +209,15 @@ def usage_events_write(records: list[UsageRecord]) -> int:
     # the same order, so one waits for the other instead of deadlocking.
     records.sort(key=itemgetter("request_id"))
     # Priced before the transaction: locks are held for the writing only.
-    prepared = _prepare(records, _existing_tokens(records), overrides_for(organizations))
+    tokens = _existing_tokens(records)
+    prepared = _prepare(records, tokens, overrides_for(organizations))
+    # Batch creations start being tracked with their event (apps.usage.batches); rare.
+    batches_created = [r for r in records if "batch" in r]
     with transaction.atomic():
         _lock_rollups_shared(organizations)
         _name_customers(prepared)
+        if batches_created:
+            tracked_batches_record(batches_created, tokens=tokens)
         if connection.vendor == "postgresql":
             return _write_postgresql(prepared)
         inserted = set(_insert_events_values(prepared.rows))
