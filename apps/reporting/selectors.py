@@ -187,11 +187,24 @@ def usage_by_model_name(
     """Totals per catalogue model id and, beneath it, per exact model name as events recorded
     it (the one reported, else the one requested), in [start, end): the models page's rows and
     their drill-down, in one read."""
+    return usage_by_model_name_with_providers(organization=organization, start=start, end=end)[0]
+
+
+def usage_by_model_name_with_providers(
+    *, organization: Organization, start: datetime, end: datetime
+) -> tuple[dict[str, dict[str, Totals]], dict[str, list[str]]]:
+    """``usage_by_model_name`` and, from the same read, the providers each model id was called
+    through (sorted)."""
     rows = _usage_by_rows(organization, period_cut(start, end), "model")
     found: dict[str, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
+    providers: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         found[row["model"]][row["model_name"]].add(row)
-    return {group: dict(names) for group, names in found.items()}
+        providers[row["model"]].add(row["provider"])
+    return (
+        {group: dict(names) for group, names in found.items()},
+        {group: sorted(names) for group, names in providers.items()},
+    )
 
 
 def usage_by_compared(
@@ -362,6 +375,7 @@ def events_filtered(
     outcome: str | None = None,
     price_source: str | None = None,
     properties: dict[str, str] | None = None,
+    customer_exact: bool = False,
 ) -> QuerySet[UsageEvent]:
     """The organization's events matching every filter given, newest first (ties by id, so a
     keyset cursor on (timestamp, id) walks them without gaps or repeats).
@@ -373,14 +387,20 @@ def events_filtered(
     SQLite), and ``model`` also every name whose catalogue model id it is, so a report's model
     row finds all its requests (``claude-sonnet-4-0`` finds ``claude-sonnet-4-20250514``);
     ``properties`` maps a property name to the exact value it must have (each name read
-    as one JSON key, whatever characters it holds).
+    as one JSON key, whatever characters it holds). ``customer_exact`` matches ``customer``
+    itself only, and an empty ``customer`` then the requests sent without one (a customer page's
+    events).
     """
     events = _events(organization).select_related("customer")
     if start is not None:
         events = events.filter(timestamp__gte=start)
     if end is not None:
         events = events.filter(timestamp__lt=end)
-    if customer:
+    if customer_exact and customer:
+        events = events.filter(customer__external_id=customer)
+    elif customer_exact:
+        events = events.filter(customer__isnull=True)
+    elif customer:
         events = events.alias(customer_prefix=Left("customer__external_id", len(customer)))
         events = events.filter(customer_prefix=customer)
     if provider:
@@ -543,12 +563,15 @@ def usage_by_property_compared(
 
 
 def _usage_by_property_from_events(
-    organization: Organization, period: tuple[datetime, datetime], name: str
+    organization: Organization,
+    period: tuple[datetime, datetime],
+    name: str,
+    events: QuerySet[UsageEvent] | None = None,
 ) -> dict[str, Totals]:
     """Every event of the period, grouped by the property's value: for a name no rollup keeps."""
     found: dict[str, Totals] = defaultdict(Totals)
     rows = (
-        _events(organization)
+        (_events(organization) if events is None else events)
         .filter(timestamp__gte=period[0], timestamp__lt=period[1])
         # The name as one JSON key, whatever it contains (a "__" is not a nested lookup here).
         .annotate(property_value=KeyTextTransform(name, "properties"))
@@ -582,3 +605,42 @@ def latency_percentiles_compared(
         {p: percentile_from_histogram(counts[True], p) for p in percentiles},
         {p: percentile_from_histogram(counts[False], p) for p in percentiles},
     )
+
+
+def _customer_events(organization: Organization, customer: str) -> QuerySet[UsageEvent]:
+    if customer:
+        return _events(organization).filter(customer__external_id=customer)
+    return _events(organization).filter(customer__isnull=True)
+
+
+def customer_property_names(
+    *, organization: Organization, customer: str, start: datetime, end: datetime, sample: int = 5000
+) -> list[str]:
+    """The property names the customer's latest ``sample`` requests of the period carried (as
+    ``property_names_recent``, through the (organization, customer, timestamp) index)."""
+    names: set[str] = set()
+    rows = (
+        _customer_events(organization, customer)
+        .filter(timestamp__gte=start, timestamp__lt=end)
+        .order_by("-timestamp")
+        .values_list("properties", flat=True)[:sample]
+    )
+    for properties in rows:
+        names.update(properties or {})
+    return sorted(names)
+
+
+def customer_usage_by_property(
+    *, organization: Organization, customer: str, start: datetime, end: datetime, name: str
+) -> dict[str, Totals]:
+    """One customer's totals in [start, end) per value of the property ``name`` ("" for requests
+    without it), read from its events: the property rollups keep no customer, so events purged
+    by retention are not in it."""
+    return _usage_by_property_from_events(
+        organization, (start, end), name, events=_customer_events(organization, customer)
+    )
+
+
+def event_of(*, organization: Organization, event_id: int) -> UsageEvent | None:
+    """One of the organization's events by id (None for another organization's: a 404)."""
+    return _events(organization).select_related("customer", "token").filter(pk=event_id).first()

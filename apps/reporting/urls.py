@@ -36,8 +36,16 @@ org_urlpatterns = [
         views.CustomerDetailView.as_view(),
         name="customer_detail",
     ),
+    # The requests sent without X-Costr-Customer: no external id can be empty, so no clash.
+    path(
+        "customers-without-id/",
+        views.CustomerDetailView.as_view(),
+        {"external_id": ""},
+        name="no_customer",
+    ),
     path("models/", views.ModelsView.as_view(), name="models"),
     path("properties/", views.PropertiesView.as_view(), name="properties"),
     path("events/", views.EventsView.as_view(), name="events"),
+    path("events/<int:event_id>/", views.EventDetailView.as_view(), name="event_detail"),
     path("events/export.csv", views.EventsExportView.as_view(), name="events_export"),
 ]

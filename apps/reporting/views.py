@@ -58,6 +58,8 @@ class Row:
     share: float | None = None
     # A model row's drill-down: the exact model names it groups, when they are not just its own.
     names: list["Row"] = field(default_factory=list)
+    # A model row's providers (the models page).
+    providers: list[str] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -171,9 +173,19 @@ class ReportPageMixin(OrganizationViewMixin):
                 for key in self.kept_parameters
                 for value in self.request.GET.getlist(key)
             ],
-            period_query=_query(self.request.GET, only=("period", "start", "end")),
+            **period_links(self.request.GET),
         )
         return context
+
+
+PERIOD_PARAMETERS = ("period", "start", "end")
+
+
+def period_links(params) -> dict:
+    """The chosen period as a query string for links (``period_query``, ``period_suffix`` with
+    its "?"), so every nav link and drill-down keeps it (``reporting_format.period_url``)."""
+    query = _query(params, only=PERIOD_PARAMETERS)
+    return {"period_query": query, "period_suffix": f"?{query}" if query else ""}
 
 
 def _query(params, *, only=None, without=()) -> str:
@@ -337,6 +349,9 @@ def _sorted_rows(rows: list[CustomerRow], sort: str) -> list[CustomerRow]:
             "tokens": row.tokens,
             "last_seen": row.last_seen,
             "margin": row.margin.margin_usd if row.margin else None,
+            "revenue": row.margin.revenue_usd if row.margin else None,
+            "margin_pct": row.margin.margin_pct if row.margin else None,
+            "cost_pct": row.margin.cost_pct if row.margin else None,
             "customer": row.external_id.casefold(),
         }[name]
 
@@ -411,15 +426,31 @@ class CustomersView(ReportPageMixin, TemplateView):
         return context
 
 
+@dataclass(frozen=True)
+class NoCustomer:
+    """The requests sent without X-Costr-Customer, shown as a customer page of their own."""
+
+    external_id: str = ""
+    name: str = ""
+    pk: None = None
+    stripe_customer_id: str = ""
+    label: str = NO_CUSTOMER
+
+
 class CustomerDetailView(ReportPageMixin, TemplateView):
-    """One customer: spend by day and by model, and revenue and margin by month."""
+    """One customer (or the requests without one): spend by day, by model and by the value of
+    a property, its events, and revenue and margin by month."""
 
     template_name = "reporting/customer.html"
+    kept_parameters = ("property",)
 
     def get(self, request, *args, **kwargs):
-        self.customer = billing.costr_customer_by_external_id(
-            organization=self.organization, external_id=kwargs["external_id"]
-        )
+        if kwargs["external_id"] == "":
+            self.customer = NoCustomer()
+        else:
+            self.customer = billing.costr_customer_by_external_id(
+                organization=self.organization, external_id=kwargs["external_id"]
+            )
         if self.customer is None:
             raise Http404("No such customer")
         return super().get(request, *args, **kwargs)
@@ -436,7 +467,22 @@ class CustomerDetailView(ReportPageMixin, TemplateView):
         totals = Totals()
         for values in by_model.values():
             totals.add(values)
-        connected = billing.stripe_connection_for(organization=org) is not None
+        names = selectors.customer_property_names(**scope)
+        options = SplitForm(self.request.GET)
+        options.is_valid()
+        chosen = options.cleaned_data.get("property") or ""
+        if not chosen:
+            chosen = "feature" if "feature" in names else (names[0] if names else "")
+        elif chosen not in names:
+            names = sorted([*names, chosen])
+        property_rows = []
+        if chosen:
+            by_value = selectors.customer_usage_by_property(**scope, name=chosen)
+            property_rows = _rows(by_value, {}, NO_VALUE)
+        # The requests without a customer have no Stripe customer, so no revenue.
+        connected = (
+            customer.pk is not None and billing.stripe_connection_for(organization=org) is not None
+        )
         months, revenue, margin = [], [], None
         if connected:
             revenue = billing.revenue_for_customer(
@@ -467,6 +513,9 @@ class CustomerDetailView(ReportPageMixin, TemplateView):
             customer=customer,
             totals=totals,
             model_rows=_rows(by_model, {}, NO_MODEL),
+            property_names=names,
+            property_name=chosen,
+            property_rows=property_rows,
             chart=_spend_chart({(day, ""): t for day, t in by_day.items()}, days, "Spend"),
             daily=_daily_rows({(day, ""): t for day, t in by_day.items()}, days),
             stripe_connected=connected,
@@ -486,7 +535,7 @@ class ModelsView(ReportPageMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         org, period = self.organization, self.period
-        by_name = selectors.usage_by_model_name(
+        by_name, providers = selectors.usage_by_model_name_with_providers(
             organization=org, start=period.start, end=period.end
         )
         current = {group: sum_totals(names.values()) for group, names in by_name.items()}
@@ -501,6 +550,7 @@ class ModelsView(ReportPageMixin, TemplateView):
         )
         rows = _rows(current, previous, NO_MODEL)
         for row in rows:
+            row.providers = providers.get(row.key, [])
             names = by_name[row.key]
             if list(names) != [row.key]:
                 row.names = _rows(names, {}, NO_MODEL)
@@ -604,7 +654,27 @@ class EventsView(OrganizationViewMixin, TemplateView):
             older=paging.EVENTS.position_text(rows[-1]) if rows else "",
             filter_query=query.urlencode(),
             filtered=bool(form.described()),
+            **period_links(request.GET),
             can_export=self.membership.has_role(EventsExportView.required_role),
+        )
+        return self.render_to_response(context)
+
+
+class EventDetailView(OrganizationViewMixin, TemplateView):
+    """One event, every field the events API returns for it (``UsageEventSerializer``); another
+    organization's id answers 404."""
+
+    template_name = "reporting/event.html"
+
+    def get(self, request, *args, **kwargs):
+        event = selectors.event_of(organization=self.organization, event_id=kwargs["event_id"])
+        if event is None:
+            raise Http404("No such event")
+        context = self.get_context_data(**kwargs)
+        context.update(
+            event=event,
+            zone_name=self.organization.time_zone,
+            **period_links(request.GET),
         )
         return self.render_to_response(context)
 

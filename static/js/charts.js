@@ -5,6 +5,30 @@
 // tables, so nothing is lost without JavaScript. No eval, no inline script.
 (() => {
   "use strict";
+
+  // Dollars by the tables' rule (apps/reporting/templatetags/reporting_format.py, usd): from $1
+  // up cents with thousands separators; below $1 three significant digits and at least two
+  // decimals; below $0.000001 "<$0.000001". Exposed as window.costrFormat for the browser test
+  // that holds it to the Python filter.
+  const cents = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  function dollars(value) {
+    const size = Math.abs(value);
+    const sign = value < 0 ? "-" : "";
+    if (size === 0) return "$0.00";
+    if (size < 0.000001) return `${sign}<$0.000001`;
+    if (size < 1) {
+      const rounded = Number(size.toPrecision(3));
+      if (rounded < 1) {
+        const places = Math.max(2, 2 - Math.floor(Math.log10(size)));
+        let text = rounded.toFixed(places).replace(/0+$/, "");
+        if (text.split(".")[1].length < 2) text = rounded.toFixed(2);
+        return `${sign}$${text}`;
+      }
+    }
+    return cents.format(value);
+  }
+  window.costrFormat = Object.freeze({ dollars });
+
   if (typeof window.Chart === "undefined") return;
 
   const LIGHT = ["#2f5bea", "#e07b00", "#1f9d6b", "#c2352b", "#7c4dcc", "#0f8fa8", "#b0487f", "#6b7a1f", "#8a8f98"];
@@ -17,15 +41,6 @@
   const dayFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", timeZone: "UTC" });
   const longDayFormat = new Intl.DateTimeFormat(undefined, { weekday: "short", month: "short", day: "numeric", year: "numeric", timeZone: "UTC" });
   const asDay = (label, format) => (isDay(label) ? format.format(new Date(label + "T00:00:00Z")) : label);
-
-  // Dollars as the tables write them: cents from $1 up, more places for small amounts.
-  function dollars(value) {
-    const size = Math.abs(value);
-    const places = size === 0 || size >= 1 ? 2 : size >= 0.01 ? 4 : 6;
-    return new Intl.NumberFormat(undefined, {
-      style: "currency", currency: "USD", minimumFractionDigits: 2, maximumFractionDigits: places,
-    }).format(value);
-  }
 
   function draw(canvas) {
     const source = document.getElementById(canvas.dataset.chart);

@@ -113,9 +113,10 @@ def test_the_models_page_shows_one_row_per_model_and_its_names_beneath(client, m
 
     table = text_of(html, "models-table")
     # The model: 4 requests, 2 of them failed (50 %); beneath it, each name as recorded.
-    assert "gpt-4o-mini 4 2,000 0 200 0 $0.00042" in table
+    # Columns: provider, requests, input, cache reads, cache writes, output, spend.
+    assert "gpt-4o-mini openai 4 2,000 0 0 200 $0.00042" in table
     assert "50.0%" in table
-    assert "↳ gpt-4o-mini-2024-07-18 2 2,000 0 200 0 $0.00042" in table
+    assert "↳ gpt-4o-mini-2024-07-18 2 2,000 0 0 200 $0.00042" in table
     assert "↳ gpt-4o-mini 2 0 0 0 0 $0.00" in table
     assert "↳ claude-haiku-4-5-20251001" in table
     # A name that is its own model has no line beneath.

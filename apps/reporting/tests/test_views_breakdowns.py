@@ -33,13 +33,15 @@ def test_models_table_and_chart(client, october, member):
     html = client.get(url("models", october), OCTOBER).content.decode()
 
     table = _table(html, "models")
-    # test-large: 1 request, $1.00 (99.5% of $1.0048), 40 ms, new since September.
-    assert "test-large 1 1,000,000 0 0 0 $1.00 99.5% 0.0% 40 ms new" in table
+    # Columns: model, provider, requests, input, cache reads, cache writes, output, spend with its
+    # change, share, error rate, average latency.
+    # test-large: 1 request, $1.00 (99.5% of $1.0048), new since September, 40 ms.
+    assert "test-large openai 1 1,000,000 0 0 0 $1.00 new 99.5% 0.0% 40 ms" in table
     # test-small: acme's 3 requests and globex's error; $0.0048; 1 error of 4; (10+20+30+60)/4 ms;
     # September had one request ($0.0012): +300%.
-    assert "test-small 4 4,000 0 400 0 $0.0048 0.5% 25.0% 30 ms ▲ 300%" in table
+    assert "test-small openai 4 4,000 0 0 400 $0.0048 ▲ 300% 0.5% 25.0% 30 ms" in table
     # Its only request has no price: its cost is unknown, not $0.
-    assert "mystery-model 1 1,000 0 100 0 unknown 1 unpriced" in table
+    assert "mystery-model openai 1 1,000 0 0 100 unknown 1 unpriced" in table
     chart = chart_data(html, "models-chart")
     assert [s["label"] for s in chart["datasets"]] == ["test-large", "test-small", "mystery-model"]
 
