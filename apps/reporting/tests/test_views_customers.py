@@ -109,6 +109,31 @@ def test_pages_hold_fifty_customers(client, org, member):
     assert "sort=customer" in first[first.index('class="pager"') :]
 
 
+@pytest.mark.parametrize(
+    ("sort", "order"),
+    [
+        # Net USD revenue: acme $9.41, globex $0.50; dave's yen is no USD revenue: last.
+        ("-revenue", ["acme", "globex", "dave"]),
+        ("revenue", ["globex", "acme", "dave"]),
+        # Margin %: globex -100.24, acme 99.96.
+        ("margin_pct", ["globex", "acme", "dave"]),
+        ("-margin_pct", ["acme", "globex", "dave"]),
+        # Cost / revenue: globex 200.24%, acme 0.04%.
+        ("-cost_pct", ["globex", "acme", "dave"]),
+        ("cost_pct", ["acme", "globex", "dave"]),
+    ],
+)
+def test_the_table_sorts_by_revenue_and_margin_columns(client, with_stripe, member, sort, order):
+    client.force_login(member)
+    html = client.get(url("customers", with_stripe), {**OCTOBER, "sort": sort}).content.decode()
+    assert _names(html) == order
+    # Every column heading is a sort link that keeps the period.
+    head = html[html.index('<table class="customers">') : html.index("</thead>")]
+    for field in ("customer", "spend", "requests", "tokens", "last_seen", "revenue", "margin"):
+        assert re.search(rf'href="\?[^"]*period=custom[^"]*sort=-?{field}"', head), field
+    assert re.search(r"sort=-?margin_pct\"", head) and re.search(r"sort=-?cost_pct\"", head)
+
+
 def test_margin_columns_with_unprofitable_rows_highlighted(client, with_stripe, member):
     client.force_login(member)
     html = client.get(url("customers", with_stripe), {**OCTOBER, "sort": "margin"}).content.decode()
