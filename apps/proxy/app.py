@@ -208,6 +208,11 @@ class ProxiedRequest:
         }
         if self.batch is not None and (created := self.batch.hand_over()) is not None:
             record["batch"] = created
+        # What an adapter's usage adds beyond the token counts: usage_details (audio), and for
+        # a background response its derived request id, billable flag and attribution_from.
+        record_fields = getattr(usage, "record_fields", None)
+        if record_fields is not None:
+            record.update(record_fields(resolved.organization_id))
         return record
 
 
@@ -500,10 +505,10 @@ async def _relay(
     request.status = status
     content_type = _latin1(response.header(b"content-type"))
     content_encoding = _latin1(response.header(b"content-encoding"))
-    if body.head is None and not request.info.stream and is_event_stream(content_type):
-        # A request too large to read said nothing of streaming: the response says it. (The
-        # usage reader already goes by the response's content type, and its model by the
-        # response's.)
+    if not request.info.stream and is_event_stream(content_type):
+        # A request too large to read said nothing of streaming, nor does a retrieve's query
+        # (``?stream=true``) or a transcription's form: the response says it. (The usage reader
+        # already goes by the response's content type, and its model by the response's.)
         request.info = dataclasses.replace(request.info, stream=True)
     reader = adapter.usage_reader(request.info, status, content_type, content_encoding)
     stream_filter = (

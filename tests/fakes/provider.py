@@ -8,7 +8,10 @@ apart by path; any path prefix is allowed (`/openai/v1/chat/completions` works l
 
 Routes:
     openai     POST /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/completions;
-               GET /v1/models
+               GET /v1/models; audio (``openai_audio`` below): POST /v1/audio/transcriptions,
+               /v1/audio/translations (multipart/form-data), /v1/audio/speech; background
+               responses: POST /v1/responses with "background": true, GET
+               /v1/responses/{id} (also ?stream=true), POST /v1/responses/{id}/cancel
     anthropic  POST /v1/messages, /v1/messages/count_tokens; GET /v1/models (with an
                `anthropic-version` or `x-api-key` header)
     google     POST /{v1,v1beta,v1alpha}/models/{model}:generateContent, :streamGenerateContent
@@ -39,6 +42,8 @@ Test-control headers (they pass through the proxy, which forwards all but `x-cos
     x-fake-split: 1                send each chunk in two network writes, cut in the middle
     x-fake-echo: 1                 answer 200 JSON with the request as received (method, path,
                                    query, headers, base64 body); skips routing and auth
+    x-fake-background-polls: <n>   on a background create: how many retrieves answer before
+                                   the response is completed (default 2: queued, in_progress)
 
 A "chunk" is one SSE event (or one JSON array element for Gemini without alt=sse). For
 x-fake-cut-after a non-streamed body counts as two chunks, its halves, so 1 cuts it in the middle.
@@ -64,6 +69,8 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
+from email import policy as email_policy
+from email.parser import BytesParser
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -163,6 +170,13 @@ _GEMINI_KINDS = {
     "countTokens": "count_tokens",
 }
 _SSE_KINDS = frozenset({"chat", "completions", "responses", "messages"})
+# GET /v1/responses/{id} and POST /v1/responses/{id}/cancel.
+_RESPONSE_ITEM_PATH = re.compile(r"/v1/responses/([^/]+)(/cancel)?$")
+_AUDIO_ROUTES: tuple[tuple[str, str, str, str], ...] = (
+    ("/v1/audio/transcriptions", "POST", "openai", "transcriptions"),
+    ("/v1/audio/translations", "POST", "openai", "translations"),
+    ("/v1/audio/speech", "POST", "openai", "speech"),
+)
 
 _OPENAI_ERROR_TYPES = {
     400: ("invalid_request_error", None),
@@ -594,6 +608,150 @@ def _gemini_embed(count: int, batch: bool, dims: int, usage_raw: bytes | None) -
     return _Body(JSON_GOOGLE, (_dumps(body),), False)
 
 
+# ---------------------------------------------------------------------------------------------
+# Audio: transcriptions and translations (multipart/form-data uploads) and speech.
+
+# The usage each kind of transcription model reports (the openai SDK's types/audio).
+TRANSCRIPTION_TOKEN_USAGE: dict[str, Any] = {
+    "type": "tokens",
+    "input_tokens": 250,
+    "input_token_details": {"text_tokens": 10, "audio_tokens": 240},
+    "output_tokens": 60,
+    "total_tokens": 310,
+}
+TRANSCRIPTION_DURATION_USAGE: dict[str, Any] = {"type": "duration", "seconds": 60}
+SPEECH_USAGE: dict[str, Any] = {"input_tokens": 14, "output_tokens": 101, "total_tokens": 115}
+DURATION_PRICED_AUDIO_MODELS = ("whisper-1",)
+TEXT_PLAIN = b"text/plain; charset=utf-8"
+SPEECH_CONTENT_TYPES = {
+    "mp3": b"audio/mpeg",
+    "opus": b"audio/ogg",
+    "aac": b"audio/aac",
+    "flac": b"audio/flac",
+    "wav": b"audio/wav",
+    "pcm": b"audio/pcm",
+}
+
+
+def form_fields(content_type: bytes, body: bytes) -> dict[str, Any]:
+    """A multipart/form-data body's fields, parsed by the standard library's e-mail parser (a
+    parser of its own, so a test of the proxy's never grades itself): text for plain fields,
+    (filename, bytes) for files; repeated fields (``include[]``) as lists."""
+    message = BytesParser(policy=email_policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise _BadRequest("The request must be multipart/form-data.")
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        filename = part.get_filename()
+        value: Any = (filename, payload) if filename is not None else payload.decode("utf-8")
+        if name in fields:
+            previous = fields[name]
+            fields[name] = [*(previous if isinstance(previous, list) else [previous]), value]
+        else:
+            fields[name] = value
+    return fields
+
+
+def audio_upload_answer(kind: str, headers: dict[bytes, bytes], body: bytes) -> _Body:
+    """A transcription or translation, as OpenAI answers it for each ``response_format``."""
+    fields = form_fields(headers.get(b"content-type", b""), body)
+    model = fields.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest("you must provide a model parameter")
+    if not isinstance(fields.get("file"), tuple) or not fields["file"][1]:
+        raise _BadRequest("you must provide a file")
+    override = headers.get(b"x-fake-model")
+    model = override.decode("latin-1") if override else model
+    duration_priced = model in DURATION_PRICED_AUDIO_MODELS
+    usage = _usage(
+        headers.get(b"x-fake-usage"),
+        TRANSCRIPTION_DURATION_USAGE if duration_priced else TRANSCRIPTION_TOKEN_USAGE,
+    )
+    chunks = _int_knob(headers, b"x-fake-chunks")
+    pieces = text_pieces(DEFAULT_CHUNKS if chunks is None or chunks < 0 else chunks)
+    text = "".join(pieces)
+    response_format = fields.get("response_format", "json")
+    if fields.get("stream") == "true" and kind == "transcriptions" and not duration_priced:
+        frames = [
+            _sse(None, {"type": "transcript.text.delta", "delta": piece, "logprobs": []})
+            for piece in pieces
+        ]
+        done = {"type": "transcript.text.done", "text": text, "logprobs": [], "usage": usage}
+        frames.append(_sse(None, done))
+        return _Body(SSE_JSON, tuple(frames), True)
+    seconds = usage.get("seconds", 60) if usage.get("type") == "duration" else 60
+    if response_format == "text":
+        return _Body(TEXT_PLAIN, (text.encode() + b"\n",), False)
+    if response_format in ("srt", "vtt"):
+        cue = f"1\n00:00:00,000 --> 00:00:0{len(pieces) % 10},000\n{text}\n\n"
+        if response_format == "vtt":
+            cue = "WEBVTT\n\n" + cue.replace(",", ".")
+        return _Body(TEXT_PLAIN, (cue.encode(),), False)
+    if response_format == "verbose_json":
+        segment = {
+            "id": 0,
+            "seek": 0,
+            "start": 0.0,
+            "end": float(seconds),
+            "text": text,
+            "tokens": list(range(len(pieces))),
+            "temperature": 0.0,
+            "avg_logprob": -0.2,
+            "compression_ratio": 1.0,
+            "no_speech_prob": 0.01,
+        }
+        document: dict[str, Any] = {
+            "task": "transcribe" if kind == "transcriptions" else "translate",
+            "language": "english",
+            "duration": float(seconds),
+            "text": text,
+            "segments": [segment],
+        }
+        if kind == "transcriptions":
+            document["usage"] = usage
+        return _Body(JSON, (_dumps(document),), False)
+    if response_format != "json":
+        raise _BadRequest(f"Invalid response_format: {response_format!r}")
+    if kind == "translations":
+        return _Body(JSON, (_dumps({"text": text}),), False)
+    return _Body(JSON, (_dumps({"text": text, "usage": usage}),), False)
+
+
+def speech_audio(length: int) -> bytes:
+    """Deterministic bytes standing for generated audio (an MP3 frame header, then a ramp)."""
+    return b"\xff\xfb\x90\x64" + bytes(i % 251 for i in range(length - 4))
+
+
+def speech_answer(request: dict[str, Any], model: str, headers: dict[bytes, bytes]) -> _Body:
+    """Speech: the audio itself in chunks, or with ``stream_format: "sse"`` (token-priced
+    models only) base64 deltas and a ``speech.audio.done`` event with the usage."""
+    text = request.get("input")
+    if not isinstance(text, str) or not text:
+        raise _BadRequest("you must provide an input")
+    chunks = _int_knob(headers, b"x-fake-chunks")
+    chunks = DEFAULT_CHUNKS if chunks is None or chunks < 1 else chunks
+    audio = [speech_audio(1024 + index) for index in range(chunks)]
+    if request.get("stream_format") == "sse":
+        if model.startswith("tts-1"):
+            raise _BadRequest(f"stream_format 'sse' is not supported for {model}.")
+        usage = _usage(headers.get(b"x-fake-usage"), SPEECH_USAGE)
+        frames = [
+            _sse(None, {"type": "speech.audio.delta", "audio": base64.b64encode(a).decode()})
+            for a in audio
+        ]
+        frames.append(_sse(None, {"type": "speech.audio.done", "usage": usage}))
+        return _Body(SSE_JSON, tuple(frames), True)
+    response_format = request.get("response_format", "mp3")
+    content_type = SPEECH_CONTENT_TYPES.get(response_format)
+    if content_type is None:
+        raise _BadRequest(f"Invalid response_format: {response_format!r}")
+    return _Body(content_type, tuple(audio), True)
+
+
 @lru_cache(maxsize=4096)
 def _build(kind: str, model: str, options: tuple[Any, ...], usage_raw: bytes | None) -> _Body:
     """Builds (once per distinct request shape) the bytes of a successful response."""
@@ -816,6 +974,8 @@ class FakeProviderApp:
         self.keys = {"openai": openai_key, "anthropic": anthropic_key, "google": google_key}
         self.record = record
         self.recorder = _Recorder()
+        # Background responses by id (only the server's event loop touches them).
+        self.background: dict[str, BackgroundResponse] = {}
         from tests.fakes.batches import FakeBatches  # files and batches (they build on this module)
 
         self.batches = FakeBatches(self)
@@ -879,6 +1039,8 @@ class FakeProviderApp:
             content = self._content(provider, kind, model, headers, body, query)
         except _BadRequest as exc:
             return self._error(provider, 400, str(exc))
+        except _NotFound as exc:
+            return self._error(provider, 404, str(exc))
         return 200, self._headers(provider, content.content_type), content
 
     def _route(
@@ -890,7 +1052,13 @@ class FakeProviderApp:
             if method != "POST" or kind is None:
                 return None, "", ""
             return "google", kind, match.group(2)
-        for suffix, route_method, provider, kind in _ROUTES:
+        item = _RESPONSE_ITEM_PATH.search(path)
+        if item is not None:
+            kind = "response_cancel" if item.group(2) else "response_get"
+            if method != ("POST" if item.group(2) else "GET"):
+                return None, "", ""
+            return "openai", kind, item.group(1)
+        for suffix, route_method, provider, kind in _ROUTES + _AUDIO_ROUTES:
             if method == route_method and path.endswith(suffix):
                 if kind == "models" and (
                     b"anthropic-version" in headers or b"x-api-key" in headers
@@ -983,6 +1151,10 @@ class FakeProviderApp:
     ) -> _Body:
         if kind == "models":
             return _Body(JSON, (_MODELS_BODIES[provider],), False)
+        if kind in ("transcriptions", "translations"):
+            return audio_upload_answer(kind, headers, body)
+        if kind in ("response_get", "response_cancel"):
+            return self._background_later(kind, model, headers, query)
         try:
             request = json.loads(body) if body else {}
         except ValueError:
@@ -1000,6 +1172,10 @@ class FakeProviderApp:
         if override:
             model = override.decode("latin-1")
         stream = request.get("stream") is True
+        if kind == "speech":
+            return speech_answer(request, model, headers)
+        if kind == "responses" and request.get("background") is True:
+            return self._background_create(model, stream, chunks, usage_raw, headers)
         if kind in ("chat", "completions"):
             stream_options = request.get("stream_options")
             include_usage = (
@@ -1033,6 +1209,107 @@ class FakeProviderApp:
             kind = f"{provider}_count_tokens"
             options = ()
         return _build(kind, model, options, usage_raw)
+
+    # Background responses: created queued, completed after a number of retrieves.
+
+    def _background_create(
+        self,
+        model: str,
+        stream: bool,
+        chunks: int,
+        usage_raw: bytes | None,
+        headers: dict[bytes, bytes],
+    ) -> _Body:
+        polls = _int_knob(headers, b"x-fake-background-polls")
+        response = BackgroundResponse(
+            id="resp_" + os.urandom(24).hex(),
+            model=model,
+            chunks=chunks,
+            usage_raw=usage_raw,
+            polls_left=2 if polls is None or polls < 0 else polls,
+        )
+        _usage(usage_raw, OPENAI_RESPONSES_USAGE)  # a bad x-fake-usage answers 400 now
+        self.background[response.id] = response
+        if stream:
+            response.status = "completed"
+            return response.stream_body()
+        return _Body(JSON, (_dumps(response.object("queued")),), False)
+
+    def _background_later(
+        self, kind: str, response_id: str, headers: dict[bytes, bytes], query: bytes
+    ) -> _Body:
+        response = self.background.get(response_id)
+        if response is None:
+            if response_id == RESPONSE_ID and kind == "response_get":
+                # The fixed id of every response made in the foreground: stored, completed.
+                usage = _usage(headers.get(b"x-fake-usage"), OPENAI_RESPONSES_USAGE)
+                final = _openai_responses(_requested_or("gpt-4o-mini", headers), False, 5, None)
+                document = json.loads(final.frames[0])
+                document["usage"] = usage
+                return _Body(JSON, (_dumps(document),), False)
+            raise _NotFound(f"Response with id '{response_id}' not found.")
+        if kind == "response_cancel":
+            if response.status != "completed":
+                response.status = "cancelled"
+            return _Body(JSON, (_dumps(response.object(response.status)),), False)
+        if b"stream=true" in query:
+            if response.status == "cancelled":
+                raise _BadRequest("This response was cancelled.")
+            response.status = "completed"
+            return response.stream_body()
+        if response.status not in ("completed", "cancelled"):
+            if response.polls_left > 0:
+                response.polls_left -= 1
+                response.status = "queued" if response.status == "created" else "in_progress"
+                return _Body(JSON, (_dumps(response.object(response.status)),), False)
+            response.status = "completed"
+        return _Body(JSON, (_dumps(response.object(response.status)),), False)
+
+
+def _requested_or(default: str, headers: dict[bytes, bytes]) -> str:
+    override = headers.get(b"x-fake-model")
+    return override.decode("latin-1") if override else default
+
+
+class _NotFound(Exception):
+    """A request for something the provider does not have: 404 in its error shape."""
+
+
+@dataclass
+class BackgroundResponse:
+    """A Responses API response made with ``background: true``: queued when created, then
+    in progress for ``polls_left`` retrieves, then completed with its usage."""
+
+    id: str
+    model: str
+    chunks: int
+    usage_raw: bytes | None
+    polls_left: int
+    status: str = "created"
+
+    def object(self, status: str) -> dict[str, Any]:
+        """The response object as a retrieve (or the create) answers it in ``status``."""
+        if status == "completed":
+            document = json.loads(
+                _openai_responses(self.model, False, self.chunks, self.usage_raw).frames[0]
+            )
+        else:
+            document = _response_object(self.model, status, [], None)
+        return {**document, "id": self.id, "background": True}
+
+    def stream_body(self) -> _Body:
+        """The response's events from the start, as a streamed create or a stream retrieve
+        gives them: ``response.created`` (queued) through ``response.completed``."""
+        frames = []
+        for frame in _openai_responses(self.model, True, self.chunks, self.usage_raw).frames:
+            name, _, data = frame.partition(b"\ndata: ")
+            payload = json.loads(data)
+            if isinstance(payload.get("response"), dict):
+                payload["response"].update(id=self.id, background=True)
+                if payload["type"] == "response.created":
+                    payload["response"]["status"] = "queued"
+            frames.append(name + b"\ndata: " + _dumps(payload) + b"\n\n")
+        return _Body(SSE_JSON, tuple(frames), True)
 
 
 def _input_count(value: Any) -> int:

@@ -1,4 +1,5 @@
-"""OpenAI: Chat Completions, Responses, Embeddings and legacy Completions.
+"""OpenAI: Chat Completions, Responses, Embeddings and legacy Completions; audio is in
+``openai_audio``.
 
 Usage rules (PROVIDERS.md): ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``
 and ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``; the Responses
@@ -6,8 +7,24 @@ API says ``input_tokens``/``output_tokens`` with ``*_details`` alike. A chat str
 only in a final chunk with ``"choices": []``, and only when the request set
 ``stream_options.include_usage`` -- hence the one body change, and the filter that hides the
 extra chunk from clients that never asked for it.
+
+Background responses (DESIGN.md, "Background and retrieved responses"): a Responses API call
+with ``background: true`` answers at once (``queued``, no usage); the usage appears later in a
+retrieve (``GET /v1/responses/{id}``, maybe ``?stream=true``), in the creating call's own stream,
+or in a cancel's answer. Its one priced event is the first record that carries the usage, under
+a request id derived from the organization and the response id (``resp:<org>:<digest>``), so
+that every later retrieve of the same completed response is the same event, stored once by the
+writer (``ON CONFLICT (request_id) DO NOTHING``). The creating call's event, when it carries no
+usage, gets ``resp-created:<org>:<digest>`` and ``billable: False``; a poll without usage is
+``billable: False`` too. Every later record names the creating one in ``attribution_from``, so
+the writer gives it the creating request's customer and properties when it names none. The
+digest (32 hex digits of the id's SHA-256) keeps the request id within its 64 characters
+whatever the provider's id length. A retrieve of a response that was not made in the
+background is never billable: its usage was metered when it was made.
 """
 
+import dataclasses
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -33,7 +50,13 @@ from apps.proxy.providers.base import (
     text_or_none,
     with_headers_set,
 )
-from apps.proxy.providers.recovery import recover_fields
+from apps.proxy.providers.openai_audio import (
+    AUDIO_ENDPOINTS,
+    audio_body_reader,
+    audio_stream_reader,
+    inspect_audio_request,
+)
+from apps.proxy.providers.recovery import JSON_HEAD_BYTES, recover_fields
 from apps.proxy.sse import Event, SSESplitter
 from costr.net.decoding import ContentDecoder, content_decoder
 
@@ -42,8 +65,13 @@ _ENDPOINTS = {
     "v1/responses": "responses",
     "v1/embeddings": "embeddings",
     "v1/completions": "completions",
+    **AUDIO_ENDPOINTS,
 }
 _RESPONSE_STRING_KEYS = ("model", "service_tier")
+_RESPONSE_OBJECT_STRING_KEYS = ("model", "service_tier", "id")
+# A retrieve (GET) or cancel (POST) of one response: the answer is the response object.
+_RESPONSE_PATH = re.compile(r"v1/responses/([^/]+)(/cancel)?")
+_RESPONSE_ID_MAX = 256
 
 
 def usage_from_openai_usage(
@@ -142,18 +170,128 @@ _RESPONSE_OBJECT_EVENTS = _RESPONSE_FINAL_EVENTS | {
 }
 
 
+@dataclasses.dataclass(slots=True, frozen=True)
+class ResponsesRequestInfo(RequestInfo):
+    """A Responses API request that concerns a background response, or may: a create that
+    asked for ``background: true``, or a retrieve or cancel of one response (``later``)."""
+
+    background: bool = False
+    later: bool = False
+
+
+# What a background response's record is (``BackgroundUsage.kind``).
+CREATED = "created"  # the creating call, no usage yet
+CREATED_METERED = "created_metered"  # the creating call's own stream brought the usage
+METERED = "metered"  # a later call brought the usage
+PENDING = "pending"  # a later call without usage: a poll
+FOREGROUND = "foreground"  # a later call on a response not made in the background
+
+
+@dataclasses.dataclass(slots=True)
+class BackgroundUsage(Usage):
+    """Usage of a call that concerns a background response, and what its record takes beyond
+    the token counts (the module docstring says why)."""
+
+    response_id: str = ""
+    kind: str = PENDING
+
+    def record_fields(self, organization_id: int) -> dict[str, Any]:
+        """The record's derived request id, ``billable`` flag and ``attribution_from``."""
+        if self.kind == FOREGROUND or not self.response_id:
+            return {} if self.kind == METERED else {"billable": False}
+        digest = hashlib.sha256(self.response_id.encode()).hexdigest()[:32]
+        created = f"resp-created:{organization_id}:{digest}"
+        metered = f"resp:{organization_id}:{digest}"
+        if self.kind == CREATED:
+            return {"request_id": created, "billable": False}
+        if self.kind == CREATED_METERED:
+            return {"request_id": metered}
+        if self.kind == METERED:
+            return {"request_id": metered, "attribution_from": created}
+        return {"billable": False, "attribution_from": created}
+
+
+def background_usage(
+    usage: Usage | None, response_id: Any, background: bool, info: RequestInfo
+) -> Usage | None:
+    """``usage`` as the record of a call on a background response takes it; a create that was
+    not made in the background keeps its usage as it is."""
+    later = isinstance(info, ResponsesRequestInfo) and info.later
+    if not background and not later:
+        return usage
+    model = usage.model if usage is not None else None
+    if not background:
+        return BackgroundUsage(model=model, kind=FOREGROUND)
+    if not isinstance(response_id, str) or len(response_id) > _RESPONSE_ID_MAX:
+        response_id = ""
+    if usage is None or (usage.input_tokens is None and usage.output_tokens is None):
+        kind = PENDING if later else CREATED
+        return BackgroundUsage(model=model, response_id=response_id, kind=kind)
+    counts = {field.name: getattr(usage, field.name) for field in dataclasses.fields(Usage)}
+    return BackgroundUsage(
+        **counts, response_id=response_id, kind=METERED if later else CREATED_METERED
+    )
+
+
+_TOP_LEVEL_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_BACKGROUND_TRUE = re.compile(rb'"background"\s*:\s*true\b')
+
+
+def background_in_head(head: bytes) -> bool:
+    """Whether a JSON object's (possibly cut) text says ``"background": true`` at its top
+    level: a nested ``background`` member does not count."""
+    for match in _BACKGROUND_TRUE.finditer(head):
+        depth = 0
+        for token in _TOP_LEVEL_TOKEN.finditer(head, 0, match.start()):
+            value = token.group()
+            if value in (b"{", b"["):
+                depth += 1
+            elif value in (b"}", b"]"):
+                depth -= 1
+        if depth == 1:
+            return True
+    return False
+
+
+class ResponseObjectUsageReader(JsonBodyUsageReader):
+    """A whole response object (a background create's answer, a retrieve's, a cancel's): its
+    usage, and the ``id`` and ``background`` flag that make its record."""
+
+    def __init__(self, decoder: ContentDecoder, info: RequestInfo):
+        super().__init__(decoder, self._take, "usage", _RESPONSE_OBJECT_STRING_KEYS)
+        self._info = info
+        self._document: dict[str, Any] = {}
+
+    def _take(self, document: Any) -> Usage | None:
+        self._document = document if isinstance(document, dict) else {}
+        return usage_from_openai_body(document)
+
+    def _result(self) -> Usage | None:
+        usage = super()._result()
+        background = self._document.get("background")
+        if not isinstance(background, bool):
+            # A body read from its tail or cut: the flag is near the start of the object.
+            head = self._head if self._body is None else bytes(self._body[:JSON_HEAD_BYTES])
+            background = background_in_head(head)
+        return background_usage(usage, self._document.get("id"), background, self._info)
+
+
 class ResponsesStreamUsageReader(SSEUsageReader):
     """Responses API stream: usage in the response object of the final lifecycle event.
 
     ``response.completed`` repeats the whole output, so with large outputs (generated images)
-    it can outgrow the event limit; its usage is then recovered from the event's tail.
+    it can outgrow the event limit; its usage is then recovered from the event's tail. The
+    response's ``id`` and ``background`` flag come from the lifecycle events before it.
     """
 
-    def __init__(self, decoder: ContentDecoder):
+    def __init__(self, decoder: ContentDecoder, info: RequestInfo | None = None):
         super().__init__(decoder)
+        self._info = info or RequestInfo("responses")
         self._model: str | None = None
         self._service_tier: Any = None
         self._usage: dict[str, Any] | None = None
+        self._response_id: Any = None
+        self._background = False
 
     def _on_event(self, event: Event) -> None:
         if event.event is not None and event.event not in _RESPONSE_OBJECT_EVENTS:
@@ -172,15 +310,19 @@ class ResponsesStreamUsageReader(SSEUsageReader):
     def _take_response(self, response: dict[str, Any], *, final: bool) -> None:
         self._model = text_or_none(response.get("model")) or self._model
         self._service_tier = response.get("service_tier", self._service_tier)
+        if self._response_id is None:
+            self._response_id = response.get("id")
+            self._background = response.get("background") is True
         if final:
             usage = response.get("usage")
             self._usage = usage if isinstance(usage, dict) else None
             self._complete = True
 
     def _result(self) -> Usage | None:
-        return usage_from_openai_usage(
+        usage = usage_from_openai_usage(
             self._usage, model=self._model, service_tier=self._service_tier
         )
+        return background_usage(usage, self._response_id, self._background, self._info)
 
 
 def is_usage_chunk(event: Event) -> bool:
@@ -339,7 +481,9 @@ class UsageChunkFilter:
 class OpenAIAdapter(Adapter):
     name = "openai"
     default_upstream = "https://api.openai.com"
-    metered_endpoints = frozenset({"chat", "responses", "embeddings", "completions"})
+    metered_endpoints = frozenset(
+        {"chat", "responses", "embeddings", "completions", *AUDIO_ENDPOINTS.values()}
+    )
 
     @sensitive_variables()
     def credential_from(
@@ -355,9 +499,20 @@ class OpenAIAdapter(Adapter):
         return with_headers_set(headers, {b"authorization": authorization}), query_string
 
     def inspect_request(self, method: str, path: str, body_head: bytes | None) -> RequestInfo:
-        endpoint = _ENDPOINTS.get(path.strip("/"), "other")
-        if method.upper() != "POST":
+        path = path.strip("/")
+        endpoint = _ENDPOINTS.get(path)
+        method = method.upper()
+        if endpoint is None:
+            later = _RESPONSE_PATH.fullmatch(path)
+            if later is not None and method == ("POST" if later.group(2) else "GET"):
+                return ResponsesRequestInfo("responses", later=True)
             return RequestInfo("other")
+        if method != "POST":
+            return RequestInfo("other")
+        if endpoint in _AUDIO_ENDPOINT_NAMES:
+            return inspect_audio_request(endpoint, body_head)
+        if endpoint == "responses":
+            return _inspect_responses_create(body_head)
         model, stream = model_and_stream_from_body(body_head)
         return RequestInfo(endpoint, model, stream)
 
@@ -414,11 +569,31 @@ class OpenAIAdapter(Adapter):
 
     def _stream_reader(self, info: RequestInfo, decoder: ContentDecoder) -> UsageReader:
         if info.endpoint == "responses":
-            return ResponsesStreamUsageReader(decoder)
+            return ResponsesStreamUsageReader(decoder, info)
+        if info.endpoint in _AUDIO_ENDPOINT_NAMES:
+            return audio_stream_reader(info, decoder)
         return ChatStreamUsageReader(decoder)
 
     def _body_reader(self, info: RequestInfo, decoder: ContentDecoder) -> UsageReader:
+        if isinstance(info, ResponsesRequestInfo):
+            return ResponseObjectUsageReader(decoder, info)
+        if info.endpoint in _AUDIO_ENDPOINT_NAMES:
+            return audio_body_reader(info, decoder)
         return JsonBodyUsageReader(decoder, usage_from_openai_body, "usage", _RESPONSE_STRING_KEYS)
+
+
+_AUDIO_ENDPOINT_NAMES = frozenset(AUDIO_ENDPOINTS.values())
+
+
+def _inspect_responses_create(body_head: bytes | None) -> RequestInfo:
+    """Model, stream flag and ``background`` of a Responses API create (one parse)."""
+    document = loads_or_none(body_head) if body_head else None
+    if not isinstance(document, dict):
+        return RequestInfo("responses")
+    model, stream = text_or_none(document.get("model")), document.get("stream") is True
+    if document.get("background") is True:
+        return ResponsesRequestInfo("responses", model, stream, background=True)
+    return RequestInfo("responses", model, stream)
 
 
 adapter = OpenAIAdapter()

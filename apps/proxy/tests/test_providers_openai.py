@@ -74,8 +74,15 @@ def chat_reader(**overrides):
         ("POST", "v1/images/generations", "other"),
         ("GET", "v1/models", "other"),
         ("GET", "v1/chat/completions", "other"),  # listing stored completions
-        ("GET", "v1/responses/resp_123", "other"),
+        # Retrieving or cancelling one response: a background response's usage appears there.
+        ("GET", "v1/responses/resp_123", "responses"),
+        ("POST", "v1/responses/resp_123/cancel", "responses"),
+        ("DELETE", "v1/responses/resp_123", "other"),
+        ("GET", "v1/responses/resp_123/input_items", "other"),
         ("POST", "v1/responses/input_tokens", "other"),
+        ("POST", "v1/audio/transcriptions", "transcriptions"),
+        ("POST", "v1/audio/translations", "translations"),
+        ("POST", "v1/audio/speech", "speech"),
     ],
 )
 def test_endpoint_from_method_and_path(method, path, endpoint):

@@ -110,6 +110,11 @@ class UsageRecord(TypedDict, total=False):
     # False when the provider bills nothing for this request whatever its endpoint (a realtime
     # session that made no response); absent: NON_BILLABLE_ENDPOINTS and the status decide.
     billable: bool
+    # The request id of an earlier event of the same organization whose customer and properties
+    # this record takes when it names none: a background response's usage, which appears in a
+    # later retrieve, goes to the customer of the request that created it. An id that names
+    # no stored event of the organization (nor a record of the same batch) changes nothing.
+    attribution_from: str
     raw_usage: dict[str, Any] | None
     latency_ms: int
     ttfb_ms: int | None

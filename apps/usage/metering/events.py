@@ -3,7 +3,9 @@ refusal counts, and re-pricing.
 
 How a batch is written (``usage_events_write``), in one transaction:
 
-1. Each record is priced here (never on the proxy's path, never by a client): ``event_price``
+1. A record that names an ``attribution_from`` and no customer or properties takes them from
+   that earlier event (``_attributed``: a background response's usage goes to its creator).
+   Each record is priced here (never on the proxy's path, never by a client): ``event_price``
    says which price source applies and why.
 2. The rows are inserted with ``ON CONFLICT (request_id) DO NOTHING RETURNING request_id``
    (PostgreSQL: COPY into a temporary table, then one ``INSERT … SELECT``; SQLite ≥ 3.35: multi-row
@@ -205,6 +207,7 @@ def usage_events_write(records: list[UsageRecord]) -> int:
     records = [r for r in records if r["organization_id"] in organizations]
     if not records:
         return 0
+    records = _attributed(records)
     # Request-id order: two writers with overlapping batches take the unique index's locks in
     # the same order, so one waits for the other instead of deadlocking.
     records.sort(key=itemgetter("request_id"))
@@ -241,6 +244,57 @@ def _unique_by_request_id(records: Iterable[dict]) -> list[dict]:
     for record in records:
         seen.setdefault(record["request_id"], record)
     return list(seen.values())
+
+
+def _attributed(records: list[dict]) -> list[dict]:
+    """The records, each one that names an ``attribution_from`` (``contract.UsageRecord``) and
+    no customer or no properties given what it lacks of the customer and properties of that
+    earlier event of its organization: looked up among the batch's records first, then among
+    the stored events (one query for the batch, scoped to the organizations). A record whose
+    earlier event is neither in the batch nor stored yet (still on its way, or in the batch of
+    another writer that has not committed) keeps what it named. Records are copied, never
+    changed in place: a batch that fails is retried as it came."""
+    wanting = [
+        record
+        for record in records
+        if record.get("attribution_from")
+        and (not record.get("customer") or not record.get("properties"))
+    ]
+    if not wanting:
+        return records
+    in_batch = {(r["organization_id"], r["request_id"]): r for r in records}
+    sources: dict[tuple[int, str], tuple[str | None, dict]] = {}
+    missing: set[tuple[int, str]] = set()
+    for record in wanting:
+        key = (record["organization_id"], record["attribution_from"])
+        source = in_batch.get(key)
+        if source is not None:
+            sources[key] = (source.get("customer"), source.get("properties") or {})
+        else:
+            missing.add(key)
+    if missing:
+        stored = (
+            UsageEvent.objects.unscoped(reason="a batch of usage spans organizations")
+            .filter(
+                organization_id__in={org for org, _ in missing},
+                request_id__in={request_id for _, request_id in missing},
+            )
+            .values_list("organization_id", "request_id", "customer__external_id", "properties")
+        )
+        for organization_id, request_id, customer, properties in stored:
+            if (organization_id, request_id) in missing:
+                sources[(organization_id, request_id)] = (customer, properties or {})
+    attributed = []
+    for record in records:
+        source = sources.get((record["organization_id"], record.get("attribution_from")))
+        if source is not None:
+            record = dict(record)
+            if not record.get("customer"):
+                record["customer"] = source[0]
+            if not record.get("properties"):
+                record["properties"] = source[1]
+        attributed.append(record)
+    return attributed
 
 
 def _existing_tokens(records: list[dict]) -> set[int]:
