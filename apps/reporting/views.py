@@ -173,28 +173,8 @@ class ReportPageMixin(OrganizationViewMixin):
                 for key in self.kept_parameters
                 for value in self.request.GET.getlist(key)
             ],
-            **period_links(self.request.GET),
         )
         return context
-
-
-PERIOD_PARAMETERS = ("period", "start", "end")
-
-
-def period_links(params) -> dict:
-    """The chosen period as a query string for links (``period_query``, ``period_suffix`` with
-    its "?"), so every nav link and drill-down keeps it (``reporting_format.period_url``)."""
-    query = _query(params, only=PERIOD_PARAMETERS)
-    return {"period_query": query, "period_suffix": f"?{query}" if query else ""}
-
-
-def _query(params, *, only=None, without=()) -> str:
-    """``params`` as a query string, narrowed to ``only`` or without ``without``."""
-    kept = params.copy()
-    for key in list(kept):
-        if (only is not None and key not in only) or key in without:
-            kept.pop(key)
-    return kept.urlencode()
 
 
 # Overview -----------------------------------------------------------------------------------
@@ -654,7 +634,6 @@ class EventsView(OrganizationViewMixin, TemplateView):
             older=paging.EVENTS.position_text(rows[-1]) if rows else "",
             filter_query=query.urlencode(),
             filtered=bool(form.described()),
-            **period_links(request.GET),
             can_export=self.membership.has_role(EventsExportView.required_role),
         )
         return self.render_to_response(context)
@@ -674,7 +653,6 @@ class EventDetailView(OrganizationViewMixin, TemplateView):
         context.update(
             event=event,
             zone_name=self.organization.time_zone,
-            **period_links(request.GET),
         )
         return self.render_to_response(context)
 
