@@ -19,8 +19,8 @@ from apps.demo.profiles import DEFAULT_SEED
 from apps.demo.traffic import demo_records, demo_traffic_write
 from apps.proxy.providers.anthropic import usage_from_anthropic_usage
 from apps.proxy.providers.google import usage_from_gemini_usage
-from apps.proxy.providers.openai import usage_from_openai_usage
 from apps.usage.metering.contract import TOKEN_FIELDS
+from apps.usage.metering.provider_usage import usage_from_openai_usage
 from apps.usage.models import Customer, DailyRollup, RefusalCount, UsageEvent
 
 END = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)  # a Wednesday afternoon

@@ -6,7 +6,8 @@ model, stream), the provider's own error shape, and a usage reader for each resp
 """
 
 from apps.proxy.providers import anthropic, google, openai
-from apps.proxy.providers.base import Adapter, RequestInfo, Usage, UsageReader
+from apps.proxy.providers.base import Adapter, RequestInfo, UsageReader
+from apps.usage.metering.provider_usage import Usage
 
 ADAPTERS: dict[str, Adapter] = {
     adapter.name: adapter for adapter in (openai.adapter, anthropic.adapter, google.adapter)

@@ -21,17 +21,20 @@ from apps.proxy.providers.base import (
     JsonBodyUsageReader,
     RequestInfo,
     SSEUsageReader,
-    Usage,
     UsageReader,
     bearer_token,
     header_value,
     loads_or_none,
     model_and_stream_from_body,
-    text_or_none,
     with_headers_set,
 )
 from apps.proxy.sse import Event
-from apps.usage.metering.provider_usage import usage_from_anthropic_body, usage_from_anthropic_usage
+from apps.usage.metering.provider_usage import (
+    Usage,
+    text_or_none,
+    usage_from_anthropic_body,
+    usage_from_anthropic_usage,
+)
 from costr.net.decoding import ContentDecoder
 
 _ENDPOINTS = {

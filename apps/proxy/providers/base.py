@@ -26,14 +26,8 @@ from apps.proxy.providers.recovery import (
 from apps.proxy.sse import TAIL_BYTES, Event, SSESplitter
 from apps.usage.metering import contract
 
-# The normalised usage and its helpers are defined once for the proxy and the batch poller
-# (``provider_usage``); the adapters that predate that move still import them from here.
-from apps.usage.metering.provider_usage import (  # noqa: F401
-    Usage,
-    count,
-    normalise_service_tier,
-    text_or_none,
-)
+# The normalised usage is defined once for the proxy and the batch poller (``provider_usage``).
+from apps.usage.metering.provider_usage import Usage, text_or_none
 from costr.net.decoding import ContentDecoder, content_decoder
 
 logger = logging.getLogger(__name__)

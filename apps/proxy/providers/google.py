@@ -22,18 +22,16 @@ from apps.proxy.providers.base import (
     JsonBodyUsageReader,
     RequestInfo,
     SSEUsageReader,
-    Usage,
     UsageReader,
-    count,
     header_value,
     loads_or_none,
     query_param,
     query_with_param_replaced,
-    text_or_none,
     with_headers_set,
 )
 from apps.proxy.providers.recovery import recover_fields
 from apps.proxy.sse import Event
+from apps.usage.metering.provider_usage import Usage, count, text_or_none
 from costr.net.decoding import ContentDecoder
 
 # {version}/models/{model}:{method}; the version segment (v1, v1beta, v1alpha) does not matter.

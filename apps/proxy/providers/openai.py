@@ -38,16 +38,12 @@ from apps.proxy.providers.base import (
     JsonBodyUsageReader,
     RequestInfo,
     SSEUsageReader,
-    Usage,
     UsageReader,
     bearer_token,
-    count,
     header_value,
     is_event_stream,
     loads_or_none,
     model_and_stream_from_body,
-    normalise_service_tier,
-    text_or_none,
     with_headers_set,
 )
 from apps.proxy.providers.openai_audio import (
@@ -58,6 +54,12 @@ from apps.proxy.providers.openai_audio import (
 )
 from apps.proxy.providers.recovery import JSON_HEAD_BYTES, recover_fields
 from apps.proxy.sse import Event, SSESplitter
+from apps.usage.metering.provider_usage import (
+    Usage,
+    text_or_none,
+    usage_from_openai_body,
+    usage_from_openai_usage,
+)
 from costr.net.decoding import ContentDecoder, content_decoder
 
 _ENDPOINTS = {
@@ -72,56 +74,6 @@ _RESPONSE_OBJECT_STRING_KEYS = ("model", "service_tier", "id")
 # A retrieve (GET) or cancel (POST) of one response: the answer is the response object.
 _RESPONSE_PATH = re.compile(r"v1/responses/([^/]+)(/cancel)?")
 _RESPONSE_ID_MAX = 256
-
-
-def usage_from_openai_usage(
-    raw: Any, *, model: Any = None, service_tier: Any = None
-) -> Usage | None:
-    """Normalise an OpenAI ``usage`` object, in Chat Completions or Responses API naming.
-
-    Embeddings report only ``prompt_tokens``, so their output fields stay None.
-    """
-    model = text_or_none(model)
-    tier = normalise_service_tier(service_tier)
-    if not isinstance(raw, dict):
-        return Usage(model=model, service_tier=tier) if model else None
-    if "input_tokens" in raw or "output_tokens" in raw:
-        input_tokens, input_details = count(raw, "input_tokens"), raw.get("input_tokens_details")
-        output_tokens = count(raw, "output_tokens")
-        output_details = raw.get("output_tokens_details")
-    else:
-        input_tokens, input_details = count(raw, "prompt_tokens"), raw.get("prompt_tokens_details")
-        output_tokens = count(raw, "completion_tokens")
-        output_details = raw.get("completion_tokens_details")
-    return Usage(
-        input_tokens=input_tokens,
-        cached_input_tokens=_detail(input_tokens, input_details, "cached_tokens"),
-        cache_write_tokens=_detail(input_tokens, input_details, "cache_write_tokens"),
-        output_tokens=output_tokens,
-        reasoning_tokens=_detail(output_tokens, output_details, "reasoning_tokens"),
-        model=model,
-        service_tier=tier,
-        raw=raw,
-    )
-
-
-def _detail(parent: int | None, details: Any, key: str) -> int | None:
-    """A breakdown count: 0 when omitted under a reported parent, None without a parent."""
-    if parent is None:
-        return None
-    value = count(details, key)
-    return 0 if value is None else value
-
-
-def usage_from_openai_body(document: Any) -> Usage | None:
-    """Usage of a whole response body (chat completion, response, embedding list)."""
-    if not isinstance(document, dict):
-        return None
-    return usage_from_openai_usage(
-        document.get("usage"),
-        model=document.get("model"),
-        service_tier=document.get("service_tier"),
-    )
 
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')

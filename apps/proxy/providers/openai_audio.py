@@ -41,13 +41,11 @@ from apps.proxy.providers.base import (
     NoUsageReader,
     RequestInfo,
     SSEUsageReader,
-    Usage,
     UsageReader,
-    count,
     loads_or_none,
-    text_or_none,
 )
 from apps.proxy.sse import Event
+from apps.usage.metering.provider_usage import Usage, count, text_or_none
 from costr.net.decoding import ContentDecoder
 
 AUDIO_ENDPOINTS = {

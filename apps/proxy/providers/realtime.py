@@ -38,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apps.proxy.providers.base import Usage, count, text_or_none
 from apps.proxy.providers.google import usage_from_gemini_usage
 from apps.proxy.providers.openai import usage_from_openai_body
+from apps.usage.metering.provider_usage import Usage, count, text_or_none
 
 # An OpenAI event names its type first (GA), or right after its event_id (beta): read from the
 # head of the frame, so the audio deltas that make most of a session are never parsed.

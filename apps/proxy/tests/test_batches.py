@@ -1,7 +1,6 @@
 """The proxy's part in batches (apps/proxy/batches.py), piece by piece: which calls are batch
 calls, the origin the rewritten ``results_url`` names, the rewrite itself on the stream
-(members split across chunks, compressed answers, everything else byte for byte), and the
-usage parsing the proxy and the batch poller share.
+(members split across chunks, compressed answers, everything else byte for byte).
 
 End to end, with the SDKs through a real Costr, in tests/test_batches.py.
 """
@@ -12,10 +11,7 @@ import json
 import pytest
 
 from apps.proxy.batches import ResultsUrlFilter, batch_call
-from apps.proxy.providers import openai as openai_adapter
-from apps.usage.metering import provider_usage
 from costr.net.decoding import ContentDecoder
-from tests.fakes import provider as fake
 
 BASE = "https://costr.example/p/acme/anthropic"
 
@@ -141,18 +137,3 @@ def test_an_upstream_path_prefix_is_not_repeated_and_no_url_leads_elsewhere(sett
     # Whatever host an answer names, the path is followed through Costr only.
     assert out["b"]["results_url"] == f"{BASE}/file.jsonl"
     assert out["c"]["results_url"] == ""
-
-
-@pytest.mark.parametrize("kind", ["chat", "responses", "embeddings"])
-def test_the_proxy_and_the_batch_poller_read_openai_usage_alike(kind):
-    """The OpenAI adapter keeps its own copy of the usage parser while the audio work changes
-    that module; until it imports the shared one, both must read every body alike."""
-    options = {
-        "chat": (False, False, 5),
-        "responses": (False, 5),
-        "embeddings": (2, 8, "float"),
-    }[kind]
-    body = json.loads(b"".join(fake._build(kind, "gpt-4o-mini", options, None).frames))
-    assert openai_adapter.usage_from_openai_body(body) == provider_usage.usage_from_openai_body(
-        body
-    )

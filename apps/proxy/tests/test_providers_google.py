@@ -7,9 +7,10 @@ import random
 
 import pytest
 
-from apps.proxy.providers.base import RequestInfo, Usage
+from apps.proxy.providers.base import RequestInfo
 from apps.proxy.providers.google import adapter
 from apps.proxy.tests import byte_by_byte, encode, every_split, in_chunks, read, sse, whole
+from apps.usage.metering.provider_usage import Usage
 
 SSE = "text/event-stream"
 JSON = "application/json; charset=UTF-8"

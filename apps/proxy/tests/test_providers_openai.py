@@ -8,10 +8,11 @@ import random
 import pytest
 
 from apps.proxy.providers import ADAPTERS, base, recovery
-from apps.proxy.providers.base import RequestInfo, StreamFilter, Usage
+from apps.proxy.providers.base import RequestInfo, StreamFilter
 from apps.proxy.providers.openai import adapter, usage_from_openai_body
 from apps.proxy.sse import TAIL_BYTES
 from apps.proxy.tests import byte_by_byte, encode, every_split, in_chunks, read, sse, whole
+from apps.usage.metering.provider_usage import Usage
 from costr.net import decoding
 from costr.net.decoding import content_decoder
 
