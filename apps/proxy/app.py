@@ -48,6 +48,7 @@ from apps.proxy.providers.base import header_value, is_event_stream, with_header
 from apps.proxy.upstream import get_client
 from apps.usage.metering import sink
 from apps.usage.metering.contract import UsageRecord
+from apps.usage.metering.provider_usage import token_counts
 from costr.net.decoding import decodable_accept_encoding
 from costr.net.http1 import Origin
 from costr.net.http1_connection import Response, UpstreamError, UpstreamTimeout
@@ -191,12 +192,7 @@ class ProxiedRequest:
             "status": self.status,
             "stream": self.info.stream,
             "outcome": self.final_outcome(),
-            "input_tokens": usage.input_tokens if usage else None,
-            "cached_input_tokens": usage.cached_input_tokens if usage else None,
-            "cache_write_tokens": usage.cache_write_tokens if usage else None,
-            "cache_write_1h_tokens": usage.cache_write_1h_tokens if usage else None,
-            "output_tokens": usage.output_tokens if usage else None,
-            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            **token_counts(usage),
             "service_tier": (usage.service_tier if usage else None) or "",
             "raw_usage": usage.raw if usage else None,
             # Rounded up, so that latency is never below overhead or ttfb in whole milliseconds.

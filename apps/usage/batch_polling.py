@@ -51,6 +51,7 @@ from apps.usage.batch_results import (
 )
 from apps.usage.metering.contract import BATCH_TIER, MAX_CUSTOMER_LENGTH, UsageRecord, clean_text
 from apps.usage.metering.events import usage_events_write
+from apps.usage.metering.provider_usage import token_counts
 from apps.usage.models import TrackedBatch
 
 logger = logging.getLogger("costr.usage.batches")
@@ -203,12 +204,7 @@ def _record(base: dict, tracked: TrackedBatch, item: Item, line: bytes) -> Usage
         "model": clean_text(usage.model, 255) if usage is not None and usage.model else "",
         "status": item.status,
         "outcome": "ok" if item.status < 400 else "upstream_error",
-        "input_tokens": usage.input_tokens if usage else None,
-        "cached_input_tokens": usage.cached_input_tokens if usage else None,
-        "cache_write_tokens": usage.cache_write_tokens if usage else None,
-        "cache_write_1h_tokens": usage.cache_write_1h_tokens if usage else None,
-        "output_tokens": usage.output_tokens if usage else None,
-        "reasoning_tokens": usage.reasoning_tokens if usage else None,
+        **token_counts(usage),
         "service_tier": BATCH_TIER,
         "raw_usage": usage.raw if usage else None,
     }

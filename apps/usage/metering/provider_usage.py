@@ -17,6 +17,8 @@ cache_creation_input_tokens + cache_read_input_tokens``; the 5m/1h split of cach
 from dataclasses import dataclass
 from typing import Any
 
+from apps.usage.metering.contract import TOKEN_FIELDS
+
 
 @dataclass(slots=True)
 class Usage:
@@ -45,6 +47,21 @@ class Usage:
     model: str | None = None
     service_tier: str | None = None
     raw: dict[str, Any] | None = None
+
+
+def token_counts(usage: Usage | None) -> dict[str, int | None]:
+    """A usage record's token counts (``contract.TOKEN_FIELDS``) from ``usage``, all None
+    without one: for the proxy's records and the batch poller's alike."""
+    if usage is None:
+        return dict.fromkeys(TOKEN_FIELDS)
+    return {
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
 
 
 def count(mapping: Any, key: str) -> int | None:
