@@ -385,6 +385,11 @@ class Adapter:
         """
         raise NotImplementedError
 
+    def inspect_streamed_request(self, method: str, path: str, prefix: bytes) -> RequestInfo:
+        """``inspect_request`` for a body too large to read whole: ``prefix`` is its first bytes
+        (never valid JSON then). By default the path alone decides. Never raises."""
+        return self.inspect_request(method, path, None)
+
     def error_body(self, status: int, code: str, message: str) -> bytes:
         """A Costr error in the provider's own error shape, so the SDK raises its usual error."""
         raise NotImplementedError

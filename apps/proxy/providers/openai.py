@@ -468,6 +468,14 @@ class OpenAIAdapter(Adapter):
         model, stream = model_and_stream_from_body(body_head)
         return RequestInfo(endpoint, model, stream)
 
+    def inspect_streamed_request(self, method: str, path: str, prefix: bytes) -> RequestInfo:
+        """An audio upload's form fields come before its file (the SDKs send them first), so a
+        large upload's model is in its first bytes."""
+        endpoint = _ENDPOINTS.get(path.strip("/"))
+        if method.upper() == "POST" and endpoint in _MULTIPART_AUDIO_ENDPOINTS:
+            return inspect_audio_request(endpoint, prefix)
+        return self.inspect_request(method, path, None)
+
     def error_body(self, status: int, code: str, message: str) -> bytes:
         error = {
             "message": message,
@@ -535,6 +543,8 @@ class OpenAIAdapter(Adapter):
 
 
 _AUDIO_ENDPOINT_NAMES = frozenset(AUDIO_ENDPOINTS.values())
+# The audio uploads: multipart forms whose fields come before the file.
+_MULTIPART_AUDIO_ENDPOINTS = frozenset({"transcriptions", "translations"})
 
 
 def _inspect_responses_create(body_head: bytes | None) -> RequestInfo:

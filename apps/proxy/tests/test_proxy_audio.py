@@ -277,7 +277,7 @@ def test_a_refused_speech_request_costs_nothing(sdk, proxy):
     assert (event.usage_details, event.cost_usd, event.price_source) == (None, 0, "no_usage")
 
 
-def test_an_upload_too_large_to_inspect_streams_through_with_the_usage_the_answer_reports(
+def test_an_upload_too_large_to_read_whole_streams_through_priced_by_the_model_its_form_names(
     sdk, proxy
 ):
     audio = wav(seconds=330, rate=8000)  # 5.3 MB of samples: past the 4 MiB Costr reads whole
@@ -289,10 +289,11 @@ def test_an_upload_too_large_to_inspect_streams_through_with_the_usage_the_answe
     assert _upload_fields(proxy.fake.last_request)["file"] == ("long.wav", audio)
 
     [event] = proxy.events()
-    # No answer names its model and the form was not read: the usage is kept, unpriced.
-    assert (event.endpoint, event.model, event.status) == ("transcriptions", "", 200)
+    # The model comes from the form's fields, which precede the file in the body's first bytes.
+    assert (event.endpoint, event.model, event.status) == ("transcriptions", "whisper-1", 200)
     assert event.usage_details == {"audio_seconds": 60}
-    assert (event.cost_usd, event.price_source) == (None, "unpriced")
+    # whisper-1: $0.006 a minute.
+    assert (event.cost_usd, event.price_source) == (Decimal("0.006"), "catalog")
     assert event.customer.external_id == "acme"
 
 
