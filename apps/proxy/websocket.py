@@ -52,7 +52,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps.keys import keycache
 from apps.proxy.admission import authorize, count_refusal
-from apps.proxy.app import PREFIX, ProxiedRequest, Receive, Send
+from apps.proxy.app import PREFIX, ProxiedRequest, Receive, Send, error_headers
 from apps.proxy.limits import (
     HOP_BY_HOP,
     MAX_HEAD_BYTES,
@@ -191,13 +191,7 @@ async def refuse(
         {
             "type": "websocket.http.response.start",
             "status": status,
-            "headers": [
-                *headers,
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-costr-error", code.encode()),
-                (b"x-costr-request-id", request_id.encode()),
-            ],
+            "headers": error_headers(headers, body, code, request_id),
         }
     )
     await send({"type": "websocket.http.response.body", "body": body})
