@@ -103,13 +103,19 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+# Of a body too large to read whole, this much of its start is kept for the adapter to inspect.
+PREFIX_BYTES = 64 * 1024
+
+
 @dataclasses.dataclass(slots=True)
 class RequestBody:
     """The client's request body, as ``_read_body`` takes it in.
 
     ``content`` is what goes to the upstream: the whole body, or, when it is larger than can be
     inspected, an iterator that yields it as the client sends it. ``head`` is the whole body
-    when it was small enough to inspect, else None. ``complete`` turns True once the last chunk
+    when it was small enough to inspect, else None; then ``prefix`` holds its first bytes (up to
+    ``PREFIX_BYTES``), enough for a form's fields before its file. ``complete`` turns True once
+    the last chunk
     has been read from the client: at once for a body read whole, and for a streamed one when
     the iterator has yielded its last chunk (after that, ``receive()`` can only report the
     client leaving).
@@ -118,6 +124,7 @@ class RequestBody:
     content: bytes | AsyncIterator[bytes]
     head: bytes | None
     complete: bool
+    prefix: bytes = b""
 
 
 class ProxiedRequest:
@@ -293,6 +300,8 @@ async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
     content = body.content
     request.info = clean_request_info(
         adapter.inspect_request(scope["method"], request.rest, body.head)
+        if body.head is not None
+        else adapter.inspect_streamed_request(scope["method"], request.rest, body.prefix)
     )
     if request.info.endpoint == "other":
         request.batch = _batch_call(request, headers)
@@ -437,9 +446,20 @@ async def _read_body(request: ProxiedRequest, headers, receive: Receive) -> Requ
                 body.complete = True
                 return
 
-    body = RequestBody(content=b"", head=None, complete=False)
+    body = RequestBody(content=b"", head=None, complete=False, prefix=_prefix(parts))
     body.content = rest_of_body(body)
     return body
+
+
+def _prefix(parts: list[bytes]) -> bytes:
+    """The first ``PREFIX_BYTES`` of a body read in ``parts``, copying no more than that."""
+    taken, size = [], 0
+    for part in parts:
+        taken.append(part[: PREFIX_BYTES - size])
+        size += len(taken[-1])
+        if size >= PREFIX_BYTES:
+            break
+    return b"".join(taken)
 
 
 async def _receive_body(receive, deadlines: ReadDeadlines, timeout: float):
