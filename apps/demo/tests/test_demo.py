@@ -17,10 +17,10 @@ from apps.billing.models import StripeBalanceTransaction, StripeCustomer
 from apps.billing.selectors import revenue_by_customer
 from apps.demo.profiles import DEFAULT_SEED
 from apps.demo.traffic import demo_records, demo_traffic_write
-from apps.proxy.providers.anthropic import usage_from_anthropic_usage
+from apps.keys.models import ProviderKey, ProxyToken
 from apps.proxy.providers.google import usage_from_gemini_usage
 from apps.usage.metering.contract import TOKEN_FIELDS
-from apps.usage.metering.provider_usage import usage_from_openai_usage
+from apps.usage.metering.provider_usage import usage_from_anthropic_usage, usage_from_openai_usage
 from apps.usage.models import Customer, DailyRollup, RefusalCount, UsageEvent
 
 END = datetime(2026, 3, 18, 15, 30, tzinfo=UTC)  # a Wednesday afternoon
@@ -179,6 +179,16 @@ def test_costr_demo_builds_an_organization_to_log_in_to_with_revenue_and_margins
     assert UsageEvent.objects.for_org(organization).count() == 3_000
     assert Customer.objects.for_org(organization).exclude(name="").exists()
     assert RefusalCount.objects.for_org(organization).aggregate(n=Sum("count"))["n"] > 0
+    # Keys and tokens beside the traffic, which came through the production token.
+    keys = ProviderKey.objects.for_org(organization)
+    assert sorted(keys.values_list("provider", flat=True)) == ["anthropic", "google", "openai"]
+    tokens = {t.name: t for t in ProxyToken.objects.for_org(organization)}
+    assert tokens.keys() == {"Production", "Dashboard script", "Old cron job"}
+    assert tokens["Old cron job"].revoked_at is not None
+    assert tokens["Dashboard script"].scopes == ["read"]
+    assert set(UsageEvent.objects.for_org(organization).values_list("token_id", flat=True)) == {
+        tokens["Production"].pk
+    }
 
     end = datetime.now(UTC)
     revenue = revenue_by_customer(

@@ -12,6 +12,7 @@ from apps.demo.customers import demo_customer_names_apply
 from apps.demo.organization import (
     DEMO_OWNER_EMAIL,
     DEMO_SLUG,
+    demo_credentials_create,
     demo_organization_create,
     demo_organization_destroy,
 )
@@ -22,16 +23,18 @@ from apps.demo.traffic import demo_refusals_record, demo_traffic_write
 
 class Command(BaseCommand):
     help = (
-        "Create a demo organization (slug “demo”) with a month of realistic usage for about 50 "
-        "customers, Stripe revenue and refused-request counts, and print its log-in. Refuses "
-        "when the organization exists; --reset deletes it first."
+        "Create a demo organization (slug “demo”) with two months of realistic usage for about "
+        "50 customers, Stripe revenue, refused-request counts, provider keys (made up) and "
+        "tokens, and print its log-in. Refuses when the organization exists; --reset deletes it "
+        "first."
     )
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--reset", action="store_true", help="Delete an existing demo organization first."
         )
-        parser.add_argument("--days", type=int, default=30)
+        # Two of the dashboards' 30-day periods: the second has one before it to compare with.
+        parser.add_argument("--days", type=int, default=60)
         parser.add_argument("--customers", type=int, default=50)
         parser.add_argument("--events", type=int, default=40_000)
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -54,6 +57,7 @@ class Command(BaseCommand):
         organization = demo_organization_create(
             slug=DEMO_SLUG, email=DEMO_OWNER_EMAIL, password=password
         )
+        token = demo_credentials_create(organization=organization)
         end = timezone.now()
         started = time.monotonic()
 
@@ -68,6 +72,7 @@ class Command(BaseCommand):
             end=end,
             seed=seed,
             progress=progress,
+            token_id=token.pk,
         )
         demo_customer_names_apply(
             organization=organization, customers=customers, days=days, seed=seed
