@@ -183,21 +183,7 @@ def price_tokens(
         details = {name: value for name, value in usage_details.items() if value}
     if not model or (input_tokens is None and output_tokens is None and not details):
         return None, "unpriced"
-    if details:
-        cost = _catalog_cost_with_details(
-            provider,
-            model,
-            input_tokens or 0,
-            cached_input_tokens or 0,
-            cache_write_tokens or 0,
-            cache_write_1h_tokens or 0,
-            output_tokens or 0,
-            details,
-            timestamp,
-            service_tier,
-        )
-        return (None, "unpriced") if cost is None else (cost, "catalog")
-    if overrides:
+    if overrides and not details:
         override = overrides.find(provider, model, timestamp)
         if override is not None:
             tokens = TokenCounts(
@@ -214,6 +200,7 @@ def price_tokens(
         output_tokens or 0,
         timestamp,
         service_tier,
+        details,
     )
     if cost is None:
         return None, "unpriced"
@@ -230,65 +217,36 @@ def catalog_cost(
     output_tokens: int,
     timestamp: datetime,
     service_tier: str = "",
+    details: dict | None = None,
 ) -> Decimal | None:
-    """The catalog's price, quantized to 12 places, or None when the catalog cannot price it."""
+    """The catalog's price, quantized to 12 places, or None when the catalog cannot price it.
+
+    Usage with ``details`` (audio tokens, seconds, characters) is priced by ``calc_price``
+    itself: such requests are few, and the fast path knows only token kinds."""
     entry = _catalog_entry(provider, model)
     if entry is None:
         return None
     if timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=UTC)
     tier = service_tier if service_tier in PRICE_CONTEXTS else ""
-    compiled = entry.compiled_for(timestamp, tier)
     tokens = (input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens)
     cost = None
-    if compiled.fast and (
-        type(input_tokens) is int
-        and type(cached_input_tokens) is int
-        and type(cache_write_tokens) is int
-        and type(cache_write_1h_tokens) is int
-        and type(output_tokens) is int
-    ):
-        # (Counts that are not ints, e.g. floats from a client, take the library's own path.)
-        cost = compiled.cost(*tokens, output_tokens)
+    if not details:
+        compiled = entry.compiled_for(timestamp, tier)
+        if compiled.fast and (
+            type(input_tokens) is int
+            and type(cached_input_tokens) is int
+            and type(cache_write_tokens) is int
+            and type(cache_write_1h_tokens) is int
+            and type(output_tokens) is int
+        ):
+            # (Counts that are not ints, e.g. floats from a client, take the library's own path.)
+            cost = compiled.cost(*tokens, output_tokens)
     if cost is None:
-        cost = _library_cost(entry, *tokens, output_tokens, timestamp, tier)
+        cost = _library_cost(entry, *tokens, output_tokens, timestamp, tier, details)
         if cost is None:
             return None
     return cost.quantize(COST_PLACES)
-
-
-def _catalog_cost_with_details(
-    provider: str,
-    model: str,
-    input_tokens: int,
-    cached_input_tokens: int,
-    cache_write_tokens: int,
-    cache_write_1h_tokens: int,
-    output_tokens: int,
-    details: dict,
-    timestamp: datetime,
-    service_tier: str,
-) -> Decimal | None:
-    """The catalog's price of usage with details (audio tokens, seconds, characters), through
-    ``calc_price`` itself: such requests are few, and the fast path knows only token kinds."""
-    entry = _catalog_entry(provider, model)
-    if entry is None:
-        return None
-    if timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=UTC)
-    tier = service_tier if service_tier in PRICE_CONTEXTS else ""
-    cost = _library_cost(
-        entry,
-        input_tokens,
-        cached_input_tokens,
-        cache_write_tokens,
-        cache_write_1h_tokens,
-        output_tokens,
-        timestamp,
-        tier,
-        details,
-    )
-    return None if cost is None else cost.quantize(COST_PLACES)
 
 
 def _library_cost(
