@@ -120,13 +120,11 @@ class OpenAIRealtimeMeter(SessionMeter):
         if kind == "response.created":
             self._begin()
         elif kind == "response.done":
-            document = document if document is not None else _loads(data)
-            response = document.get("response") if isinstance(document, dict) else None
+            response = _member(document, data, "response")
             raw = response.get("usage") if isinstance(response, dict) else None
             self._done(*usage_from_realtime(raw, model=self.model or self.requested_model))
         elif kind in ("session.created", "session.updated"):
-            document = document if document is not None else _loads(data)
-            session = document.get("session") if isinstance(document, dict) else None
+            session = _member(document, data, "session")
             if isinstance(session, dict):
                 self.model = text_or_none(session.get("model")) or self.model
 
@@ -151,9 +149,7 @@ class OpenAIResponsesMeter(SessionMeter):
         if kind == "response.created":
             self._begin()
         elif kind in _RESPONSES_ENDS:
-            document = document if document is not None else _loads(data)
-            response = document.get("response") if isinstance(document, dict) else None
-            usage = usage_from_openai_body(response)
+            usage = usage_from_openai_body(_member(document, data, "response"))
             if usage is not None and usage.model is None:
                 usage.model = self.requested_model
             self._done(usage, None)
@@ -232,6 +228,14 @@ def _event_type(data: str) -> tuple[str | None, Any]:
     document = _loads(data)
     kind = document.get("type") if isinstance(document, dict) else None
     return text_or_none(kind), document
+
+
+def _member(document: Any, data: str, name: str) -> Any:
+    """Member ``name`` of an event's document: ``document`` when ``_event_type`` parsed it
+    already, else ``data`` parsed now; None when it is not an object."""
+    if document is None:
+        document = _loads(data)
+    return document.get(name) if isinstance(document, dict) else None
 
 
 def usage_from_realtime(raw: Any, *, model: str | None) -> tuple[Usage | None, dict[str, int]]:
