@@ -6,20 +6,15 @@ Every test runs on the standard asyncio loop and on uvloop (what the workers run
 """
 
 import asyncio
-import datetime
 import hashlib
-import ipaddress
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from apps.proxy.app import upstream_failure
 from costr.net import http1, http1_connection
 from costr.net.http1 import Client, Origin
+from tests.fakes.tls import self_signed_certificate
 
 TIMEOUTS = {"connect_timeout": 5.0, "read_timeout": 5.0}
 
@@ -443,43 +438,13 @@ def test_the_read_timeout_bounds_each_wait_not_the_whole_body(run):
 # TLS
 
 
-def _self_signed() -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "costr-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 @pytest.fixture(scope="module")
 def tls_contexts(tmp_path_factory):
-    cert_pem, key_pem = _self_signed()
-    directory = tmp_path_factory.mktemp("tls")
-    (directory / "cert.pem").write_bytes(cert_pem)
-    (directory / "key.pem").write_bytes(key_pem)
+    cert_path, key_path = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    server_context.load_cert_chain(cert_path, key_path)
     client_context = http1.default_ssl_context()
-    client_context.load_verify_locations(cadata=cert_pem.decode())
+    client_context.load_verify_locations(cafile=cert_path)
     return server_context, client_context
 
 

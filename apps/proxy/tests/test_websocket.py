@@ -7,11 +7,8 @@ Expected token counts are the fake's usage objects read by their providers' defi
 """
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -23,16 +20,13 @@ import openai
 import pytest
 import uvicorn
 import websockets
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google import genai
 from google.genai import types
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps.proxy.providers.realtime import usage_from_live, usage_from_realtime
 from tests.fakes import realtime as fake_ws
+from tests.fakes.tls import self_signed_certificate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -183,45 +177,12 @@ def test_openai_responses_over_websocket_sdk_is_relayed_and_priced_as_text(proxy
     assert event.cost_usd == price.total_price.quantize(Decimal("1e-12"))
 
 
-def _self_signed(directory) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "costr-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    with open(cert_path, "wb") as handle:
-        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def costr_tls(costr_server, tmp_path_factory):
     """The same Costr application served over TLS: google-genai's Live client always dials wss."""
     from costr.asgi import application
 
-    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
