@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from django.db import transaction
 
 from apps.accounts.models import Organization
+from apps.usage.metering.contract import TOKEN_FIELDS
 from apps.usage.metering.events import event_price, overrides_for
 from apps.usage.models import PriceSource, UsageEvent
 from apps.usage.rollups import rollups_rebuild_day
@@ -41,12 +42,7 @@ def usage_reprice(organization: Organization, since: datetime | None = None) -> 
         "timestamp",
         "provider",
         "model",
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "reasoning_tokens",
+        *TOKEN_FIELDS,
         "usage_details",
         "service_tier",
         "endpoint",
