@@ -4,9 +4,14 @@ writer (so events, customers and rollups are all written as in production)."""
 import itertools
 from datetime import UTC, datetime
 
+from apps.usage.metering.contract import TOKEN_FIELDS
 from apps.usage.metering.events import usage_events_write
 
 _ids = itertools.count(1)
+
+# Every token count null, as in a record whose provider reported no usage: **NO_TOKENS over
+# usage_record's counts.
+NO_TOKENS = dict.fromkeys(TOKEN_FIELDS)
 
 
 def usage_record(organization, **overrides) -> dict:

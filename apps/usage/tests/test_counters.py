@@ -42,16 +42,6 @@ pytestmark = pytest.mark.django_db
 
 DAY = date(2026, 11, 2)  # the factory's timestamp
 PLACES = Decimal("0.000000000001")
-NO_TOKENS = dict.fromkeys(
-    (
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-    )
-)
 
 
 def _events(org) -> list[dict]:

@@ -17,22 +17,12 @@ from apps.usage.metering.writer import store_events
 from apps.usage.models import DailyRollup, OrganizationDailyRollup, PriceOverride, UsageEvent
 from apps.usage.repricing import usage_reprice
 from apps.usage.rollups import rollups_rebuild_day
-from apps.usage.tests.factories import usage_record
+from apps.usage.tests.factories import NO_TOKENS, usage_record
 
 pytestmark = pytest.mark.django_db
 
 M = Decimal(1_000_000)
 DAY = date(2026, 11, 2)  # the factory's timestamp: after every batch rate's start (2026-10-14)
-NO_TOKENS = dict.fromkeys(
-    (
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-    )
-)
 # gpt-4o-mini: $0.15 in, $0.60 out. 1000 in, 100 out = 150 + 60 µ$.
 MINI_1000_100 = Decimal("0.000210")
 
