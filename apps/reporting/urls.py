@@ -31,6 +31,7 @@ register_converter(ExternalIdConverter, "external_id")
 org_urlpatterns = [
     path("", views.OverviewView.as_view(), name="org_home"),
     path("customers/", views.CustomersView.as_view(), name="customers"),
+    path("customers.csv", views.CustomersExportView.as_view(), name="customers_export"),
     path(
         "customers/<external_id:external_id>/",
         views.CustomerDetailView.as_view(),

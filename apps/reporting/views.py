@@ -349,6 +349,28 @@ class CustomersView(ReportPageMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
+        form, search, sort, rows, connected = self.customer_rows()
+        page = Paginator(rows, CUSTOMERS_PER_PAGE).get_page(self.request.GET.get("page"))
+        query = self.request.GET.copy()
+        query.pop("page", None)
+        sort_query = query.copy()
+        sort_query.pop("sort", None)
+        context.update(
+            form=form,
+            search=search,
+            sort=sort,
+            page=page,
+            page_query=query.urlencode(),
+            sort_query=sort_query.urlencode(),
+            stripe_connected=connected,
+            unprofitable=sum(1 for row in rows if row.margin and row.margin.unprofitable),
+            can_export=self.membership.has_role(CustomersExportView.required_role),
+        )
+        return context
+
+    def customer_rows(self):
+        """(form, search, sort, the period's customer rows searched and sorted, whether Stripe is
+        connected): what the page shows, page by page, and the export whole."""
         org, period = self.organization, self.period
         form = CustomerListForm(self.request.GET)
         form.is_valid()
@@ -387,23 +409,85 @@ class CustomersView(ReportPageMixin, TemplateView):
                 for row in rows
                 if needle in row.external_id.casefold() or needle in row.name.casefold()
             ]
-        rows = _sorted_rows(rows, sort)
-        page = Paginator(rows, CUSTOMERS_PER_PAGE).get_page(self.request.GET.get("page"))
-        query = self.request.GET.copy()
-        query.pop("page", None)
-        sort_query = query.copy()
-        sort_query.pop("sort", None)
-        context.update(
-            form=form,
-            search=search,
-            sort=sort,
-            page=page,
-            page_query=query.urlencode(),
-            sort_query=sort_query.urlencode(),
-            stripe_connected=connected,
-            unprofitable=sum(1 for row in rows if row.margin and row.margin.unprofitable),
+        return form, search, sort, _sorted_rows(rows, sort), connected
+
+
+CUSTOMER_COLUMNS = [
+    "external_id",
+    "name",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "unpriced_requests",
+    "usage_unknown_requests",
+    "revenue_usd",
+    "revenue_other",
+    "margin_usd",
+    "margin_pct",
+    "last_seen",
+]
+
+
+class CustomersExportView(CustomersView):
+    """The customers page's rows, all of them (searched and sorted as the page is), as CSV for
+    the period; audited. Admins and owners, as the events export."""
+
+    required_role = "admin"
+
+    def get(self, request, *args, **kwargs):
+        self.setup_period()
+        if not self.period_ok:
+            return HttpResponse(
+                "Invalid period: choose one on the customers page.\n",
+                status=400,
+                content_type="text/plain",
+            )
+        _, search, sort, rows, _ = self.customer_rows()
+        period = self.period
+        audit_event_record(
+            organization=self.organization,
+            actor=request.user,
+            action="usage.exported",
+            target="customers.csv",
+            ip=client_ip(request),
+            details={
+                "start": period.start.isoformat(),
+                "end": period.end.isoformat(),
+                "search": search,
+                "sort": sort,
+            },
         )
-        return context
+        lines = export.rows_csv(
+            CUSTOMER_COLUMNS,
+            (
+                (
+                    row.external_id,
+                    row.name,
+                    row.totals.requests,
+                    row.totals.input_tokens,
+                    row.totals.output_tokens,
+                    row.totals.reported_cost,
+                    row.totals.unpriced_requests,
+                    row.totals.usage_unknown_requests,
+                    row.margin.revenue_usd if row.margin else None,
+                    # Net revenue in other currencies, never converted (as on the page).
+                    "; ".join(f"{r.net} {r.currency.upper()}" for r in row.margin.unconverted)
+                    if row.margin
+                    else None,
+                    row.margin.margin_usd if row.margin else None,
+                    row.margin.margin_pct if row.margin else None,
+                    row.last_seen.isoformat() if row.last_seen else None,
+                )
+                for row in rows
+            ),
+        )
+        response = HttpResponse("".join(lines), content_type="text/csv; charset=utf-8")
+        days = f"{period.start:%Y%m%d}-{period.end:%Y%m%d}"
+        response["Content-Disposition"] = (
+            f'attachment; filename="costr-{self.organization.slug}-customers-{days}.csv"'
+        )
+        return response
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ and the export offered before account deletion both come from here."""
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -56,6 +56,9 @@ def _plain(value):
 
 
 def _csv_cell(value):
+    """A cell; text (not a number: -0.5 stays a number) a spreadsheet would take for a formula
+    is quoted."""
+    text_given = isinstance(value, str | dict)
     value = _plain(value)
     if value is None:
         return ""
@@ -63,7 +66,7 @@ def _csv_cell(value):
         return "true" if value else "false"
     if isinstance(value, dict):
         value = json.dumps(value, ensure_ascii=False, sort_keys=True)
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    if text_given and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
 
@@ -77,9 +80,15 @@ class _Echo:
 
 def events_csv(events) -> Iterator[str]:
     """The header, then one line per event of ``events``, in its order."""
+    return rows_csv([name for name, _ in COLUMNS], _rows(events))
+
+
+def rows_csv(header: list[str], rows: Iterable[tuple]) -> Iterator[str]:
+    """CSV lines: ``header``, then each row, cells as JSON has them (times in ISO 8601 UTC, money
+    as decimal strings), a cell a spreadsheet would read as a formula quoted."""
     writer = csv.writer(_Echo())
-    yield writer.writerow([name for name, _ in COLUMNS])
-    for values in _rows(events):
+    yield writer.writerow(header)
+    for values in rows:
         yield writer.writerow([_csv_cell(value) for value in values])
 
 

@@ -253,3 +253,28 @@ def test_customer_page_query_count_does_not_grow(
 # customer); Stripe connection (1); revenue: source, mapped, whole months (3); by month: source,
 # mapped, months (3); cost by month (1).
 CUSTOMER_QUERIES = 17
+
+
+def test_admins_export_the_customers_of_the_period_as_csv(client, with_stripe, owner, member):
+    client.force_login(owner)
+    response = client.get(url("customers_export", with_stripe), {**OCTOBER, "sort": "margin"})
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert "customers-20261001-20261101.csv" in response["Content-Disposition"]
+    lines = response.content.decode().splitlines()
+    assert lines[0] == (
+        "external_id,name,requests,input_tokens,output_tokens,cost_usd,unpriced_requests,"
+        "usage_unknown_requests,revenue_usd,revenue_other,margin_usd,margin_pct,last_seen"
+    )
+    # The same rows as the page, in its order (lowest margin first), figures unrounded:
+    # globex 1,000,000 + 1,000 tokens in, $0.50 - $1.0012; acme 4 x 1,000 in with one unpriced
+    # request, $9.41 - $0.0036; dave pays in yen: not converted, no margin.
+    assert lines[1:] == [
+        "globex,,2,1001000,100,1.001200000000,0,0,0.50,,-0.501200000000,-100.24,2026-10-08",
+        "acme,,4,4000,400,0.003600000000,1,0,9.41,,9.406400000000,99.96,2026-10-07",
+        "dave,Dave KK,0,0,0,0.000000000000,0,0,,4820 JPY,,,",
+    ]
+    # A member sees the page but may not take the export, as with events.
+    client.force_login(member)
+    assert client.get(url("customers_export", with_stripe), OCTOBER).status_code == 403
