@@ -46,7 +46,7 @@ def test_cards_show_the_periods_totals_and_their_change(client, october, member)
     assert "1M in / 500 out" in tokens  # 1,005,000 to three significant digits
     assert "1,005,000 in, incl. 0 cached · 500 out, incl. 0 reasoning" in tokens
     errors = text_of(html, "card-errors")
-    assert "16.7%" in errors  # 1 of 6
+    assert "16.7%" in errors and "1 error ·" in errors  # 1 of 6
     assert "▲ 16.7 pts" in errors  # September had no error
     latency = text_of(html, "card-latency")
     # Approximate, from the latency histograms (see test_views_selectors).
