@@ -9,8 +9,10 @@ import hashlib
 import logging
 from typing import Any, Protocol
 
+from django.views.decorators.debug import sensitive_variables
+
 from apps.keys import keycache
-from apps.proxy.limits import Refusal
+from apps.proxy.limits import Refusal, climbs_above_prefix
 from apps.proxy.providers import Adapter
 from apps.usage.metering import sink
 from costr import throttle
@@ -110,3 +112,24 @@ def count_refusal(request: Caller, refusal: Refusal) -> None:
             request.org_slug[:100],
             client[0],
         )
+
+
+def check_path(raw_rest: bytes) -> None:
+    """400 for a path whose dot-segments climb above the provider API's root (checked once the
+    token is known, so the refusal counts for the organization)."""
+    if climbs_above_prefix(raw_rest):
+        raise Refusal(400, "invalid_path", "The path's dot-segments climb above the API's root.")
+
+
+@sensitive_variables("key")
+def provider_key_or_refuse(resolved: keycache.ResolvedToken, provider: str) -> str:
+    """The organization's key for ``provider``, decrypted, or 400 when it has none."""
+    key = keycache.provider_key_plaintext(resolved, provider)
+    if key is None:
+        raise Refusal(
+            400,
+            "no_provider_key",
+            f"No {provider} key is configured for this organization in Costr. "
+            "Add one under Provider keys.",
+        )
+    return key

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from apps.keys import keycache
-from apps.proxy.admission import authorize, count_refusal
+from apps.proxy.admission import authorize, check_path, count_refusal, provider_key_or_refuse
 from apps.proxy.batches import BatchCall, batch_call
 from apps.proxy.limits import (
     HOP_BY_HOP,
@@ -38,7 +38,6 @@ from apps.proxy.limits import (
     check_method,
     clean_request_info,
     clean_usage,
-    climbs_above_prefix,
     connection_tokens,
     head_size,
     response_headers_to_relay,
@@ -281,17 +280,9 @@ async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
     request.resolved = await authorize(request, headers, query)
     # Checked once the token is known, so that these refusals count for the organization.
     check_method(scope["method"])
-    if climbs_above_prefix(request.raw_rest):
-        raise Refusal(400, "invalid_path", "The path's dot-segments climb above the API's root.")
+    check_path(request.raw_rest)
     forward_headers = _request_headers(request, headers)
-    provider_key = keycache.provider_key_plaintext(request.resolved, request.provider)
-    if provider_key is None:
-        raise Refusal(
-            400,
-            "no_provider_key",
-            f"No {request.provider} key is configured for this organization in Costr. "
-            "Add one under Provider keys.",
-        )
+    provider_key = provider_key_or_refuse(request.resolved, request.provider)
     forward_headers, query = adapter.swap_credential(forward_headers, query, provider_key)
     del provider_key
     keycache.record_use(request.resolved, request.provider)

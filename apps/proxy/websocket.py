@@ -51,7 +51,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from apps.keys import keycache
-from apps.proxy.admission import authorize, count_refusal
+from apps.proxy.admission import authorize, check_path, count_refusal, provider_key_or_refuse
 from apps.proxy.app import PREFIX, ProxiedRequest, Receive, Send, error_headers
 from apps.proxy.limits import (
     HOP_BY_HOP,
@@ -60,7 +60,6 @@ from apps.proxy.limits import (
     Refusal,
     clean_request_info,
     clean_usage,
-    climbs_above_prefix,
     connection_tokens,
     head_size,
 )
@@ -231,19 +230,9 @@ class Session:
             credential = token_in_subprotocol[len(KEY_SUBPROTOCOL) :].encode("latin-1")
             checked = [*headers, (b"authorization", b"Bearer " + credential)]
         request.resolved = await authorize(request, checked, query)
-        if climbs_above_prefix(request.raw_rest):
-            raise Refusal(
-                400, "invalid_path", "The path's dot-segments climb above the API's root."
-            )
+        check_path(request.raw_rest)
         forward = self._forward_headers(headers)
-        provider_key = keycache.provider_key_plaintext(request.resolved, request.provider)
-        if provider_key is None:
-            raise Refusal(
-                400,
-                "no_provider_key",
-                f"No {request.provider} key is configured for this organization in Costr. "
-                "Add one under Provider keys.",
-            )
+        provider_key = provider_key_or_refuse(request.resolved, request.provider)
         if token_in_subprotocol is not None:
             self.client_subprotocol = token_in_subprotocol
             subprotocols = [
