@@ -9,7 +9,7 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 from django.utils import timezone
 
-from apps.usage.tests.factories import store_usage
+from apps.usage.tests.factories import NO_TOKENS, store_usage
 
 pytestmark = pytest.mark.django_db
 
@@ -229,18 +229,6 @@ def test_the_query_count_does_not_grow_with_the_data(
         large = api.get(URL, params).json()
 
     assert small["total"]["requests"] < large["total"]["requests"]
-
-
-NO_TOKENS = dict.fromkeys(
-    (
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-    )
-)
 
 
 def test_usage_unknown_is_counted_apart_and_no_usage_as_neither(api, priced):

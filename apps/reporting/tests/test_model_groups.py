@@ -12,19 +12,10 @@ import pytest
 
 from apps.reporting import selectors
 from apps.reporting.tests.dashboard_data import text_of, url, use, utc
+from apps.usage.tests.factories import NO_TOKENS
 
 pytestmark = pytest.mark.django_db
 
-NO_TOKENS = dict.fromkeys(
-    (
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-    )
-)
 MINI = Decimal("0.00021")
 HAIKU = Decimal("0.0015")
 # Whole days Nov 2 and 3 from rollups, the edges (Nov 1 from 12:00, Nov 4 to 12:00) from events.

@@ -13,20 +13,11 @@ import json
 import pytest
 
 from apps.reporting.tests.dashboard_data import price, text_of, url, use, utc
+from apps.usage.tests.factories import NO_TOKENS
 
 pytestmark = pytest.mark.django_db
 
 NOVEMBER = {"period": "custom", "start": "2026-11-01", "end": "2026-11-30"}
-NO_TOKENS = dict.fromkeys(
-    (
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-    )
-)
 
 
 @pytest.fixture
