@@ -2,7 +2,7 @@ from urllib.parse import unquote
 
 from django.urls import path, register_converter
 
-from apps.reporting import views
+from apps.reporting import event_views, views
 
 
 class ExternalIdConverter:
@@ -46,7 +46,7 @@ org_urlpatterns = [
     ),
     path("models/", views.ModelsView.as_view(), name="models"),
     path("properties/", views.PropertiesView.as_view(), name="properties"),
-    path("events/", views.EventsView.as_view(), name="events"),
-    path("events/<int:event_id>/", views.EventDetailView.as_view(), name="event_detail"),
-    path("events/export.csv", views.EventsExportView.as_view(), name="events_export"),
+    path("events/", event_views.EventsView.as_view(), name="events"),
+    path("events/<int:event_id>/", event_views.EventDetailView.as_view(), name="event_detail"),
+    path("events/export.csv", event_views.EventsExportView.as_view(), name="events_export"),
 ]
