@@ -10,23 +10,16 @@ before the browser starts, and everything after is read off the pages. Screensho
 """
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from apps.proxy.tests.conftest import costr_server  # noqa: F401 - fixture, used by name
+from tests.browser.chromium import launched_chromium, logged_in_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-]
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots" / "layout"
 LAPTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
@@ -72,30 +65,13 @@ def owner_org(fake_provider):
 
 @pytest.fixture
 def browser(tmp_path, owner_org):
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 def _logged_in_page(browser, base, viewport):
-    context = browser.new_context(viewport=viewport)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto(f"{base}/login/")
-    page.get_by_label("E-mail").fill(OWNER)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{base}/app/{SLUG}/**")
-    return page
+    return logged_in_page(browser, base, viewport, email=OWNER, password=PASSWORD, slug=SLUG)
 
 
 def _assert_one_header_row(page, where):

@@ -8,7 +8,6 @@ the browser starts (Playwright's loop runs in this thread, where Django refuses 
 Screenshots go to ``var/screenshots/reporting/``.
 """
 
-import shutil
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,11 +17,10 @@ from django.conf import settings
 from apps.proxy.tests.conftest import costr_server  # noqa: F401 - fixture, used by name
 from apps.reporting.templatetags.reporting_format import usd
 from apps.reporting.tests.dashboard_data import build_october, use, utc
+from tests.browser.chromium import launched_chromium, logged_in_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots" / "reporting"
 LAPTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
@@ -63,30 +61,13 @@ def reporting_org(db):
 
 @pytest.fixture
 def browser(reporting_org):
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 def _page(browser, base, viewport):
-    context = browser.new_context(viewport=viewport)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto(f"{base}/login/")
-    page.get_by_label("E-mail").fill(OWNER)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{base}/app/{SLUG}/**")
-    return page
+    return logged_in_page(browser, base, viewport, email=OWNER, password=PASSWORD, slug=SLUG)
 
 
 def _shot(page, name):

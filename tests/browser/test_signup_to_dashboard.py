@@ -12,24 +12,16 @@ API keeps an event loop running in this thread, where Django refuses ORM calls: 
 nothing from the database itself and looks only at what the browser and the SDK see.
 """
 
-import shutil
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from apps.proxy.tests.conftest import costr_server  # noqa: F401 - fixture, used by name
+from tests.browser.chromium import CHROMIUM_ARGS, chromium_path
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
 
 EMAIL = "founder@browser-test.example.com"
@@ -46,12 +38,11 @@ def browser_page(tmp_path):
     an argument of its own rather than as ``--user-data-dir``)."""
     from playwright.sync_api import sync_playwright
 
-    assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: apt-get install chromium"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),
-            executable_path=CHROMIUM,
+            executable_path=chromium_path(),
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 900},
