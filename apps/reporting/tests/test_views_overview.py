@@ -216,3 +216,17 @@ def test_query_count_does_not_grow_with_customers_or_events(
 # whole UTC days reads rollups alone, the same on every database.
 def _overview_queries() -> int:
     return 14
+
+
+@pytest.mark.parametrize(("page", "args"), [("org_home", ()), ("customer_detail", ("acme",))])
+def test_the_property_picker_keeps_the_period_and_lists_the_names_sent(
+    client, october, member, page, args
+):
+    client.force_login(member)
+    html = client.get(url(page, october, *args), OCTOBER).content.decode()
+
+    form = html[html.index('<form method="get" class="inline-form">') :]
+    form = form[: form.index("</form>")]
+    for name, value in OCTOBER.items():
+        assert f'<input type="hidden" name="{name}" value="{value}">' in form
+    assert '<option value="feature" selected>feature</option>' in form
