@@ -22,8 +22,10 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -66,12 +68,26 @@ class ResolvedToken:
     expires_at: datetime | None
     provider_keys: dict  # provider → ProviderKeyRef of its default key
     inject_openai_stream_usage: bool = True
+    # The organization's budgets as the proxy enforces them (``apps.budgets.policy.Policy``),
+    # None when it has none: then the request path does no budget work at all.
+    budgets: Any = None
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
 
 _entries: dict[str, tuple[float, ResolvedToken | None]] = {}
+# organization → its budget policy or None; set by the budgets app (it sits above keys).
+_budget_loader: Callable[[Any], Any] | None = None
+
+
+def set_budget_loader(loader: Callable[[Any], Any]) -> None:
+    """Have each token's organization's budgets loaded with it (``apps.budgets`` does this when
+    Django starts). A budget change invalidates the organization's tokens like a key change."""
+    global _budget_loader
+    _budget_loader = loader
+
+
 _lock = threading.Lock()
 _subscriber_started = False
 
@@ -102,6 +118,7 @@ def _load(token_hash: str) -> ResolvedToken | None:
             key.provider: ProviderKeyRef(str(key.secret_id), bytes(key.ciphertext)) for key in keys
         },
         inject_openai_stream_usage=token.organization.inject_openai_stream_usage,
+        budgets=_budget_loader(token.organization) if _budget_loader is not None else None,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from django.views.decorators.debug import sensitive_variables
 
+from apps.budgets import guard
 from apps.keys import keycache
 from apps.proxy.limits import Refusal, climbs_above_prefix
 from apps.proxy.providers import Adapter
@@ -24,7 +25,7 @@ TOKEN_PREFIX = "costr_"  # noqa: S105 -- a public marker, not a secret
 # dashboard (DESIGN.md); a 503 for Costr's own trouble is no refusal of the request. Only a
 # request that proved it is the organization's (a valid token of it) is counted: anyone can
 # send a bad token to any /p/<org>/, and the count must not be theirs to inflate.
-COUNTED_REFUSALS = frozenset({400, 403, 405, 408, 413})
+COUNTED_REFUSALS = frozenset({400, 403, 405, 408, 413, 429})
 
 
 class Caller(Protocol):
@@ -32,8 +33,12 @@ class Caller(Protocol):
 
     scope: Any
     adapter: Adapter
+    provider: str
     org_slug: str
     resolved: keycache.ResolvedToken | None
+    attribution: Any
+    info: Any
+    timestamp: Any
 
 
 async def authorize(request: Caller, headers, query) -> keycache.ResolvedToken:
@@ -92,6 +97,38 @@ def _rate_limited(wait: int) -> Refusal:
         f"Too many requests with invalid tokens from this address; retry in {wait} s.",
         headers=((b"retry-after", str(wait).encode()),),
     )
+
+
+async def reserve_budget(
+    request: Caller, body_head: bytes | None, body_size: int
+) -> guard.Reservation | None:
+    """Reserve the request's upper estimate on every budget it falls under, or refuse it: 429
+    ``budget_exceeded`` (``Retry-After``: seconds to the period's end), or 429
+    ``budget_unavailable`` when a fail-closed budget cannot be checked. Called only for an
+    organization with budgets; the reservation is settled when the request's record is made."""
+    try:
+        return await guard.admit(
+            request.resolved.budgets,
+            token_id=request.resolved.token_id,
+            customer=request.attribution.customer,
+            properties=request.attribution.properties,
+            provider=request.provider,
+            endpoint=request.info.endpoint,
+            model=request.info.requested_model or "",
+            body=body_head,
+            body_size=body_size,
+            now=request.timestamp,
+        )
+    except guard.BudgetRefused as refused:
+        raise Refusal(
+            429,
+            refused.code,
+            refused.message,
+            headers=(
+                (b"x-costr-budget-id", refused.budget_id.encode()),
+                (b"retry-after", str(refused.retry_after).encode()),
+            ),
+        ) from None
 
 
 def count_refusal(request: Caller, refusal: Refusal) -> None:

@@ -23,8 +23,15 @@ from typing import Any
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
+from apps.budgets import guard
 from apps.keys import keycache
-from apps.proxy.admission import authorize, check_path, count_refusal, provider_key_or_refuse
+from apps.proxy.admission import (
+    authorize,
+    check_path,
+    count_refusal,
+    provider_key_or_refuse,
+    reserve_budget,
+)
 from apps.proxy.batches import BatchCall, batch_call
 from apps.proxy.limits import (
     HOP_BY_HOP,
@@ -158,6 +165,8 @@ class ProxiedRequest:
         self.recorded = False
         self.response_started = False
         self.batch: BatchCall | None = None  # a call on a batch API (apps/proxy/batches.py)
+        # What the request holds on its organization's budgets until its record is made.
+        self.reservation: guard.Reservation | None = None
 
     def final_outcome(self) -> str:
         """The outcome recorded, by precedence: ``costr_error`` (Costr failed, whatever the
@@ -177,7 +186,10 @@ class ProxiedRequest:
         if self.recorded:
             return
         self.recorded = True
-        sink.emit(self.record(clean_usage(usage)))
+        record = self.record(clean_usage(usage))
+        if self.reservation is not None:
+            guard.settle(self.reservation, record)
+        sink.emit(record)
 
     def record(self, usage: Usage | None) -> UsageRecord:
         resolved = self.resolved
@@ -263,6 +275,9 @@ async def proxy_app(scope, receive: Receive, send: Send) -> None:
         await _send_error(
             send, request, 500, "costr_error", "Costr failed on this request; call the provider."
         )
+    finally:
+        if request.reservation is not None and not request.recorded:
+            guard.release(request.reservation)
 
 
 @sensitive_variables(
@@ -318,6 +333,12 @@ async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
     else:
         # A body too large to read whole was not inspected and is never rewritten.
         injected = False
+
+    if request.resolved.budgets is not None:
+        size = len(body.head) if body.head is not None else _content_length(headers)
+        request.reservation = await reserve_budget(
+            request, body.head, size or settings.COSTR_PROXY_MAX_BODY_BYTES
+        )
 
     # The path and query go out exactly as received, never normalised or re-quoted.
     origin = _upstream_origin(request.provider)

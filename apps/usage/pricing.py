@@ -291,6 +291,13 @@ def catalog_model_id(provider: str, model: str) -> str:
     return model if entry is None else entry.info.id
 
 
+def catalog_context_window(provider: str, model: str) -> int | None:
+    """The catalog's context window for ``model`` of ``provider`` (input and output together),
+    None when it does not know the model or its window."""
+    entry = _catalog_entry(provider, model)
+    return entry.info.context_window if entry is not None else None
+
+
 @lru_cache(maxsize=4096)
 def _catalog_entry(provider: str, model: str) -> "_CatalogEntry | None":
     """The catalog's model for (provider, model), looked up once. Bounded: model names come from

@@ -66,6 +66,12 @@ COSTR_BASE_URL = env.str("COSTR_BASE_URL", default="http://127.0.0.1:8000").rstr
 
 # How long usage metadata is kept for a new organization (each org can change its own; the
 # choices on the retention page run from 7 days to 2 years).
+# Budgets (DESIGN.md "Budgets, limits and alerts"): how long a request waits for the budget
+# store before it is treated as unavailable, and the spend-anomaly rule (a customer's spend
+# today over FACTOR times its trailing 7-day daily mean, and over FLOOR_USD).
+COSTR_BUDGET_STORE_TIMEOUT_SECONDS = env.float("COSTR_BUDGET_STORE_TIMEOUT_SECONDS", default=0.5)
+COSTR_ANOMALY_FACTOR = env.float("COSTR_ANOMALY_FACTOR", default=3.0)
+COSTR_ANOMALY_FLOOR_USD = env.float("COSTR_ANOMALY_FLOOR_USD", default=10.0)
 COSTR_DEFAULT_RETENTION_DAYS = env.int("COSTR_DEFAULT_RETENTION_DAYS", default=90)
 if not 7 <= COSTR_DEFAULT_RETENTION_DAYS <= 730:
     raise ImproperlyConfigured("COSTR_DEFAULT_RETENTION_DAYS must be between 7 and 730 days.")
@@ -89,6 +95,7 @@ INSTALLED_APPS = [
     "apps.keys",
     "apps.usage",
     "apps.billing",
+    "apps.budgets",
     "apps.reporting",
     "apps.demo",
     "axes",

@@ -1,0 +1,136 @@
+"""The upper estimate of a request's cost that the proxy reserves against its budgets.
+
+- Input: the request body's size in bytes, as tokens. A token of a byte-level tokenizer covers
+  at least one byte of text, and the body holds the text plus its JSON, so this never counts
+  fewer tokens than the provider will (images and audio sent as base64 count far more). A body
+  too large to read whole counts by its declared length, or by the largest body Costr takes.
+- Output: the request's own cap (``max_tokens``, ``max_completion_tokens``,
+  ``max_output_tokens``, Gemini's ``generationConfig.maxOutputTokens``), else the model's context
+  window (the catalog has no separate output limit), else ``DEFAULT_OUTPUT_TOKENS``; none for
+  embeddings. Setting a cap on requests makes their reservations smaller.
+- Price: the organization's override for the model, else the catalog's price at the tier the
+  body asks for (``priority`` costs more), with the input priced as one-hour cache writes when an
+  Anthropic body marks ``cache_control``. A model neither knows is reserved at the most
+  expensive input and output prices the catalog lists for its provider: never at zero.
+"""
+
+import json
+from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
+from functools import lru_cache
+
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ModelPrice, TieredPrices
+
+from apps.usage.pricing import PER_MILLION, Overrides, catalog_context_window, price_tokens
+
+DEFAULT_OUTPUT_TOKENS = 200_000
+# Request fields that cap the answer's tokens, by provider.
+_OUTPUT_CAPS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
+NO_OUTPUT_ENDPOINTS = frozenset({"embeddings"})
+MICRO = Decimal("0.000001")
+
+
+def estimate_cost(
+    *,
+    provider: str,
+    endpoint: str,
+    model: str,
+    body: bytes | None,
+    body_size: int,
+    overrides: Overrides,
+    now: datetime,
+) -> Decimal:
+    """An amount in USD that the request's cost will not exceed, rounded up to the micro-dollar."""
+    fields = _fields(body)
+    input_tokens = max(body_size, 1)
+    output_tokens = 0 if endpoint in NO_OUTPUT_ENDPOINTS else _output_cap(provider, model, fields)
+    tier = "priority" if fields.get("service_tier") == "priority" else ""
+    cache_writes = (
+        input_tokens if provider == "anthropic" and body and b"cache_control" in body else 0
+    )
+    cost = None
+    if model:
+        cost, _ = price_tokens(
+            provider,
+            model,
+            input_tokens,
+            0,
+            cache_writes,
+            cache_writes,
+            output_tokens,
+            now,
+            tier,
+            overrides,
+        )
+    if cost is None:
+        ceiling_in, ceiling_out = provider_ceiling(provider)
+        cost = (input_tokens * ceiling_in + output_tokens * ceiling_out) / PER_MILLION
+    return max(cost, MICRO).quantize(MICRO, rounding=ROUND_CEILING)
+
+
+def _fields(body: bytes | None) -> dict:
+    if not body or body[:1] not in (b"{", b" ", b"\n", b"\t", b"\r"):
+        return {}
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _output_cap(provider: str, model: str, fields: dict) -> int:
+    for name in _OUTPUT_CAPS:
+        value = fields.get(name)
+        if _count(value):
+            return value
+    config = fields.get("generationConfig") or fields.get("generation_config")
+    if isinstance(config, dict):
+        value = config.get("maxOutputTokens", config.get("max_output_tokens"))
+        if _count(value):
+            return value
+    window = catalog_context_window(provider, model) if model else None
+    return window or DEFAULT_OUTPUT_TOKENS
+
+
+def _count(value) -> bool:
+    return type(value) is int and 0 < value <= 10_000_000
+
+
+@lru_cache(maxsize=8)
+def provider_ceiling(provider: str) -> tuple[Decimal, Decimal]:
+    """The highest input price (cache writes included) and output price per million tokens that
+    the catalog lists for any model of ``provider``, at any tier or date; for a provider it does
+    not know, the highest of all."""
+    snapshot = get_snapshot()
+    providers = [p for p in snapshot.providers if p.id == provider] or snapshot.providers
+    ceiling_in = ceiling_out = Decimal(0)
+    for found in providers:
+        for model in found.models:
+            for price in _model_prices(model):
+                ceiling_in = max(
+                    ceiling_in,
+                    _highest(price.input_mtok),
+                    _highest(getattr(price, "cache_write_mtok", None)),
+                    _highest(getattr(price, "cache_write_1h_mtok", None)),
+                )
+                ceiling_out = max(ceiling_out, _highest(price.output_mtok))
+    return ceiling_in, ceiling_out
+
+
+def _model_prices(model) -> list[ModelPrice]:
+    prices = (
+        [model.prices]
+        if isinstance(model.prices, ModelPrice)
+        else [conditional.prices for conditional in model.prices]
+    )
+    prices += [variant.prices for variant in model.price_variants or ()]
+    return [price for price in prices if isinstance(price, ModelPrice)]
+
+
+def _highest(value) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, TieredPrices):
+        return max([value.base, *(tier.price for tier in value.tiers)])
+    return Decimal(value)

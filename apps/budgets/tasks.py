@@ -1,0 +1,1 @@
+"""The budgets app's Celery tasks (alerts, deliveries, reconciling counters)."""

@@ -1,0 +1,78 @@
+"""Budgets enforced by the proxy, through the real server (DESIGN.md "Budgets, limits and
+alerts"): a request that would take a budget past its limit is refused 429 in the provider's
+shape, before anything is forwarded; other customers and organizations go on; a refusal is
+counted, not recorded; the reservation is settled with the request's actual cost.
+
+The fake reports usage no larger than the request's own upper estimate (input tokens at most
+the body's bytes, output at most ``max_tokens``), as a real provider does.
+"""
+
+import json
+from decimal import Decimal
+
+import pytest
+
+# gpt-4o-mini: $0.15 per million input tokens, $0.60 per million output tokens.
+USAGE = {"prompt_tokens": 40, "completion_tokens": 100, "total_tokens": 140}
+ACTUAL = Decimal(40) * Decimal("0.15") / 10**6 + Decimal(100) * Decimal("0.60") / 10**6
+
+
+def _chat(http, proxy, customer: str | None, *, token: str | None = None, base: str | None = None):
+    headers = {
+        "authorization": f"Bearer {token or proxy.token}",
+        "x-fake-usage": json.dumps(USAGE),
+    }
+    if customer is not None:
+        headers["x-costr-customer"] = customer
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello in one short sentence, please."}],
+        "max_tokens": 100,
+    }
+    return http.post(f"{base or proxy.url('openai')}/chat/completions", headers=headers, json=body)
+
+
+def _budget(organization, **fields):
+    from apps.budgets.services import budget_create
+
+    return budget_create(organization=organization, actor=None, **fields)
+
+
+def test_a_customer_budget_refuses_past_its_limit_and_nothing_else(http, proxy, make_organization):
+    from apps.usage.models import RefusalCount
+
+    budget = _budget(
+        proxy.organization, scope="customer", customer="acme", period="day", limit_usd="0.0005"
+    )
+    answers = [_chat(http, proxy, "acme") for _ in range(12)]
+    admitted = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(admitted) + len(refused) == 12
+    assert refused, "the budget never refused"
+    # Once refused, always refused: spend only grows within the period.
+    first_refusal = next(i for i, a in enumerate(answers) if a.status_code == 429)
+    assert all(a.status_code == 429 for a in answers[first_refusal:])
+    assert len(admitted) * ACTUAL <= Decimal("0.0005")
+    refusal = refused[0]
+    assert refusal.headers["x-costr-error"] == "budget_exceeded"
+    assert refusal.headers["x-costr-budget-id"] == budget.public_id
+    assert 0 < int(refusal.headers["retry-after"]) <= 86_400
+    assert refusal.json()["error"]["code"] == "budget_exceeded"  # OpenAI's error shape
+    # Nothing refused reached the provider; every admitted request did.
+    chats = [r for r in proxy.fake.requests if r.path.endswith("/chat/completions")]
+    assert len(chats) == len(admitted)
+
+    # Another customer, a request without one, and another organization are untouched.
+    assert _chat(http, proxy, "globex").status_code == 200
+    assert _chat(http, proxy, None).status_code == 200
+    other, created = make_organization()
+    _budget(other, scope="customer", customer="acme", period="day", limit_usd="100")
+    other_base = proxy.base.replace(proxy.organization.slug, other.slug) + "/openai/v1"
+    assert _chat(http, proxy, "acme", token=created.plaintext, base=other_base).status_code == 200
+
+    events = proxy.events(expected=len(admitted) + 2)
+    assert len(events) == len(admitted) + 2
+    counted = RefusalCount.objects.for_org(proxy.organization).filter(
+        status=429, code="budget_exceeded"
+    )
+    assert sum(row.count for row in counted) == len(refused)
