@@ -10,8 +10,6 @@ the body's bytes, output at most ``max_tokens``), as a real provider does.
 import json
 from decimal import Decimal
 
-import pytest
-
 # gpt-4o-mini: $0.15 per million input tokens, $0.60 per million output tokens.
 USAGE = {"prompt_tokens": 40, "completion_tokens": 100, "total_tokens": 140}
 ACTUAL = Decimal(40) * Decimal("0.15") / 10**6 + Decimal(100) * Decimal("0.60") / 10**6
