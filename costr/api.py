@@ -18,6 +18,7 @@ from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiYamlRenderer
 from drf_spectacular.views import SpectacularAPIView
 
+from apps.budgets import api_urls as budgets_api_urls
 from apps.reporting.api import (
     CustomerDetailView,
     CustomerListView,
@@ -205,6 +206,7 @@ urlpatterns = [
         CustomerDetailView.as_view(),
         name="api_customer_detail",
     ),
+    *budgets_api_urls.urlpatterns,
     path("schema/", SchemaView.as_view(), name="api_schema"),
     path("docs/", docs, name="api_docs"),
     # Last: anything else under /api/v1/, newlines included (``.*`` would leave a path with a

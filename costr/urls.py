@@ -6,6 +6,8 @@ from django.urls import include, path
 from apps.accounts import urls as accounts_urls
 from apps.accounts import views as accounts_views
 from apps.billing import urls as billing_urls
+from apps.budgets import alert_urls as budgets_alert_urls
+from apps.budgets import urls as budgets_urls
 from apps.keys import urls as keys_urls
 from apps.reporting import urls as reporting_urls
 from apps.usage import urls as usage_urls
@@ -18,6 +20,8 @@ org_patterns = [
     *keys_urls.org_urlpatterns,
     *billing_urls.org_urlpatterns,
     *usage_urls.org_urlpatterns,
+    *budgets_urls.org_urlpatterns,
+    *budgets_alert_urls.org_urlpatterns,
     *reporting_urls.org_urlpatterns,
     path("integrate/", usage_views.IntegrateView.as_view(), name="integrate"),
 ]

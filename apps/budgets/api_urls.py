@@ -1,0 +1,3 @@
+"""``/api/v1/budgets/`` and ``/api/v1/webhooks/``."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""The Budgets pages, under /app/<org_slug>/."""
+
+org_urlpatterns: list = []
