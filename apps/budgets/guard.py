@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 
-from apps.budgets.estimate import estimate_cost, provider_ceiling
+from apps.budgets.estimate import MICRO, estimate_cost, provider_ceiling
 from apps.budgets.policy import Match, Period, Policy, period_of
 from apps.budgets.store import (
     NEEDS_SEED,
@@ -98,6 +98,25 @@ async def admit(
         now=now,
     )
     return await reserve(policy, matches, estimate, provider, now)
+
+
+async def admit_session(
+    policy: Policy,
+    *,
+    token_id: int,
+    customer: str | None,
+    properties: dict,
+    provider: str,
+    now: datetime,
+) -> Reservation | None:
+    """A WebSocket session: admitted while every budget it falls under has room left (a
+    reservation of one micro-dollar, held until it ends); each of its responses is then counted
+    as it finishes (``charge``). A session is one request: what it spends past the limit is
+    that one session's."""
+    matches = policy.matches(token_id, customer, properties)
+    if not matches:
+        return None
+    return await reserve(policy, matches, MICRO, provider, now)
 
 
 async def reserve(
@@ -207,10 +226,14 @@ def settle(reservation: Reservation, record: dict) -> None:
     if reservation.settled:
         return
     reservation.settled = True
-    spent = nano(actual_cost(reservation, record))
-    task = asyncio.get_running_loop().create_task(_settle(reservation, spent))
-    _settling.add(task)
-    task.add_done_callback(_settling.discard)
+    _schedule(_apply(reservation, reservation.amount, nano(actual_cost(reservation, record))))
+
+
+def charge(reservation: Reservation, record: dict) -> None:
+    """Count one finished response of a session against its budgets, keeping its reservation."""
+    spent = nano(actual_cost(reservation, record, unknown=Decimal(0)))
+    if spent:
+        _schedule(_apply(reservation, 0, spent))
 
 
 def release(reservation: Reservation) -> None:
@@ -218,14 +241,19 @@ def release(reservation: Reservation) -> None:
     if reservation.settled:
         return
     reservation.settled = True
-    task = asyncio.get_running_loop().create_task(_settle(reservation, 0))
+    _schedule(_apply(reservation, reservation.amount, 0))
+
+
+def _schedule(work) -> None:
+    task = asyncio.get_running_loop().create_task(work)
     _settling.add(task)
     task.add_done_callback(_settling.discard)
 
 
-async def _settle(reservation: Reservation, spent: int) -> None:
+async def _apply(reservation: Reservation, reserved: int, spent: int) -> None:
+    """Take ``reserved`` off the reservations of the request's counters, add ``spent``."""
     try:
-        await get_store().settle(reservation.keys, reservation.amount, spent)
+        await get_store().settle(reservation.keys, reserved, spent)
     except StoreUnavailable:
         # The counter keeps the reservation until the period ends or the store loses it; the
         # reconciling task raises spend to the database's figure either way.
@@ -234,11 +262,13 @@ async def _settle(reservation: Reservation, spent: int) -> None:
         logger.exception("settling a budget reservation failed")
 
 
-def actual_cost(reservation: Reservation, record: dict) -> Decimal:
+def actual_cost(reservation: Reservation, record: dict, unknown: Decimal | None = None) -> Decimal:
     """What the request counts against its budgets: its price when its usage is known (at the
-    provider's highest prices for a model nothing prices); its reservation when it succeeded
-    without readable usage (the provider may well bill it); nothing when it failed or bills
-    nothing."""
+    provider's highest prices for a model nothing prices); when it succeeded without readable
+    usage (the provider may well bill it), ``unknown``, by default its reservation; nothing
+    when it failed or bills nothing."""
+    if unknown is None:
+        unknown = reservation.estimate
     tokens = [record.get(name) for name in ("input_tokens", "output_tokens")]
     details = record.get("usage_details")
     if record.get("billable") is False:
@@ -261,8 +291,8 @@ def actual_cost(reservation: Reservation, record: dict) -> Decimal:
             return cost
         ceiling_in, ceiling_out = provider_ceiling(reservation.provider)
         known = (tokens[0] or 0) * ceiling_in + (tokens[1] or 0) * ceiling_out
-        return known / PER_MILLION if known else reservation.estimate
+        return known / PER_MILLION if known else unknown
     status = record.get("status") or 0
     if status >= 400 or record.get("outcome") in ERROR_OUTCOMES:
         return Decimal(0)
-    return reservation.estimate
+    return unknown

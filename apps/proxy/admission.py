@@ -100,18 +100,29 @@ def _rate_limited(wait: int) -> Refusal:
 
 
 async def reserve_budget(
-    request: Caller, body_head: bytes | None, body_size: int
+    request: Caller, body_head: bytes | None, body_size: int, *, session: bool = False
 ) -> guard.Reservation | None:
-    """Reserve the request's upper estimate on every budget it falls under, or refuse it: 429
-    ``budget_exceeded`` (``Retry-After``: seconds to the period's end), or 429
+    """Reserve the request's upper estimate on every budget it falls under (for a WebSocket
+    ``session``, check that they have room: its responses count as they finish), or refuse
+    it: 429 ``budget_exceeded`` (``Retry-After``: seconds to the period's end), or 429
     ``budget_unavailable`` when a fail-closed budget cannot be checked. Called only for an
     organization with budgets; the reservation is settled when the request's record is made."""
+    resolved, attribution = request.resolved, request.attribution
     try:
+        if session:
+            return await guard.admit_session(
+                resolved.budgets,
+                token_id=resolved.token_id,
+                customer=attribution.customer,
+                properties=attribution.properties,
+                provider=request.provider,
+                now=request.timestamp,
+            )
         return await guard.admit(
-            request.resolved.budgets,
-            token_id=request.resolved.token_id,
-            customer=request.attribution.customer,
-            properties=request.attribution.properties,
+            resolved.budgets,
+            token_id=resolved.token_id,
+            customer=attribution.customer,
+            properties=attribution.properties,
             provider=request.provider,
             endpoint=request.info.endpoint,
             model=request.info.requested_model or "",

@@ -50,8 +50,15 @@ from django.views.decorators.debug import sensitive_variables
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from apps.budgets import guard
 from apps.keys import keycache
-from apps.proxy.admission import authorize, check_path, count_refusal, provider_key_or_refuse
+from apps.proxy.admission import (
+    authorize,
+    check_path,
+    count_refusal,
+    provider_key_or_refuse,
+    reserve_budget,
+)
 from apps.proxy.app import PREFIX, ProxiedRequest, Receive, Send, error_headers
 from apps.proxy.limits import (
     HOP_BY_HOP,
@@ -139,6 +146,18 @@ async def websocket_app(scope, receive: Receive, send: Send) -> None:
     request = ProxiedRequest(scope, adapter, provider, org_slug, raw_rest, started)
     request.status = STATUS
     session = Session(request)
+    try:
+        await _session(session, request, receive, send)
+    finally:
+        if request.reservation is not None:
+            guard.release(request.reservation)
+
+
+@sensitive_variables("scope")
+async def _session(session: "Session", request: ProxiedRequest, receive: Receive, send: Send):
+    """Open the session (or answer why not) and relay it; its budget reservation, if any, is
+    the caller's to release."""
+    scope, adapter, provider = request.scope, request.adapter, request.provider
     try:
         upstream = await session.open()
     except Refusal as refusal:
@@ -246,6 +265,8 @@ class Session:
 
         requested = query_param(query, b"model") if request.provider == "openai" else None
         request.info = clean_request_info(RequestInfo("realtime", requested, stream=True))
+        if request.resolved.budgets is not None:
+            request.reservation = await reserve_budget(request, None, 0, session=True)
         self.meter = meter_for(request.provider, request.rest, requested, self.report)
         url = _upstream_url(request.provider) + "/" + request.rest
         if query:
@@ -484,6 +505,8 @@ class Session:
             request.overhead = 0.0  # the handshake's overhead goes with the first event
         record = request.record(clean_usage(finished.usage))
         record["usage_details"] = finished.details or None
+        if request.reservation is not None:
+            guard.charge(request.reservation, record)
         sink.emit(record)
 
 

@@ -12,12 +12,19 @@ from django.db import transaction
 
 from apps.accounts.models import Organization, User
 from apps.accounts.services import audit_event_record
+from apps.keys import keycache
 from apps.usage.models import PendingReprice, PriceOverride
 from costr.tasks import Enqueued, enqueue_on_commit
 
 
 class PriceOverrideError(Exception):
     """Refused input about an override; the message is for the person who typed it."""
+
+
+def _invalidate_on_commit(organization_id: int) -> None:
+    """The proxy prices budget reservations with the organization's overrides, which it loads
+    with its tokens: drop them everywhere once the change is committed."""
+    transaction.on_commit(lambda: keycache.invalidate_organization(organization_id))
 
 
 def _describe(override: PriceOverride) -> str:
@@ -80,6 +87,7 @@ def price_override_create(
                 "output_per_mtok": _price_text(output_per_mtok),
             },
         )
+        _invalidate_on_commit(organization.pk)
     return override
 
 
@@ -97,6 +105,7 @@ def price_override_delete(
             target=description,
             ip=ip,
         )
+        _invalidate_on_commit(organization.pk)
 
 
 def usage_reprice_request(

@@ -8,6 +8,7 @@ the body's bytes, output at most ``max_tokens``), as a real provider does.
 """
 
 import json
+import time
 from decimal import Decimal
 
 # gpt-4o-mini: $0.15 per million input tokens, $0.60 per million output tokens.
@@ -74,3 +75,59 @@ def test_a_customer_budget_refuses_past_its_limit_and_nothing_else(http, proxy, 
         status=429, code="budget_exceeded"
     )
     assert sum(row.count for row in counted) == len(refused)
+
+
+def test_a_realtime_session_counts_each_response_and_the_next_session_is_refused(proxy):
+    import asyncio
+
+    import openai
+    import websockets
+    from websockets.exceptions import InvalidStatus
+
+    budget = _budget(
+        proxy.organization, scope="customer", customer="acme-rt", period="month", limit_usd="0.01"
+    )
+    headers = {"X-Costr-Customer": "acme-rt"}
+
+    async def session() -> int:
+        client = openai.AsyncOpenAI(
+            base_url=proxy.url("openai"), api_key=proxy.token, max_retries=0
+        )
+        done = 0
+        async with client.realtime.connect(model="gpt-realtime", extra_headers=headers) as conn:
+            await conn.recv()  # session.created
+            for _ in range(2):
+                await conn.response.create(response={"output_modalities": ["text"]})
+                async for event in conn:
+                    if event.type == "response.done":
+                        done += 1
+                        break
+        await client.close()
+        return done
+
+    # Admitted with room left; its two responses (about $0.04 each) take the budget past $0.01.
+    assert asyncio.run(session()) == 2
+    events = proxy.events(expected=2)
+    assert sum(event.cost_usd for event in events) > Decimal("0.01")
+
+    async def refused():
+        """The handshake's refusal, or None when the session was admitted."""
+        url = proxy.url("openai").replace("http://", "ws://") + "/realtime?model=gpt-realtime"
+        try:
+            async with websockets.connect(
+                url, additional_headers={"authorization": f"Bearer {proxy.token}", **headers}
+            ):
+                return None
+        except InvalidStatus as refusal:
+            return refusal.response
+
+    # The responses are counted just after their events are handed over: allow a moment.
+    for _ in range(50):
+        response = asyncio.run(refused())
+        if response is not None:
+            break
+        time.sleep(0.05)
+    assert response is not None, "the session was admitted past its budget"
+    assert response.status_code == 429
+    assert response.headers["x-costr-error"] == "budget_exceeded"
+    assert response.headers["x-costr-budget-id"] == budget.public_id
