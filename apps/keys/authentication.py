@@ -113,6 +113,7 @@ class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
             "bearerFormat": "costr_…",
             "description": (
                 "A Costr token from the organization's Tokens page (or `createtoken`), with "
-                "the `read` scope for reporting endpoints and `ingest` for `POST /ingest/`."
+                "the `read` scope for reporting endpoints and for reading budgets, `manage` "
+                "to create, change or delete budgets, and `ingest` for `POST /ingest/`."
             ),
         }

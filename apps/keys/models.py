@@ -18,6 +18,7 @@ class Scope(models.TextChoices):
     PROXY = "proxy", "Proxy: forward requests to providers"
     READ = "read", "Read: reporting API"
     INGEST = "ingest", "Ingest: report usage of direct calls"
+    MANAGE = "manage", "Manage: create, change and delete budgets through the API"
 
 
 class EncryptedSecret(TenantModel):

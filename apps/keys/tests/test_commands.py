@@ -63,6 +63,22 @@ def test_createtoken_prints_the_token_alone_on_the_last_line(org):
     assert keycache.resolve(token.token_hash).organization_slug == org.slug
 
 
+def test_createtoken_grants_the_manage_scope(org):
+    output = _call("createtoken", org.slug, "--scope", "read", "--scope", "manage")
+
+    plaintext = output.rstrip("\n").splitlines()[-1]
+    token = ProxyToken.objects.for_org(org).get()
+    assert sorted(token.scopes) == ["manage", "read"]
+    assert keycache.resolve(services.token_hash(plaintext)).scopes == {"manage", "read"}
+
+
+def test_createtoken_refuses_an_unknown_scope(org):
+    with pytest.raises(CommandError, match="invalid choice"):
+        _call("createtoken", org.slug, "--scope", "admin")
+
+    assert not ProxyToken.objects.for_org(org).exists()
+
+
 def test_createtoken_defaults_to_the_proxy_scope(org):
     _call("createtoken", org.slug)
 

@@ -46,6 +46,18 @@ def test_a_token_is_shown_once_with_base_urls_and_stored_only_as_a_hash(client, 
     assert AuditEvent.objects.for_org(org).filter(action="token.created").exists()
 
 
+def test_the_tokens_page_offers_and_grants_the_manage_scope(client, org, admin):
+    client.force_login(admin)
+
+    page = client.get(reverse("tokens", args=[org.slug])).content.decode()
+    assert 'value="manage"' in page
+    assert "Manage: create, change and delete budgets" in page
+    created = _create(client, org, name="budget bot", scopes=["read", "manage"])
+
+    assert created.status_code == 302
+    assert sorted(ProxyToken.objects.for_org(org).get().scopes) == ["manage", "read"]
+
+
 def test_reloading_the_token_page_creates_nothing_and_shows_the_secret_no_more(client, org, admin):
     client.force_login(admin)
     created = _create(client, org)

@@ -16,7 +16,7 @@ class Command(BaseCommand):
             action="append",
             choices=Scope.values,
             dest="scopes",
-            help="proxy, read or ingest; repeat for several (default: proxy).",
+            help="proxy, read, ingest or manage; repeat for several (default: proxy).",
         )
         parser.add_argument("--name", default="Command-line token")
 
