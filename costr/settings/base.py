@@ -72,6 +72,12 @@ COSTR_BASE_URL = env.str("COSTR_BASE_URL", default="http://127.0.0.1:8000").rstr
 COSTR_BUDGET_STORE_TIMEOUT_SECONDS = env.float("COSTR_BUDGET_STORE_TIMEOUT_SECONDS", default=0.5)
 COSTR_ANOMALY_FACTOR = env.float("COSTR_ANOMALY_FACTOR", default=3.0)
 COSTR_ANOMALY_FLOOR_USD = env.float("COSTR_ANOMALY_FLOOR_USD", default=10.0)
+# Alert webhooks and Slack: how long one delivery attempt may wait for an answer, and whether
+# URLs may point at private, loopback or link-local addresses or use plain http (off: a
+# webhook cannot be aimed at the deployment's own network; tests and self-hosters on a private
+# network turn it on).
+COSTR_WEBHOOK_TIMEOUT_SECONDS = env.float("COSTR_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+COSTR_WEBHOOK_ALLOW_PRIVATE_HOSTS = env.bool("COSTR_WEBHOOK_ALLOW_PRIVATE_HOSTS", default=False)
 COSTR_DEFAULT_RETENTION_DAYS = env.int("COSTR_DEFAULT_RETENTION_DAYS", default=90)
 if not 7 <= COSTR_DEFAULT_RETENTION_DAYS <= 730:
     raise ImproperlyConfigured("COSTR_DEFAULT_RETENTION_DAYS must be between 7 and 730 days.")
