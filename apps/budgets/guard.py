@@ -150,7 +150,7 @@ async def reserve(
                     match.rule.id,
                     period.seconds_left(now),
                     f"This request would take budget {match.rule.id} past its limit of "
-                    f"${match.rule.limit} for the {match.rule.period}.",
+                    f"${match.rule.limit.normalize():f} for the {match.rule.period}.",
                 )
             if code == NEEDS_SEED:
                 await _seed(store, policy.organization_id, match, period, keys[index], now)

@@ -1,0 +1,135 @@
+"""The store of spent and reserved amounts (apps/budgets/store.py), Redis and in-process alike:
+reserving is all-or-nothing across a request's counters, never lets concurrent requests past a
+limit together, and a missing counter is reported for seeding rather than taken as zero.
+
+Redis is a redis-server of this module's own (``tests.outage.RedisServer``), so it can be
+stopped without touching anyone else's."""
+
+import asyncio
+import uuid
+
+import pytest
+from django.test import override_settings
+
+from apps.budgets import store as store_module
+from apps.budgets.store import (
+    NEEDS_SEED,
+    NO_LIMIT,
+    OK,
+    REFUSED,
+    MemoryStore,
+    RedisStore,
+    StoreUnavailable,
+    counter_key,
+    nano,
+    usd,
+)
+from tests.outage import RedisServer, free_port
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("budget-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request, redis_server):
+    if request.param == "redis":
+        return RedisStore(redis_server.url, timeout=0.5)
+    return MemoryStore()
+
+
+def _keys(n: int) -> list[str]:
+    run = uuid.uuid4().hex[:8]
+    return [counter_key(1, f"bud_{run}{i}", "day", "2026-12-07", "") for i in range(n)]
+
+
+def test_amounts_are_whole_nano_dollars_rounded_up():
+    from decimal import Decimal
+
+    assert nano(Decimal("0.000000001")) == 1
+    assert nano(Decimal("0.0000000011")) == 2  # never below what was spent
+    assert nano(Decimal("12.5")) == 12_500_000_000
+    assert usd(12_500_000_001) == Decimal("12.500000001")
+
+
+def test_a_missing_counter_is_reported_for_seeding_and_nothing_is_reserved(store):
+    first, second = _keys(2)
+    asyncio.run(store.seed(first, 0, 60))
+    assert asyncio.run(store.reserve([first, second], 10, [100, 100])) == (NEEDS_SEED, 1)
+    assert store.read([first, second]) == [(0, 0), None]
+
+
+def test_reserving_is_all_or_nothing_across_counters(store):
+    roomy, tight = _keys(2)
+    asyncio.run(store.seed(roomy, 0, 60))
+    asyncio.run(store.seed(tight, 95, 60))
+    assert asyncio.run(store.reserve([roomy, tight], 10, [1000, 100])) == (REFUSED, 1)
+    assert store.read([roomy, tight]) == [(0, 0), (95, 0)]
+    assert asyncio.run(store.reserve([roomy, tight], 5, [1000, 100])) == (OK, -1)
+    assert store.read([roomy, tight]) == [(0, 5), (95, 5)]
+
+
+def test_an_alert_only_counter_is_reserved_on_but_never_refuses(store):
+    (key,) = _keys(1)
+    asyncio.run(store.seed(key, 10**12, 60))
+    assert asyncio.run(store.reserve([key], 10, [NO_LIMIT])) == (OK, -1)
+    assert store.read([key]) == [(10**12, 10)]
+
+
+def test_settling_replaces_the_reservation_with_the_spend(store):
+    (key,) = _keys(1)
+    asyncio.run(store.seed(key, 0, 60))
+    asyncio.run(store.reserve([key], 50, [100]))
+    asyncio.run(store.reserve([key], 40, [100]))
+    assert asyncio.run(store.reserve([key], 20, [100])) == (REFUSED, 0)  # 50 + 40 + 20 > 100
+    asyncio.run(store.settle([key], 50, 12))
+    assert store.read([key]) == [(12, 40)]
+    assert asyncio.run(store.reserve([key], 20, [100])) == (OK, -1)
+    # A settlement of more than is reserved (the counter was lost and seeded again) leaves
+    # reserved at zero, never below.
+    asyncio.run(store.settle([key], 1000, 0))
+    assert store.read([key]) == [(12, 0)]
+
+
+def test_seeding_an_existing_counter_only_raises_its_spend(store):
+    (key,) = _keys(1)
+    asyncio.run(store.seed(key, 30, 60))
+    asyncio.run(store.seed(key, 10, 60))
+    assert store.read([key]) == [(30, 0)]
+    store.seed_sync(key, 45, 60)
+    assert store.read([key]) == [(45, 0)]
+
+
+def test_concurrent_requests_never_reserve_past_the_limit_together(store):
+    (key,) = _keys(1)
+    asyncio.run(store.seed(key, 0, 60))
+
+    async def race():
+        return await asyncio.gather(*(store.reserve([key], 7, [100]) for _ in range(60)))
+
+    answers = asyncio.run(race())
+    assert sum(code == OK for code, _ in answers) == 14  # 14 x 7 = 98; a 15th would be 105
+    assert store.read([key]) == [(0, 98)]
+
+
+def test_a_store_that_does_not_answer_is_unavailable_and_then_skipped_for_a_moment():
+    dead = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    (key,) = _keys(1)
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(dead.reserve([key], 1, [10]))
+    # Left alone after failing: the next call does not wait for a connection at all.
+    with pytest.raises(StoreUnavailable, match="failed a moment ago"):
+        asyncio.run(dead.reserve([key], 1, [10]))
+    with pytest.raises(StoreUnavailable):
+        dead.read([key])
+
+
+def test_the_process_store_follows_redis_url():
+    with override_settings(REDIS_URL=""):
+        assert isinstance(store_module.get_store(), MemoryStore)
+    with override_settings(REDIS_URL="redis://127.0.0.1:6399/0"):
+        assert isinstance(store_module.get_store(), RedisStore)
