@@ -43,6 +43,7 @@ def security(request):
             "read_timeout": settings.COSTR_UPSTREAM_READ_TIMEOUT,
             "drain_minutes": round(settings.COSTR_PROXY_DRAIN_SECONDS / 60),
             "stale_minutes": round(keycache.STALE_IF_ERROR_SECONDS / 60),
+            "budget_store_timeout_ms": round(settings.COSTR_BUDGET_STORE_TIMEOUT_SECONDS * 1000),
             "max_body_mb": settings.COSTR_PROXY_MAX_BODY_BYTES / 1024 / 1024,
             "benchmark": benchmark_summary(),
             "stripe_permissions": [permission for _, permission, _ in RESOURCES.values()],

@@ -154,3 +154,14 @@ def test_security_page_says_what_happens_when_costr_is_down_with_and_without_the
     assert "Provider errors and Costr's refusals (an invalid token, a budget) are never" in html
     assert "shown with the source <code>sdk_fallback</code>" in html
     assert "<strong>Without the SDK</strong>, your calls to Costr fail" in html
+
+
+def test_security_page_says_what_a_budget_guarantees_with_this_deployments_store_timeout(
+    client, settings
+):
+    settings.COSTR_BUDGET_STORE_TIMEOUT_SECONDS = 0.25
+    html = client.get(reverse("security")).content.decode()
+    section = html[html.index("What a budget guarantees") : html.index("Stripe, read-only")]
+    assert "within 250 ms" in section
+    for promise in ("budget_exceeded", "X-Costr-Budget-Id", "Retry-After", "budget_unavailable"):
+        assert promise in section
