@@ -104,19 +104,24 @@ class RedisStore:
         self.url = url
         self.timeout = timeout
         self.health = StoreHealth(logger, "budget store")
-        self._async_clients: dict[asyncio.AbstractEventLoop, object] = {}
+        # Per event loop (a worker has one): the scripts, registered on its own client, so a
+        # call sends the script's SHA1 (EVALSHA), not its text.
+        self._async_scripts: dict[asyncio.AbstractEventLoop, dict[str, object]] = {}
         self._sync_client = None
 
-    def _aclient(self):
+    def _ascript(self, script: str):
         import redis.asyncio
 
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._async_clients[loop] = redis.asyncio.Redis.from_url(
+        scripts = self._async_scripts.get(loop)
+        if scripts is None:
+            client = redis.asyncio.Redis.from_url(
                 self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
             )
-        return client
+            scripts = self._async_scripts[loop] = {
+                source: client.register_script(source) for source in (_RESERVE, _SETTLE, _SEED)
+            }
+        return scripts[script]
 
     def _client(self):
         import redis
@@ -131,7 +136,7 @@ class RedisStore:
         if not self.health.available():
             raise StoreUnavailable("the budget store failed a moment ago")
         try:
-            result = await self._aclient().eval(script, len(keys), *keys, *args)
+            result = await self._ascript(script)(keys=keys, args=args)
         except Exception as error:
             self.health.failed(error)
             raise StoreUnavailable(type(error).__name__) from error
