@@ -131,3 +131,24 @@ def test_a_realtime_session_counts_each_response_and_the_next_session_is_refused
     assert response.status_code == 429
     assert response.headers["x-costr-error"] == "budget_exceeded"
     assert response.headers["x-costr-budget-id"] == budget.public_id
+
+
+def test_a_new_budget_applies_at_once_and_a_deleted_one_stops_applying(http, proxy):
+    from apps.budgets.services import budget_delete
+
+    assert _chat(http, proxy, "acme").status_code == 200  # the token is now cached
+    budget = _budget(proxy.organization, scope="organization", period="month", limit_usd="0.000001")
+    refused = _chat(http, proxy, "acme")
+    assert refused.status_code == 429
+    assert refused.headers["x-costr-budget-id"] == budget.public_id
+    budget_delete(budget=budget, actor=None)
+    assert _chat(http, proxy, "acme").status_code == 200
+
+
+def test_requests_that_bill_nothing_pass_a_spent_budget(http, proxy):
+    _budget(proxy.organization, scope="organization", period="day", limit_usd="0.000001")
+    assert _chat(http, proxy, "acme").status_code == 429
+    models = http.get(
+        f"{proxy.url('openai')}/models", headers={"authorization": f"Bearer {proxy.token}"}
+    )
+    assert models.status_code == 200
