@@ -8,6 +8,9 @@ PURGE_HOUR_UTC, PURGE_MINUTE_UTC = 3, 30
 # How often pending re-pricings are looked for; the page says the work starts within this.
 REPRICE_SWEEP_MINUTES = 5
 
+# How often customers' spend today is compared with their trailing week (spend anomalies).
+ANOMALY_SCAN_MINUTES = 15
+
 BEAT_SCHEDULE: dict[str, dict] = {
     "keys-last-used-flush": {"task": "keys.last_used_flush", "schedule": crontab(minute="*")},
     "usage-purge-expired": {
@@ -26,4 +29,20 @@ BEAT_SCHEDULE: dict[str, dict] = {
     # Provider batches created through the proxy, looked at when due (their own back-off).
     "usage-batches-poll-due": {"task": "usage.batches_poll_due", "schedule": crontab(minute="*")},
     "billing-stripe-sync": {"task": "billing.stripe_sync_all", "schedule": crontab(minute="17")},
+    # Budget alerts (apps/budgets/tasks.py): thresholds and the deliveries whose message was
+    # lost every minute, anomalies every 15 minutes; the budget store's counters raised to the
+    # database's spend every minute.
+    "budgets-thresholds-scan": {"task": "budgets.thresholds_scan", "schedule": crontab(minute="*")},
+    "budgets-anomalies-scan": {
+        "task": "budgets.anomalies_scan",
+        "schedule": crontab(minute=f"*/{ANOMALY_SCAN_MINUTES}"),
+    },
+    "budgets-deliveries-sweep": {
+        "task": "budgets.deliveries_sweep",
+        "schedule": crontab(minute="*"),
+    },
+    "budgets-counters-reconcile": {
+        "task": "budgets.counters_reconcile",
+        "schedule": crontab(minute="*"),
+    },
 }
