@@ -8,6 +8,12 @@
   ``max_output_tokens``, Gemini's ``generationConfig.maxOutputTokens``), else the model's context
   window (the catalog has no separate output limit), else ``DEFAULT_OUTPUT_TOKENS``; none for
   embeddings. Setting a cap on requests makes their reservations smaller.
+- Audio, where the body is no text: a transcription or translation counts its upload as audio
+  of at most ``body bytes / MIN_AUDIO_BYTES_PER_SECOND`` seconds (no speech codec goes below
+  6 kbit/s), priced per second (whisper-1) or as ``AUDIO_TOKENS_PER_SECOND`` audio tokens in and
+  ``TRANSCRIPT_TOKENS_PER_SECOND`` tokens out (the gpt-4o transcribers), whichever costs more;
+  speech counts its input's characters (tts-1) or ``SPEECH_TOKENS_PER_CHARACTER`` audio tokens
+  out per character (gpt-4o-mini-tts). Each rate is several times what the providers bill.
 - Price: the organization's override for the model, else the catalog's price at the tier the
   body asks for (``priority`` costs more), with the input priced as one-hour cache writes when an
   Anthropic body marks ``cache_control``. A model neither knows is reserved at the most
@@ -29,6 +35,11 @@ DEFAULT_OUTPUT_TOKENS = 200_000
 _OUTPUT_CAPS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 NO_OUTPUT_ENDPOINTS = frozenset({"embeddings"})
 MICRO = Decimal("0.000001")
+MIN_AUDIO_BYTES_PER_SECOND = 750  # 6 kbit/s
+AUDIO_TOKENS_PER_SECOND = 50  # OpenAI bills audio input at about 10 tokens a second
+TRANSCRIPT_TOKENS_PER_SECOND = 10  # speech runs at two to four words a second
+SPEECH_TOKENS_PER_CHARACTER = 10  # about 3 audio tokens a character are spoken
+TRANSCRIPTION_ENDPOINTS = frozenset({"transcriptions", "translations"})
 
 
 def estimate_cost(
@@ -43,6 +54,8 @@ def estimate_cost(
 ) -> Decimal:
     """An amount in USD that the request's cost will not exceed, rounded up to the micro-dollar."""
     fields = _fields(body)
+    if endpoint in TRANSCRIPTION_ENDPOINTS or endpoint == "speech":
+        return _rounded(_audio_cost(provider, endpoint, model, fields, body_size, overrides, now))
     input_tokens = max(body_size, 1)
     output_tokens = 0 if endpoint in NO_OUTPUT_ENDPOINTS else _output_cap(provider, model, fields)
     tier = "priority" if fields.get("service_tier") == "priority" else ""
@@ -66,7 +79,41 @@ def estimate_cost(
     if cost is None:
         ceiling_in, ceiling_out = provider_ceiling(provider)
         cost = (input_tokens * ceiling_in + output_tokens * ceiling_out) / PER_MILLION
+    return _rounded(cost)
+
+
+def _rounded(cost: Decimal) -> Decimal:
     return max(cost, MICRO).quantize(MICRO, rounding=ROUND_CEILING)
+
+
+def _audio_cost(provider, endpoint, model, fields, body_size, overrides, now) -> Decimal:
+    """The most that audio in (transcriptions, translations) or out (speech) can cost, by the
+    generous rates above: the higher of its per-second (or per-character) and per-token
+    prices; the provider's highest token prices when neither is known."""
+    if endpoint in TRANSCRIPTION_ENDPOINTS:
+        seconds = -(-max(body_size, 1) // MIN_AUDIO_BYTES_PER_SECOND)
+        audio_tokens = seconds * AUDIO_TOKENS_PER_SECOND
+        tokens_in, tokens_out = audio_tokens, seconds * TRANSCRIPT_TOKENS_PER_SECOND
+        by_unit = {"audio_seconds": seconds}
+        by_token = {"input_audio_tokens": audio_tokens}
+    else:
+        text = fields.get("input")
+        characters = len(text) if isinstance(text, str) else max(body_size, 1)
+        tokens_in, tokens_out = max(body_size, 1), characters * SPEECH_TOKENS_PER_CHARACTER
+        by_unit = {"input_characters": characters}
+        by_token = {"output_audio_tokens": tokens_out}
+    costs = []
+    if model:
+        for counts, details in (((None, None), by_unit), ((tokens_in, tokens_out), by_token)):
+            cost, _ = price_tokens(
+                provider, model, counts[0], 0, 0, 0, counts[1], now, "", overrides, details
+            )
+            if cost is not None:
+                costs.append(cost)
+    if costs:
+        return max(costs)
+    ceiling_in, ceiling_out = provider_ceiling(provider)
+    return (tokens_in * ceiling_in + tokens_out * ceiling_out) / PER_MILLION
 
 
 def _fields(body: bytes | None) -> dict:

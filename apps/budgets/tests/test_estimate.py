@@ -120,3 +120,22 @@ def test_a_body_that_is_not_json_or_lies_about_its_cap_still_gets_an_upper_estim
         body = {"model": "gpt-4o-mini", "messages": [], "max_tokens": cap}
         size = len(json.dumps(body).encode())
         assert _estimate(body) == _micro_ceiling((size * MINI_IN + 128_000 * MINI_OUT) / 1_000_000)
+
+
+def test_audio_is_estimated_by_its_duration_or_characters_never_as_text_at_the_ceiling():
+    # 45,000 bytes of upload: at most 60 seconds at 6 kbit/s. whisper-1: $0.006 a minute.
+    assert _estimate(b"--form", endpoint="transcriptions", model="whisper-1", body_size=45_000) == (
+        Decimal("0.006")
+    )
+    # gpt-4o-transcribe: 3,000 audio tokens in at $6/M and 600 text tokens out at $10/M.
+    assert _estimate(
+        b"--form", endpoint="translations", model="gpt-4o-transcribe", body_size=45_000
+    ) == Decimal("0.024")
+    # tts-1: $15 per million characters of input.
+    speech = {"model": "tts-1", "input": "a" * 1000, "voice": "alloy"}
+    assert _estimate(speech, endpoint="speech") == Decimal("0.015")
+    # An audio model nothing prices: the provider's highest token prices, at the same bounds.
+    ceiling_in, ceiling_out = provider_ceiling("openai")
+    assert _estimate(
+        b"--form", endpoint="transcriptions", model="no-such-whisper", body_size=45_000
+    ) == _micro_ceiling((3000 * ceiling_in + 600 * ceiling_out) / 1_000_000)
