@@ -34,6 +34,13 @@ TOP_CUSTOMERS = 20
 # Rows of the overview's Budgets card.
 NEAREST = 5
 HUNDRED = Decimal(100)
+SCOPE_LABELS = {
+    Scope.ORGANIZATION: "Organization",
+    Scope.CUSTOMER: "Customer",
+    Scope.EACH_CUSTOMER: "Each customer",
+    Scope.TOKEN: "Token",
+    Scope.PROPERTY: "Property",
+}
 
 
 def percent_of(amount: Decimal | None, limit: Decimal) -> Decimal | None:
@@ -100,6 +107,10 @@ class BudgetUse:
     @property
     def target(self) -> str:
         return budget_target(self.budget)
+
+    @property
+    def scope_label(self) -> str:
+        return SCOPE_LABELS[self.budget.scope]
 
 
 @dataclass
