@@ -3,7 +3,8 @@ signature itself and can misbehave on purpose.
 
 ``WebhookReceiver(secret, script=[...])`` answers the first requests by the script, one step
 each, then accepts: ``"500"`` answers 500, ``"timeout"`` holds the request without answering for
-``hang_seconds`` (longer than the sender waits), ``"close"`` closes the connection without a word.
+``hang_seconds`` (longer than the sender waits), ``"close"`` closes the connection without a
+word, ``"redirect"`` answers 307 to another path.
 A request it accepts is checked as a receiver should: ``Costr-Signature: t=…,v1=…`` must be
 HMAC-SHA256(secret, "<t>.<raw body>") in hex, ``t`` within five minutes; a wrong or missing
 signature answers 400. ``secret=None`` checks nothing (a Slack incoming webhook, which answers
@@ -92,6 +93,12 @@ class WebhookReceiver:
                     receiver.requests.append(seen)
                 if step == "500":
                     self._answer(500, b"receiver failed")
+                    return
+                if step == "redirect":
+                    self.send_response(307)
+                    self.send_header("Location", "/elsewhere")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 if step == "timeout":
                     time.sleep(receiver.hang_seconds)

@@ -16,7 +16,6 @@ import pytest
 from django.core import mail
 from django.db import connection
 
-from apps.accounts.tests.factories import MembershipFactory
 from apps.budgets import alert_services, alerts, tasks
 from apps.budgets.models import Alert, Channel, Delivery, DeliveryState
 from apps.budgets.services import budget_create
