@@ -39,6 +39,9 @@ SECTIONS = [
     # Costr, as bench.run starts it: the scratch database is not used).
     ("WebSocket relay", "bench.websocket"),
     ("Python client SDK", "bench.sdk"),  # costr_sdk.OpenAI against openai.OpenAI, and outages
+    # A customer budget's cost per request (Redis store) and the 200-request race's overspend;
+    # two embedded workers and a Redis of its own; also merges its figures into benchmarks.json.
+    ("Budgets", "bench.budgets"),
 ]
 
 
