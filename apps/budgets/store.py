@@ -28,6 +28,8 @@ logger = logging.getLogger("costr.budgets.store")
 NANO = Decimal("0.000000001")
 KEY_PREFIX = "costr:budget"
 OK, NEEDS_SEED, REFUSED = 0, 1, 2
+# Connections to the store per worker's event loop; more commands at once wait for one.
+MAX_CONNECTIONS = 64
 # Alert-only counters are reserved on but never refuse.
 NO_LIMIT = -1
 
@@ -115,9 +117,17 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         scripts = self._async_scripts.get(loop)
         if scripts is None:
-            client = redis.asyncio.Redis.from_url(
-                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            # A blocking pool: past MAX_CONNECTIONS commands in flight, a request waits (within
+            # the store timeout) for a connection. redis-py's default pool raises at once
+            # instead, which a burst of requests took for the store being down.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=self.timeout,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
             )
+            client = redis.asyncio.Redis(connection_pool=pool)
             scripts = self._async_scripts[loop] = {
                 source: client.register_script(source) for source in (_RESERVE, _SETTLE, _SEED)
             }

@@ -105,11 +105,12 @@ def test_seeding_an_existing_counter_only_raises_its_spend(store):
 
 
 def test_concurrent_requests_never_reserve_past_the_limit_together(store):
+    """200 at once: more than a worker has connections to the store, so some wait for one."""
     (key,) = _keys(1)
     asyncio.run(store.seed(key, 0, 60))
 
     async def race():
-        return await asyncio.gather(*(store.reserve([key], 7, [100]) for _ in range(60)))
+        return await asyncio.gather(*(store.reserve([key], 7, [100]) for _ in range(200)))
 
     answers = asyncio.run(race())
     assert sum(code == OK for code, _ in answers) == 14  # 14 x 7 = 98; a 15th would be 105
