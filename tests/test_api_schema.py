@@ -333,13 +333,17 @@ def test_schemathesis_reads_every_operation_of_the_document():
 
     assert sorted(f"{o.method.upper()} {o.path}" for o in operations) == [
         "DELETE /api/v1/budgets/{budget_id}/",
+        "DELETE /api/v1/webhooks/{webhook_id}/",
         "GET /api/v1/budgets/",
         "GET /api/v1/budgets/{budget_id}/",
         "GET /api/v1/customers/",
         "GET /api/v1/customers/{external_id}/",
         "GET /api/v1/events/",
         "GET /api/v1/reports/spend/",
+        "GET /api/v1/webhooks/",
+        "GET /api/v1/webhooks/{webhook_id}/",
         "PATCH /api/v1/budgets/{budget_id}/",
         "POST /api/v1/budgets/",
         "POST /api/v1/ingest/",
+        "POST /api/v1/webhooks/",
     ]
