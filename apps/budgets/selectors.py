@@ -266,9 +266,15 @@ class NearLimit:
         return min(self.percent, HUNDRED)
 
 
+@dataclass
+class Nearest:
+    lines: list[NearLimit]
+    budgets: int  # how many budgets the organization has
+
+
 def budgets_nearest_limit(
     *, organization, now: datetime | None = None, count: int = NEAREST
-) -> list[NearLimit]:
+) -> Nearest:
     """The ``count`` budgets nearest their limit (for an each_customer budget, its customers
     nearest the cap), highest share first."""
     uses = budget_uses(organization=organization, now=now, top=count).uses
@@ -282,7 +288,7 @@ def budgets_nearest_limit(
         else:
             lines.append(NearLimit(use.budget, use.target, use.spent, use.percent, use.period))
     lines.sort(key=lambda line: (-line.percent, line.target))
-    return lines[:count]
+    return Nearest(lines[:count], len(uses))
 
 
 def _top_customers(organization, budget: Budget, period: policy.Period, count: int):

@@ -22,6 +22,7 @@ from django.views.generic import TemplateView
 from apps.accounts.mixins import OrganizationViewMixin
 from apps.accounts.services import audit_event_record, client_ip
 from apps.billing import selectors as billing
+from apps.budgets import selectors as budgets
 from apps.keys.proxy_urls import proxy_base_urls
 from apps.reporting import selectors
 from apps.reporting.forms import (
@@ -291,6 +292,7 @@ class OverviewView(ReportPageMixin, TemplateView):
             refused=sorted(refused.items()),
             stripe_connected=connected,
             margin=_margin_summary(org, period, customers) if connected else None,
+            budgets_nearest=budgets.budgets_nearest_limit(organization=org),
         )
         return context
 
@@ -584,6 +586,9 @@ class CustomerDetailView(ReportPageMixin, TemplateView):
             revenue=revenue,
             margin=margin,
             months=months,
+            budget_uses=budgets.customer_budget_uses(
+                organization=org, customer=customer.external_id
+            ).uses,
         )
         return context
 

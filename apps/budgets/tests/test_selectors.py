@@ -176,10 +176,11 @@ def test_the_budgets_nearest_their_limit_put_customers_of_a_default_cap_in_line(
     spend(org, "3", customer="globex")
     spend(org, "1", customer="initech")
 
-    lines = selectors.budgets_nearest_limit(organization=org, count=3)
+    nearest = selectors.budgets_nearest_limit(organization=org, count=3)
 
     # globex 75 % of the default cap, acme 60 % of its own, initech 25 %; the org 10 % is 4th.
-    assert [(line.target, line.percent) for line in lines] == [
+    assert nearest.budgets == 3
+    assert [(line.target, line.percent) for line in nearest.lines] == [
         ("globex", Decimal("75.0")),
         ("acme", Decimal("60.0")),
         ("initech", Decimal("25.0")),
@@ -190,4 +191,5 @@ def test_an_organization_without_budgets_has_no_uses_and_asks_no_store(org):
     found = selectors.budget_uses(organization=org)
 
     assert found.uses == [] and found.store_available is True
-    assert selectors.budgets_nearest_limit(organization=org) == []
+    nearest = selectors.budgets_nearest_limit(organization=org)
+    assert (nearest.lines, nearest.budgets) == ([], 0)

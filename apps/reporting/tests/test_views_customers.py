@@ -251,8 +251,8 @@ def test_customer_page_query_count_does_not_grow(
 # Session, user, membership, nav (4); customer (1); by model, by day (2); property names and
 # the chosen property's values, from the customer's events (2: the property rollups keep no
 # customer); Stripe connection (1); revenue: source, mapped, whole months (3); by month: source,
-# mapped, months (3); cost by month (1).
-CUSTOMER_QUERIES = 17
+# mapped, months (3); cost by month (1); the budgets that apply to the customer (1).
+CUSTOMER_QUERIES = 18
 
 
 def test_admins_export_the_customers_of_the_period_as_csv(client, with_stripe, owner, member):
