@@ -274,11 +274,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Reporting and ingest API for AI spend per customer.\n\n"
         "**Authentication.** Send a Costr token: `Authorization: Bearer costr_…`, with the "
-        "`read` scope for reporting endpoints and the `ingest` scope for `POST /api/v1/ingest/`. "
+        "`read` scope for reporting endpoints and to read budgets, the `manage` scope to create, "
+        "change or delete budgets, and the `ingest` scope for `POST /api/v1/ingest/`. "
         "A person logged in to the dashboards may call the reporting endpoints with their "
         "session instead; API URLs name no organization, so they add `?org=<slug>` (needed "
         "only when they belong to more than one organization; an organization they are not a "
-        "member of answers 404).\n\n"
+        "member of answers 404); changing budgets with a session needs the admin role.\n\n"
         "**Errors.** Every error has the body "
         '`{"error": {"code": "…", "message": "…", "details": …}}`; `details` is present for '
         "validation errors (field → messages) and a few others. Another organization's objects "
