@@ -15,6 +15,7 @@ token counted differently) can let one request's difference past it.
 import asyncio
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -63,7 +64,7 @@ class BudgetRefused(Exception):
 class Reservation:
     policy: Policy
     keys: list[str]
-    amount: int  # nano-dollars
+    hold: str  # the id of the request's hold on its counters
     estimate: Decimal
     provider: str
     now: datetime
@@ -135,13 +136,13 @@ async def reserve(
         for m in matches
     ]
     limits = [nano(m.rule.limit) if m.rule.enforce else NO_LIMIT for m in matches]
-    amount = nano(estimate)
+    amount, hold = nano(estimate), os.urandom(8).hex()
     store = get_store()
     try:
         for _ in range(3):
-            code, index = await store.reserve(keys, amount, limits)
+            code, index = await store.reserve(keys, amount, limits, hold, now.timestamp())
             if code == OK:
-                return Reservation(policy, keys, amount, estimate, provider, now)
+                return Reservation(policy, keys, hold, estimate, provider, now)
             match = matches[index]
             period = periods[match.rule.period]
             if code == REFUSED:
@@ -216,50 +217,29 @@ async def _seed_once(store, organization_id, match: Match, period: Period, key: 
     await store.seed(key, nano(spent), ttl)
 
 
-# Settlements in flight, referenced until done (a task nobody references may be collected).
-_settling: set[asyncio.Task] = set()
-
-
 def settle(reservation: Reservation, record: dict) -> None:
     """Replace the reservation with the request's actual cost (also after an error or a client
-    that left): scheduled on the running loop, never waited for by the request."""
+    that left): handed to the store, which sends it with others, never waited for."""
     if reservation.settled:
         return
     reservation.settled = True
-    _schedule(_apply(reservation, reservation.amount, nano(actual_cost(reservation, record))))
+    spent = nano(actual_cost(reservation, record))
+    get_store().settle_soon(reservation.keys, reservation.hold, spent)
 
 
 def charge(reservation: Reservation, record: dict) -> None:
-    """Count one finished response of a session against its budgets, keeping its reservation."""
+    """Count one finished response of a session against its budgets, keeping its hold."""
     spent = nano(actual_cost(reservation, record, unknown=Decimal(0)))
     if spent:
-        _schedule(_apply(reservation, 0, spent))
+        get_store().settle_soon(reservation.keys, reservation.hold, spent, release=False)
 
 
 def release(reservation: Reservation) -> None:
-    """Give the reservation back: the request was never forwarded."""
+    """Give the reservation back: the request was never forwarded (or the session ended)."""
     if reservation.settled:
         return
     reservation.settled = True
-    _schedule(_apply(reservation, reservation.amount, 0))
-
-
-def _schedule(work) -> None:
-    task = asyncio.get_running_loop().create_task(work)
-    _settling.add(task)
-    task.add_done_callback(_settling.discard)
-
-
-async def _apply(reservation: Reservation, reserved: int, spent: int) -> None:
-    """Take ``reserved`` off the reservations of the request's counters, add ``spent``."""
-    try:
-        await get_store().settle(reservation.keys, reserved, spent)
-    except StoreUnavailable:
-        # The counter keeps the reservation until the period ends or the store loses it; the
-        # reconciling task raises spend to the database's figure either way.
-        pass
-    except Exception:
-        logger.exception("settling a budget reservation failed")
+    get_store().settle_soon(reservation.keys, reservation.hold, 0)
 
 
 def actual_cost(reservation: Reservation, record: dict, unknown: Decimal | None = None) -> Decimal:

@@ -1,10 +1,12 @@
 """Spent and reserved amounts per budget counter and period, shared by every worker and host.
 
 A counter is one Redis hash (``spent``, ``reserved``, in nano-dollars as integers) per budget,
-period and, for ``each_customer``, customer. Reserving checks every counter a request falls
-under and reserves on all of them in one script, so two workers can never both take the last
-dollar (the check-then-increment race of proxies that read, then write). Without Redis (the
-embedded mode, one process) the same operations run on a dict under a lock.
+period and, for ``each_customer``, customer; each request's hold on it is kept by id and lapses
+after ``HOLD_SECONDS`` if it is never settled (a killed worker, a settlement the store missed).
+Reserving checks every counter a request falls under and reserves on all of them in one script,
+so two workers can never both take the last dollar (the check-then-increment race of proxies
+that read, then write). Settlements are sent a few at a time (``settle_soon``). Without Redis
+(the embedded mode, one process) the same operations run on a dict under a lock.
 
 A counter that does not exist (a new period, a restart of the embedded mode, a Redis flush) is
 reported as such, and the guard seeds it from the database (``apps.budgets.spend``) before it
@@ -32,33 +34,62 @@ OK, NEEDS_SEED, REFUSED = 0, 1, 2
 MAX_CONNECTIONS = 64
 # Alert-only counters are reserved on but never refuse.
 NO_LIMIT = -1
+# A request's hold lapses after this long without being settled (its worker was killed, or the
+# store missed the settlement): it must not keep a budget blocked for the rest of its period. A
+# request that runs longer (a very long stream) then holds nothing; its cost still counts when
+# it ends.
+HOLD_SECONDS = 3600
+# Settlements are sent together, at most this long after the first of them.
+SETTLE_LINGER_SECONDS = 0.005
 
-# KEYS: the counters. ARGV[1]: the amount; ARGV[1 + i]: the limit of KEYS[i], or -1.
-# Returns {code, index of the counter that needs seeding or refused}.
+# Each counter is a hash (``spent``, ``reserved``, and ``h:<hold id>`` = the amount each request
+# holds) beside a sorted set ``<counter>:holds`` of hold ids by the time they lapse. The set's
+# name is derived from the counter's, so it shares its Redis Cluster slot.
+#
+# KEYS: the counters. ARGV: amount, hold id, now, lapse time (Unix seconds), then the limit of
+# each KEYS[i] (or -1). Returns {code, index of the counter that needs seeding or refused}.
 _RESERVE = """
-local amount = tonumber(ARGV[1])
+local amount, hold, now, lapse = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 for i, key in ipairs(KEYS) do
   if redis.call('EXISTS', key) == 0 then return {1, i} end
 end
 for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[1 + i])
+  local holds = key .. ':holds'
+  for _, lapsed in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
+    local held = tonumber(redis.call('HGET', key, 'h:' .. lapsed) or '0')
+    redis.call('HDEL', key, 'h:' .. lapsed)
+    redis.call('HINCRBY', key, 'reserved', -held)
+    redis.call('ZREM', holds, lapsed)
+  end
+  local limit = tonumber(ARGV[4 + i])
   if limit >= 0 then
     local held = redis.call('HMGET', key, 'spent', 'reserved')
     if tonumber(held[1]) + tonumber(held[2]) + amount > limit then return {2, i} end
   end
 end
-for i, key in ipairs(KEYS) do redis.call('HINCRBY', key, 'reserved', amount) end
+for i, key in ipairs(KEYS) do
+  redis.call('HINCRBY', key, 'reserved', amount)
+  redis.call('HSET', key, 'h:' .. hold, amount)
+  redis.call('ZADD', key .. ':holds', lapse, hold)
+  redis.call('EXPIRE', key .. ':holds', redis.call('TTL', key))
+end
 return {0, 0}
 """
-# ARGV[1]: the amount reserved, ARGV[2]: the amount spent. A counter that vanished meanwhile is
-# left alone (its seed from the database will hold the spend once written).
+# ARGV: hold id, amount spent, 1 to release the hold (0: a session's response, the hold stays).
+# A hold that lapsed, or a counter that vanished (seeded again from the database, which will
+# hold this spend once it is written), is left alone.
 _SETTLE = """
-local reserved, spent = tonumber(ARGV[1]), tonumber(ARGV[2])
+local hold, spent, release = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 for i, key in ipairs(KEYS) do
   if redis.call('EXISTS', key) == 1 then
-    local left = tonumber(redis.call('HGET', key, 'reserved')) - reserved
-    if left < 0 then left = 0 end
-    redis.call('HSET', key, 'reserved', left)
+    if release then
+      local held = redis.call('HGET', key, 'h:' .. hold)
+      if held then
+        redis.call('HDEL', key, 'h:' .. hold)
+        redis.call('HINCRBY', key, 'reserved', -tonumber(held))
+        redis.call('ZREM', key .. ':holds', hold)
+      end
+    end
     if spent > 0 then redis.call('HINCRBY', key, 'spent', spent) end
   end
 end
@@ -106,32 +137,18 @@ class RedisStore:
         self.url = url
         self.timeout = timeout
         self.health = StoreHealth(logger, "budget store")
-        # Per event loop (a worker has one): the scripts, registered on its own client, so a
-        # call sends the script's SHA1 (EVALSHA), not its text.
-        self._async_scripts: dict[asyncio.AbstractEventLoop, dict[str, object]] = {}
+        # Per event loop (a worker has one): its client and the scripts registered on it, so a
+        # call sends the script's SHA1 (EVALSHA), not its text; and its settlements waiting to
+        # be sent together.
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._sync_client = None
 
-    def _ascript(self, script: str):
-        import redis.asyncio
-
+    def _state(self) -> "_LoopState":
         loop = asyncio.get_running_loop()
-        scripts = self._async_scripts.get(loop)
-        if scripts is None:
-            # A blocking pool: past MAX_CONNECTIONS commands in flight, a request waits (within
-            # the store timeout) for a connection. redis-py's default pool raises at once
-            # instead, which a burst of requests took for the store being down.
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=self.timeout,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-            )
-            client = redis.asyncio.Redis(connection_pool=pool)
-            scripts = self._async_scripts[loop] = {
-                source: client.register_script(source) for source in (_RESERVE, _SETTLE, _SEED)
-            }
-        return scripts[script]
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState(self.url, self.timeout)
+        return state
 
     def _client(self):
         import redis
@@ -146,19 +163,55 @@ class RedisStore:
         if not self.health.available():
             raise StoreUnavailable("the budget store failed a moment ago")
         try:
-            result = await self._ascript(script)(keys=keys, args=args)
+            result = await self._state().scripts[script](keys=keys, args=args)
         except Exception as error:
             self.health.failed(error)
             raise StoreUnavailable(type(error).__name__) from error
         self.health.answered()
         return result
 
-    async def reserve(self, keys: list[str], amount: int, limits: list[int]) -> tuple[int, int]:
-        code, index = await self._eval(_RESERVE, keys, [amount, *limits])
+    async def reserve(
+        self, keys: list[str], amount: int, limits: list[int], hold: str, now: float
+    ) -> tuple[int, int]:
+        """Hold ``amount`` on every counter under ``hold`` (an id unique to the request), or
+        none: (OK, -1), (NEEDS_SEED, i) or (REFUSED, i) for the first counter in the way."""
+        lapse = int(now) + HOLD_SECONDS
+        code, index = await self._eval(_RESERVE, keys, [amount, hold, now, lapse, *limits])
         return int(code), int(index) - 1
 
-    async def settle(self, keys: list[str], reserved: int, spent: int) -> None:
-        await self._eval(_SETTLE, keys, [reserved, spent])
+    async def settle(self, keys: list[str], hold: str, spent: int, release: bool = True) -> None:
+        """Add ``spent`` to the counters and (``release``) drop the request's hold."""
+        await self._eval(_SETTLE, keys, [hold, spent, int(release)])
+
+    def settle_soon(self, keys: list[str], hold: str, spent: int, release: bool = True) -> None:
+        """``settle``, sent within ``SETTLE_LINGER_SECONDS`` together with the other
+        settlements of this worker: one round trip for many requests."""
+        state = self._state()
+        state.pending.append((keys, [hold, spent, int(release)]))
+        if state.flusher is None:
+            state.flusher = asyncio.get_running_loop().create_task(self._flush(state))
+
+    async def _flush(self, state: "_LoopState") -> None:
+        await asyncio.sleep(SETTLE_LINGER_SECONDS)
+        pending, state.pending, state.flusher = state.pending, [], None
+        if not self.health.available():
+            return  # the holds lapse; the reconciling task brings spend up from the database
+        try:
+            pipe = state.client.pipeline(transaction=False)
+            script = state.scripts[_SETTLE]
+            for keys, args in pending:
+                await script(keys=keys, args=args, client=pipe)
+            await pipe.execute()
+        except Exception as error:
+            self.health.failed(error)
+            return
+        self.health.answered()
+
+    async def settled(self) -> None:
+        """Wait until the settlements handed over so far have been sent (tests, shutdown)."""
+        state = self._state()
+        while state.flusher is not None:
+            await asyncio.shield(state.flusher)
 
     async def seed(self, key: str, spent: int, ttl: int) -> None:
         await self._eval(_SEED, [key], [spent, ttl])
@@ -184,40 +237,77 @@ class RedisStore:
         ]
 
 
+class _LoopState:
+    """A RedisStore's client, scripts and pending settlements on one event loop."""
+
+    def __init__(self, url: str, timeout: float):
+        import redis.asyncio
+
+        # A blocking pool: past MAX_CONNECTIONS commands in flight, a request waits (within the
+        # store timeout) for a connection. redis-py's default pool raises at once instead,
+        # which a burst of requests took for the store being down.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self.client = redis.asyncio.Redis(connection_pool=pool)
+        self.scripts = {
+            source: self.client.register_script(source) for source in (_RESERVE, _SETTLE, _SEED)
+        }
+        self.pending: list[tuple[list[str], list]] = []
+        self.flusher: asyncio.Task | None = None
+
+
 class MemoryStore:
     """The store of the embedded mode: one process, so process memory is shared by all."""
 
     def __init__(self):
-        self._counters: dict[str, list] = {}  # key → [spent, reserved, expires (monotonic)]
+        # key → _Counter; its holds lapse as in Redis
+        self._counters: dict[str, _Counter] = {}
         self._lock = threading.Lock()
 
-    def _live(self, key: str) -> list | None:
+    def _live(self, key: str) -> "_Counter | None":
         counter = self._counters.get(key)
-        if counter is not None and counter[2] <= time.monotonic():
+        if counter is not None and counter.expires <= time.monotonic():
             del self._counters[key]
             return None
         return counter
 
-    async def reserve(self, keys: list[str], amount: int, limits: list[int]) -> tuple[int, int]:
+    async def reserve(
+        self, keys: list[str], amount: int, limits: list[int], hold: str, now: float
+    ) -> tuple[int, int]:
         with self._lock:
             counters = [self._live(key) for key in keys]
             for index, counter in enumerate(counters):
                 if counter is None:
                     return NEEDS_SEED, index
             for index, (counter, limit) in enumerate(zip(counters, limits, strict=True)):
-                if limit >= 0 and counter[0] + counter[1] + amount > limit:
+                counter.drop_lapsed(now)
+                if limit >= 0 and counter.spent + counter.reserved + amount > limit:
                     return REFUSED, index
             for counter in counters:
-                counter[1] += amount
+                counter.reserved += amount
+                counter.holds[hold] = (amount, now + HOLD_SECONDS)
             return OK, -1
 
-    async def settle(self, keys: list[str], reserved: int, spent: int) -> None:
+    async def settle(self, keys: list[str], hold: str, spent: int, release: bool = True) -> None:
+        self.settle_soon(keys, hold, spent, release)
+
+    def settle_soon(self, keys: list[str], hold: str, spent: int, release: bool = True) -> None:
         with self._lock:
             for key in keys:
                 counter = self._live(key)
-                if counter is not None:
-                    counter[1] = max(0, counter[1] - reserved)
-                    counter[0] += spent
+                if counter is None:
+                    continue
+                if release and hold in counter.holds:
+                    counter.reserved -= counter.holds.pop(hold)[0]
+                counter.spent += spent
+
+    async def settled(self) -> None:
+        return None
 
     async def seed(self, key: str, spent: int, ttl: int) -> None:
         self.seed_sync(key, spent, ttl)
@@ -226,16 +316,32 @@ class MemoryStore:
         with self._lock:
             counter = self._live(key)
             if counter is None:
-                self._counters[key] = [spent, 0, time.monotonic() + ttl]
-            elif counter[0] < spent:
-                counter[0] = spent
+                self._counters[key] = _Counter(spent, time.monotonic() + ttl)
+            elif counter.spent < spent:
+                counter.spent = spent
 
     def read(self, keys: list[str]) -> list[tuple[int, int] | None]:
         with self._lock:
             return [
-                (counter[0], counter[1]) if (counter := self._live(key)) is not None else None
+                (counter.spent, counter.reserved)
+                if (counter := self._live(key)) is not None
+                else None
                 for key in keys
             ]
+
+
+class _Counter:
+    __slots__ = ("expires", "holds", "reserved", "spent")
+
+    def __init__(self, spent: int, expires: float):
+        self.spent, self.reserved, self.expires = spent, 0, expires
+        self.holds: dict[str, tuple[int, float]] = {}  # hold id → (amount, lapses at)
+
+    def drop_lapsed(self, now: float) -> None:
+        for hold, (amount, lapses) in list(self.holds.items()):
+            if lapses <= now:
+                del self.holds[hold]
+                self.reserved -= amount
 
 
 _store: RedisStore | MemoryStore | None = None

@@ -15,6 +15,7 @@ from apps.accounts.tests.factories import OrganizationFactory
 from apps.budgets import guard
 from apps.budgets.policy import load_policy
 from apps.budgets.services import budget_create
+from apps.budgets.store import get_store
 from apps.usage.tests.factories import store_usage
 from tests.outage import free_port
 
@@ -94,7 +95,7 @@ def test_settling_counts_the_actual_cost_and_frees_the_rest():
         # 10 in, 10 out: $0.0000075; the other request failed at the provider: nothing.
         guard.settle(first, {"input_tokens": 10, "output_tokens": 10, "model": "gpt-4o-mini"})
         guard.settle(second, {"status": 500, "outcome": "upstream_error"})
-        await asyncio.gather(*guard._settling)
+        await get_store().settled()
 
     asyncio.run(settle_both())
     assert _admitted(policy, 5) == 2  # 0.0000075 + 2 x 0.000069 fits, a third does not
@@ -141,7 +142,7 @@ def test_a_store_that_does_not_answer_fails_open_unless_the_budget_is_fail_close
 def _reservation(estimate="0.5"):
     org = OrganizationFactory()
     _budget(org, scope="organization", limit_usd="100")
-    return guard.Reservation(load_policy(org), [], 0, Decimal(estimate), "openai", NOW)
+    return guard.Reservation(load_policy(org), [], "hold", Decimal(estimate), "openai", NOW)
 
 
 def test_what_a_finished_request_counts_against_its_budgets():

@@ -13,6 +13,7 @@ from django.test import override_settings
 
 from apps.budgets import store as store_module
 from apps.budgets.store import (
+    HOLD_SECONDS,
     NEEDS_SEED,
     NO_LIMIT,
     OK,
@@ -42,6 +43,14 @@ def store(request, redis_server):
     return MemoryStore()
 
 
+NOW = 1_800_000_000.0  # Unix seconds
+_holds = iter(range(10**9))
+
+
+def _reserve(store, keys, amount, limits, *, hold=None, now=NOW):
+    return asyncio.run(store.reserve(keys, amount, limits, hold or f"h{next(_holds)}", now))
+
+
 def _keys(n: int) -> list[str]:
     run = uuid.uuid4().hex[:8]
     return [counter_key(1, f"bud_{run}{i}", "day", "2026-12-07", "") for i in range(n)]
@@ -59,7 +68,7 @@ def test_amounts_are_whole_nano_dollars_rounded_up():
 def test_a_missing_counter_is_reported_for_seeding_and_nothing_is_reserved(store):
     first, second = _keys(2)
     asyncio.run(store.seed(first, 0, 60))
-    assert asyncio.run(store.reserve([first, second], 10, [100, 100])) == (NEEDS_SEED, 1)
+    assert _reserve(store, [first, second], 10, [100, 100]) == (NEEDS_SEED, 1)
     assert store.read([first, second]) == [(0, 0), None]
 
 
@@ -67,32 +76,63 @@ def test_reserving_is_all_or_nothing_across_counters(store):
     roomy, tight = _keys(2)
     asyncio.run(store.seed(roomy, 0, 60))
     asyncio.run(store.seed(tight, 95, 60))
-    assert asyncio.run(store.reserve([roomy, tight], 10, [1000, 100])) == (REFUSED, 1)
+    assert _reserve(store, [roomy, tight], 10, [1000, 100]) == (REFUSED, 1)
     assert store.read([roomy, tight]) == [(0, 0), (95, 0)]
-    assert asyncio.run(store.reserve([roomy, tight], 5, [1000, 100])) == (OK, -1)
+    assert _reserve(store, [roomy, tight], 5, [1000, 100]) == (OK, -1)
     assert store.read([roomy, tight]) == [(0, 5), (95, 5)]
 
 
 def test_an_alert_only_counter_is_reserved_on_but_never_refuses(store):
     (key,) = _keys(1)
     asyncio.run(store.seed(key, 10**12, 60))
-    assert asyncio.run(store.reserve([key], 10, [NO_LIMIT])) == (OK, -1)
+    assert _reserve(store, [key], 10, [NO_LIMIT]) == (OK, -1)
     assert store.read([key]) == [(10**12, 10)]
 
 
-def test_settling_replaces_the_reservation_with_the_spend(store):
+def test_settling_replaces_the_hold_with_the_spend(store):
     (key,) = _keys(1)
     asyncio.run(store.seed(key, 0, 60))
-    asyncio.run(store.reserve([key], 50, [100]))
-    asyncio.run(store.reserve([key], 40, [100]))
-    assert asyncio.run(store.reserve([key], 20, [100])) == (REFUSED, 0)  # 50 + 40 + 20 > 100
-    asyncio.run(store.settle([key], 50, 12))
+    _reserve(store, [key], 50, [100], hold="first")
+    _reserve(store, [key], 40, [100], hold="second")
+    assert _reserve(store, [key], 20, [100]) == (REFUSED, 0)  # 50 + 40 + 20 > 100
+    asyncio.run(store.settle([key], "first", 12))
     assert store.read([key]) == [(12, 40)]
-    assert asyncio.run(store.reserve([key], 20, [100])) == (OK, -1)
-    # A settlement of more than is reserved (the counter was lost and seeded again) leaves
-    # reserved at zero, never below.
-    asyncio.run(store.settle([key], 1000, 0))
-    assert store.read([key]) == [(12, 0)]
+    # Settling the same hold again, or one the counter never had (it was lost and seeded
+    # again meanwhile), releases nothing more.
+    asyncio.run(store.settle([key], "first", 0))
+    asyncio.run(store.settle([key], "unknown", 0))
+    assert store.read([key]) == [(12, 40)]
+    # A session's response: spend counted, its hold kept.
+    asyncio.run(store.settle([key], "second", 5, release=False))
+    assert store.read([key]) == [(17, 40)]
+
+
+def test_settlements_handed_over_together_are_all_applied(store):
+    keys = _keys(3)
+    for key in keys:
+        asyncio.run(store.seed(key, 0, 60))
+
+    async def many():
+        for number in range(30):
+            await store.reserve(keys, 10, [1000] * 3, f"m{number}", NOW)
+        for number in range(30):
+            store.settle_soon(keys, f"m{number}", 3)
+        await store.settled()
+
+    asyncio.run(many())
+    assert store.read(keys) == [(90, 0)] * 3
+
+
+def test_a_hold_never_settled_lapses_and_frees_the_budget(store):
+    (key,) = _keys(1)
+    asyncio.run(store.seed(key, 0, 2 * HOLD_SECONDS))
+    _reserve(store, [key], 90, [100], hold="killed-worker")
+    assert _reserve(store, [key], 20, [100], now=NOW + HOLD_SECONDS - 1) == (REFUSED, 0)
+    assert _reserve(store, [key], 20, [100], now=NOW + HOLD_SECONDS) == (OK, -1)
+    assert store.read([key]) == [(0, 20)]
+    # Its settlement, if it ever comes, still counts what the request cost.
+    asyncio.run(store.settle([key], "killed-worker", 7))
+    assert store.read([key]) == [(7, 20)]
 
 
 def test_seeding_an_existing_counter_only_raises_its_spend(store):
@@ -110,7 +150,9 @@ def test_concurrent_requests_never_reserve_past_the_limit_together(store):
     asyncio.run(store.seed(key, 0, 60))
 
     async def race():
-        return await asyncio.gather(*(store.reserve([key], 7, [100]) for _ in range(200)))
+        return await asyncio.gather(
+            *(store.reserve([key], 7, [100], f"r{number}", NOW) for number in range(200))
+        )
 
     answers = asyncio.run(race())
     assert sum(code == OK for code, _ in answers) == 14  # 14 x 7 = 98; a 15th would be 105
@@ -121,10 +163,10 @@ def test_a_store_that_does_not_answer_is_unavailable_and_then_skipped_for_a_mome
     dead = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     (key,) = _keys(1)
     with pytest.raises(StoreUnavailable):
-        asyncio.run(dead.reserve([key], 1, [10]))
+        asyncio.run(dead.reserve([key], 1, [10], "h", NOW))
     # Left alone after failing: the next call does not wait for a connection at all.
     with pytest.raises(StoreUnavailable, match="failed a moment ago"):
-        asyncio.run(dead.reserve([key], 1, [10]))
+        asyncio.run(dead.reserve([key], 1, [10], "h", NOW))
     with pytest.raises(StoreUnavailable):
         dead.read([key])
 

@@ -43,12 +43,16 @@ def test_a_customer_budget_refuses_past_its_limit_and_nothing_else(http, proxy, 
     budget = _budget(
         proxy.organization, scope="customer", customer="acme", period="day", limit_usd="0.0005"
     )
-    answers = [_chat(http, proxy, "acme") for _ in range(12)]
+    answers = []
+    for _ in range(12):
+        answers.append(_chat(http, proxy, "acme"))
+        time.sleep(0.05)  # each one settled (settlements go out within milliseconds)
     admitted = [a for a in answers if a.status_code == 200]
     refused = [a for a in answers if a.status_code == 429]
     assert len(admitted) + len(refused) == 12
     assert refused, "the budget never refused"
-    # Once refused, always refused: spend only grows within the period.
+    # Once refused, always refused: each request is settled before the next, and spend only
+    # grows within the period.
     first_refusal = next(i for i, a in enumerate(answers) if a.status_code == 429)
     assert all(a.status_code == 429 for a in answers[first_refusal:])
     assert len(admitted) * ACTUAL <= Decimal("0.0005")
