@@ -41,6 +41,11 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "task": "budgets.deliveries_sweep",
         "schedule": crontab(minute="*"),
     },
+    # Alerts describe usage: they go when the usage does (the organization's retention).
+    "budgets-alerts-purge-expired": {
+        "task": "budgets.alerts_purge_expired",
+        "schedule": crontab(hour=PURGE_HOUR_UTC, minute=PURGE_MINUTE_UTC + 5),
+    },
     "budgets-counters-reconcile": {
         "task": "budgets.counters_reconcile",
         "schedule": crontab(minute="*"),

@@ -19,10 +19,11 @@ from django.utils import timezone
 from apps.accounts.models import Organization
 from apps.budgets import alerts, delivery
 from apps.budgets.guard import KEEP_AFTER_PERIOD_SECONDS
-from apps.budgets.models import Budget, DeliveryState
+from apps.budgets.models import Alert, Budget, DeliveryState
 from apps.budgets.policy import period_of, rule_of
 from apps.budgets.spend import period_spend
 from apps.budgets.store import StoreUnavailable, counter_key, get_store, nano
+from apps.usage.lifecycle import retention_cutoff
 from costr.db import TASK_RETRY_ON_CONNECTION_ERRORS
 from costr.tasks import PUBLISH_RETRY_POLICY
 
@@ -171,3 +172,25 @@ def counters_reconcile_now(now=None) -> int:
                     return written
                 written += 1
     return written
+
+
+@shared_task(
+    name="budgets.alerts_purge_expired",
+    **TASK_RETRY_ON_CONNECTION_ERRORS,
+    time_limit=300,
+    soft_time_limit=270,
+)
+def alerts_purge_expired() -> int:
+    """Daily, with the usage purge: alerts (and their deliveries) older than each
+    organization's retention are deleted, as the usage they describe is."""
+    return alerts_purge_expired_now()
+
+
+def alerts_purge_expired_now(now=None) -> int:
+    """Delete every organization's alerts older than its retention; the number deleted."""
+    deleted = 0
+    for organization in Organization.objects.filter(deletion_requested_at__isnull=True):
+        cutoff = retention_cutoff(organization, now)
+        expired = Alert.objects.for_org(organization).filter(created_at__lt=cutoff)
+        deleted += expired.delete()[1].get(Alert._meta.label, 0)
+    return deleted

@@ -15,6 +15,7 @@ from decimal import Decimal
 import pytest
 from django.core import mail
 from django.db import connection
+from django.utils import timezone
 
 from apps.budgets import alert_services, alerts, tasks
 from apps.budgets.models import Alert, Channel, Delivery, DeliveryState
@@ -414,3 +415,32 @@ def test_reconciling_stops_quietly_when_the_store_is_away(org, settings, redis_s
     warnings = [r for r in caplog.records if r.name == "costr.budgets.tasks"]
     assert len(warnings) == 1
     assert "budget store is unavailable" in warnings[0].getMessage()
+
+
+@pytest.mark.django_db
+def test_alerts_and_their_deliveries_go_with_the_organizations_retention(
+    org, admin, django_capture_on_commit_callbacks
+):
+    from apps.accounts.tests.factories import OrganizationFactory
+
+    org.retention_days = 30
+    org.save()
+    budget_create(organization=org, actor=None, scope="organization", period="day", limit_usd="0.1")
+    spend(org)
+    assert _scan(django_capture_on_commit_callbacks) == 2  # 80 % and 100 %
+    other = OrganizationFactory(retention_days=90)
+    budget_create(
+        organization=other, actor=None, scope="organization", period="day", limit_usd="0.1"
+    )
+    spend(other)
+    _scan(django_capture_on_commit_callbacks)
+    assert Delivery.objects.for_org(org).exists()
+
+    # The alerts are stamped when they fire (now): 30 days later they are still kept; 31 days
+    # later they are gone, and the other organization keeps 90 days.
+    fired = timezone.now()
+    assert tasks.alerts_purge_expired_now(fired + timedelta(days=30)) == 0
+    assert tasks.alerts_purge_expired_now(fired + timedelta(days=31)) == 2
+    assert not Alert.objects.for_org(org).exists()
+    assert not Delivery.objects.for_org(org).exists()
+    assert Alert.objects.for_org(other).count() == 2
