@@ -3,6 +3,7 @@ customers and rollups as in production), at prices worked out by hand: an overri
 models named budget-* at $1 per million input tokens, so ``spend(org, "2.5")`` is a request
 that cost exactly $2.50."""
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -56,7 +57,8 @@ def seed_counter(org, budget: Budget, spent: str, *, reserved: str = "0", subjec
     store = get_store()
     store.seed_sync(key, nano(Decimal(spent)), 3600)
     if Decimal(reserved):
-        async_to_sync(store.reserve)([key], nano(Decimal(reserved)), [-1])
+        hold = f"test-hold-{key}"
+        async_to_sync(store.reserve)([key], nano(Decimal(reserved)), [-1], hold, time.time())
     return key
 
 
