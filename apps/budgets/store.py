@@ -22,6 +22,7 @@ import time
 from decimal import ROUND_CEILING, Decimal
 
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 from costr.throttle import StoreHealth
 
@@ -197,15 +198,27 @@ class RedisStore:
         if not self.health.available():
             return  # the holds lapse; the reconciling task brings spend up from the database
         try:
-            pipe = state.client.pipeline(transaction=False)
-            script = state.scripts[_SETTLE]
-            for keys, args in pending:
-                await script(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+            try:
+                await self._settle_all(state, pending)
+            except NoScriptError:
+                # Redis lost its scripts (a restart): load it and send them again (a script
+                # that is missing failed every command of the batch, so none was applied).
+                await state.scripts[_SETTLE].registered_client.script_load(_SETTLE)
+                await self._settle_all(state, pending)
         except Exception as error:
             self.health.failed(error)
             return
         self.health.answered()
+
+    @staticmethod
+    async def _settle_all(state: "_LoopState", pending: list) -> None:
+        """One pipeline of EVALSHA, without redis-py's check that the script is loaded (a
+        round trip of its own per batch: ``SCRIPT EXISTS``)."""
+        pipe = state.client.pipeline(transaction=False)
+        sha = state.scripts[_SETTLE].sha
+        for keys, args in pending:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        await pipe.execute()
 
     async def settled(self) -> None:
         """Wait until the settlements handed over so far have been sent (tests, shutdown)."""

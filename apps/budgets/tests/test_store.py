@@ -176,3 +176,20 @@ def test_the_process_store_follows_redis_url():
         assert isinstance(store_module.get_store(), MemoryStore)
     with override_settings(REDIS_URL="redis://127.0.0.1:6399/0"):
         assert isinstance(store_module.get_store(), RedisStore)
+
+
+def test_settlements_still_apply_after_redis_forgot_its_scripts(redis_server):
+    import redis
+
+    store = RedisStore(redis_server.url, timeout=0.5)
+    (key,) = _keys(1)
+
+    async def scenario():
+        await store.seed(key, 0, 60)
+        await store.reserve([key], 10, [100], "before", NOW)
+        redis.Redis.from_url(redis_server.url).script_flush()  # as after a restart
+        store.settle_soon([key], "before", 4)
+        await store.settled()
+
+    asyncio.run(scenario())
+    assert store.read([key]) == [(4, 0)]
