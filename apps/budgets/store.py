@@ -225,14 +225,19 @@ class RedisStore:
             raise StoreUnavailable(type(error).__name__) from error
 
     def read(self, keys: list[str]) -> list[tuple[int, int] | None]:
-        """(spent, reserved) of each counter, None for one that does not exist."""
+        """(spent, reserved) of each counter, None for one that does not exist. A store that
+        failed a moment ago is not asked (a page showing budgets does not wait on it)."""
+        if not self.health.available():
+            raise StoreUnavailable("the budget store failed a moment ago")
         try:
             pipe = self._client().pipeline(transaction=False)
             for key in keys:
                 pipe.hmget(key, "spent", "reserved")
             found = pipe.execute()
         except Exception as error:
+            self.health.failed(error)
             raise StoreUnavailable(type(error).__name__) from error
+        self.health.answered()
         return [
             (int(spent), int(reserved)) if spent is not None else None for spent, reserved in found
         ]
