@@ -67,6 +67,8 @@ class AlertsPageMixin(OrganizationViewMixin):
             alerts=list(alerts),
             deliveries=page,
             anomaly_factor=f"{settings.COSTR_ANOMALY_FACTOR:g}",
+            # Embedded mode: tasks run in process and nothing periodic runs, scans included.
+            no_scheduler=settings.CELERY_TASK_ALWAYS_EAGER,
         )
 
 

@@ -188,3 +188,12 @@ def test_alerts_and_the_paginated_delivery_log(client, org, admin, member, setti
     third = client.get(_url(org, "alerts") + "?page=3").content.decode()
     assert "Page 3 of 3" in third and third.count("<code>evt_") == 10
     assert client.get(_url(org, "alerts") + "?page=zzz").status_code == 200
+
+
+def test_the_page_says_when_no_scheduler_runs_the_scans(client, org, member, settings):
+    client.force_login(member)
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # the embedded mode
+    html = client.get(_url(org, "alerts")).content.decode()
+    assert 'id="no-scheduler"' in html and "only Celery beat runs" in html
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # a broker, a worker and beat
+    assert 'id="no-scheduler"' not in client.get(_url(org, "alerts")).content.decode()
