@@ -17,6 +17,7 @@ import logging
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, serializers, status
+from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -119,6 +120,30 @@ class OrganizationAPIView(ScopedQuerysetMixin, APIView):
 
 
 # --- Errors ---------------------------------------------------------------------------------
+
+
+class BoundedPageSize(CursorPagination):
+    """The API's cursor pages: ``{"next", "previous", "results"}`` with opaque cursor links, and
+    a ``page_size`` from 1 to ``max_page_size`` (anything else is a 400, never a silent cap)."""
+
+    page_size = 100
+    max_page_size = 500
+    page_size_query_param = "page_size"
+    cursor_query_description = "Opaque: the `next` or `previous` link of a page carries it."
+
+    def get_page_size(self, request):
+        value = request.query_params.get(self.page_size_query_param)
+        if value is None:
+            return self.page_size
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if not 1 <= size <= self.max_page_size:
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]}
+            )
+        return size
 
 
 class OrganizationRequired(exceptions.APIException):

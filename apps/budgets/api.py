@@ -15,10 +15,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
-from apps.accounts.api import SAFE_METHODS, OrganizationAPIView, error_responses, org_parameter
+from apps.accounts.api import (
+    SAFE_METHODS,
+    BoundedPageSize,
+    OrganizationAPIView,
+    error_responses,
+    org_parameter,
+)
 from apps.accounts.services import client_ip
 from apps.budgets import selectors, services
 from apps.budgets.models import Budget
@@ -90,29 +95,11 @@ def _cursor_shaped(encoded: str) -> bool:
     return bool(tokens) and set(tokens) <= {"o", "r", "p"}
 
 
-class BudgetPagination(CursorPagination):
+class BudgetPagination(BoundedPageSize):
     """Oldest first, in pages of ``{"next", "previous", "results"}`` like the other lists; a
     malformed cursor or page size is a 400, as there."""
 
     ordering = ("created_at", "id")
-    page_size = 100
-    max_page_size = 500
-    page_size_query_param = "page_size"
-    cursor_query_description = "Opaque: the `next` or `previous` link of a page carries it."
-
-    def get_page_size(self, request):
-        value = request.query_params.get(self.page_size_query_param)
-        if value is None:
-            return self.page_size
-        try:
-            size = int(value)
-        except ValueError:
-            size = 0
-        if not 1 <= size <= self.max_page_size:
-            raise ValidationError(
-                {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]}
-            )
-        return size
 
     def decode_cursor(self, request):
         encoded = request.query_params.get(self.cursor_query_param)

@@ -19,11 +19,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
-from apps.accounts.api import OrganizationAPIView, error_responses, org_parameter
+from apps.accounts.api import (
+    BoundedPageSize,
+    OrganizationAPIView,
+    error_responses,
+    org_parameter,
+)
 from apps.billing import selectors as billing
 from apps.reporting import paging, selectors
 from apps.reporting.selectors import Totals
@@ -66,32 +70,17 @@ class _Cursor:
     position: tuple
 
 
-class KeysetPagination(CursorPagination):
+class KeysetPagination(BoundedPageSize):
     """DRF's cursor pagination (opaque ``cursor`` links in ``{"next", "previous", "results"}``)
     over a keyset (``paging``): the position is made of the whole ordering, e.g. (timestamp,
     id), instead of its first field plus an offset, so every row has a position of its own and
     the database seeks to it along its index. A malformed cursor is a 400."""
 
-    page_size = 100
-    max_page_size = 500
-    page_size_query_param = "page_size"
-    cursor_query_description = "Opaque: the `next` or `previous` link of a page carries it."
-    page_size_query_description = f"Results per page, 1 to {max_page_size} (default {page_size})."
+    page_size_query_description = (
+        f"Results per page, 1 to {BoundedPageSize.max_page_size} "
+        f"(default {BoundedPageSize.page_size})."
+    )
     keyset: paging.Keyset
-
-    def get_page_size(self, request):
-        value = request.query_params.get(self.page_size_query_param)
-        if value is None:
-            return self.page_size
-        try:
-            size = int(value)
-        except ValueError:
-            size = 0
-        if not 1 <= size <= self.max_page_size:
-            raise ValidationError(
-                {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]}
-            )
-        return size
 
     def decode_cursor(self, request):
         encoded = request.query_params.get(self.cursor_query_param)
