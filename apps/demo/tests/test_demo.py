@@ -11,6 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.test import Client
+from django.urls import reverse
 
 from apps.accounts.models import Organization
 from apps.billing.models import StripeBalanceTransaction, StripeCustomer
@@ -239,3 +240,27 @@ def test_costr_demo_refuses_an_existing_demo_and_resets_it_on_request():
     )
     assert Client().login(email=email, password=password)
     assert not Client().login(email=email, password=first_password)
+
+
+@pytest.mark.django_db
+def test_costr_demo_sets_budgets_that_show_in_use():
+    from apps.budgets.models import Budget
+    from apps.budgets.selectors import budget_uses
+
+    output = _run_demo()
+    assert "4 budgets" in output
+    organization = Organization.objects.get(slug="demo")
+    uses = {use.budget.scope: use for use in budget_uses(organization=organization).uses}
+    assert set(uses) == {"organization", "each_customer", "property", "customer"}
+    # Sized from the demo's own spend: the organization has room left, its biggest customer is
+    # past its first threshold (80 %), the watched feature's alert-only budget is over.
+    assert 0 < uses["organization"].percent < 80
+    assert 80 <= uses["customer"].percent < 100
+    assert uses["property"].percent > 100 and not uses["property"].budget.enforce
+    email, password = _login(output)
+    client = Client()
+    assert client.login(email=email, password=password)
+    page = client.get(reverse("budgets", args=[organization.slug]))
+    assert page.status_code == 200
+    for budget in Budget.objects.for_org(organization):
+        assert budget.public_id in page.content.decode()

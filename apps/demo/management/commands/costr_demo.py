@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from apps.accounts.models import Organization
+from apps.demo.budgets import demo_budgets_create
 from apps.demo.customers import demo_customer_names_apply
 from apps.demo.organization import (
     DEMO_OWNER_EMAIL,
@@ -79,11 +80,13 @@ class Command(BaseCommand):
         )
         revenue = demo_revenue_create(organization=organization, end=end, days=days, seed=seed)
         refused = demo_refusals_record(organization=organization, end=end, days=days, seed=seed)
+        budgets = demo_budgets_create(organization=organization, end=end)
         self.stdout.write(
             f"Created {organization.slug!r}: {stored:,} events over {days} days for {customers} "
             f"customers in {time.monotonic() - started:.1f} s, "
             f"{revenue['stripe_customers']} Stripe customers with "
-            f"{revenue['balance_transactions']} balance transactions, {refused} refused requests."
+            f"{revenue['balance_transactions']} balance transactions, {refused} refused requests, "
+            f"{budgets} budgets."
         )
         login = settings.COSTR_BASE_URL.rstrip("/") + reverse("login")
         self.stdout.write(f"Log in at {login}")
