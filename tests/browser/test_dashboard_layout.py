@@ -60,6 +60,22 @@ def owner_org(fake_provider):
     keys.provider_key_create(
         organization=organization, provider="openai", key=fake_provider.keys["openai"], actor=owner
     )
+    # A budget of each kind that names something long, so the Budgets table shows at its widest.
+    from apps.budgets.services import budget_create
+
+    for scope, target in (
+        ("customer", {"customer": "a-customer-with-a-rather-long-external-id-0042"}),
+        ("each_customer", {}),
+        ("property", {"property_name": "feature", "property_value": "summarize-long-documents"}),
+    ):
+        budget_create(
+            organization=organization,
+            actor=owner,
+            scope=scope,
+            period="month",
+            limit_usd="250",
+            **target,
+        )
     return organization
 
 
@@ -106,6 +122,8 @@ def test_pages_fit_at_1366_and_390_and_the_phone_menu_folds(browser, costr_serve
         "audit/",
         "customers/",
         "events/",
+        "budgets/",
+        "alerts/",
     ]
     laptop = _logged_in_page(browser, base, LAPTOP)
     for path in pages:
@@ -114,6 +132,8 @@ def test_pages_fit_at_1366_and_390_and_the_phone_menu_folds(browser, costr_serve
         _assert_no_sideways_scroll(laptop, path)
     laptop.goto(f"{base}/app/{SLUG}/integrate/")
     _shot(laptop, "1366-integrate")
+    laptop.goto(f"{base}/app/{SLUG}/budgets/")
+    _shot(laptop, "1366-budgets")
 
     # The Settings menu opens on click and keyboard, closes on Escape, and leads to its pages.
     settings_menu = laptop.locator("details.settings-menu")

@@ -85,7 +85,7 @@ def test_the_list_shows_each_budget_with_its_use(client, org, member):
     rows = {b.public_id: _text(page, b.public_id) for b in Budget.objects.for_org(org)}
     texts = list(rows.values())
     org_row = next(t for t in texts if "whole organization" in t)
-    assert "$100.00 $4.50 $0.00 4.5% Refuse no 50%, 90%" in org_row
+    assert "$100.00 $4.50 $0.00 4.5% Refuse 50%, 90%" in org_row
     assert "50%, 90%" in org_row
     assert "acme" in rows[acme.public_id]
     assert "$4.00 $3.20 $0.40 80.0%" in rows[acme.public_id]
