@@ -133,7 +133,11 @@ def counter_key(organization_id: int, rule_id: str, period: str, start: str, sub
     """The counter of a budget (``rule_id``) in the ``period`` ("day" or "month") that begins on
     ``start`` (ISO date), for ``subject`` (an each_customer budget's customer, else "")."""
     # The organization in braces: one Redis Cluster slot holds all of an organization's counters,
-    # so one script can take them together.
+    # so one script can take them together. The customer is the client's own string: as a digest
+    # it cannot end in ":holds" and name another counter's set of holds (a type error in the
+    # script, which would count as the store failing, for every organization on the worker).
+    if subject:
+        subject = hashlib.blake2b(subject.encode(), digest_size=16).hexdigest()
     return f"{KEY_PREFIX}:{{{organization_id}}}:{rule_id}:{period}:{start}:{subject}"
 
 

@@ -193,3 +193,18 @@ def test_settlements_still_apply_after_redis_forgot_its_scripts(redis_server):
 
     asyncio.run(scenario())
     assert store.read([key]) == [(4, 0)]
+
+
+def test_a_customer_named_like_another_counters_holds_is_a_counter_of_its_own(store):
+    """Customer ids are the client's strings: "acme:holds" must not name the set of holds of
+    customer "acme" (on Redis, a type error that counts as the store failing, for everyone)."""
+    run = uuid.uuid4().hex[:8]
+    acme, twin = (
+        counter_key(1, f"bud_{run}", "day", "2026-12-07", c) for c in ("acme", "acme:holds")
+    )
+    assert acme != twin and not twin.startswith(acme)
+    for key in (acme, twin):
+        asyncio.run(store.seed(key, 0, 60))
+    assert _reserve(store, [acme], 10, [100]) == (OK, -1)
+    assert _reserve(store, [twin], 10, [100]) == (OK, -1)
+    assert store.read([acme, twin]) == [(0, 10), (0, 10)]
