@@ -26,7 +26,7 @@ from decimal import ROUND_CEILING, Decimal
 
 from django.conf import settings
 from redis.asyncio.connection import Connection, parse_url
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from costr.throttle import StoreHealth
 
@@ -173,6 +173,11 @@ class RedisStore:
             raise StoreUnavailable("the budget store failed a moment ago")
         try:
             result = await self._state().connections.eval(script, keys, args)
+        except ResponseError as error:
+            # Redis answered, refusing this call (a key of the wrong type, say): this request
+            # cannot be checked, but the store is up for everyone else's.
+            logger.error("the budget store refused a call: %s", type(error).__name__)
+            raise StoreUnavailable(type(error).__name__) from error
         except Exception as error:
             self.health.failed(error)
             raise StoreUnavailable(type(error).__name__) from error

@@ -208,3 +208,15 @@ def test_a_customer_named_like_another_counters_holds_is_a_counter_of_its_own(st
     assert _reserve(store, [acme], 10, [100]) == (OK, -1)
     assert _reserve(store, [twin], 10, [100]) == (OK, -1)
     assert store.read([acme, twin]) == [(0, 10), (0, 10)]
+
+
+def test_a_call_redis_refuses_fails_that_call_only_not_the_store(redis_server):
+    import redis
+
+    store = RedisStore(redis_server.url, timeout=0.5)
+    broken, fine = _keys(2)
+    redis.Redis.from_url(redis_server.url).set(broken, "not a counter")  # a key of another type
+    asyncio.run(store.seed(fine, 0, 60))
+    with pytest.raises(StoreUnavailable):
+        _reserve(store, [broken], 1, [10])
+    assert _reserve(store, [fine], 1, [10]) == (OK, -1)  # not left alone for a moment
