@@ -16,7 +16,6 @@ import pytest
 from apps.budgets.estimate import estimate_cost
 from apps.budgets.models import Budget, Webhook
 from apps.budgets.tests.budget_data import bearer
-from apps.usage.pricing import Overrides
 
 # The proxy suite's fixtures: a running Costr in front of the fake provider.
 from apps.proxy.tests.conftest import (  # noqa: F401
@@ -26,6 +25,7 @@ from apps.proxy.tests.conftest import (  # noqa: F401
     proxy,
     sdk,
 )
+from apps.usage.pricing import Overrides
 
 INPUT_PER_TOKEN = Decimal("0.15") / 10**6
 OUTPUT_PER_TOKEN = Decimal("0.60") / 10**6
@@ -147,7 +147,10 @@ def test_the_estimate_covers_an_image_sent_by_url():
             {
                 "role": "user",
                 "content": [
-                    {"type": "image_url", "image_url": {"url": "https://e.x/a.png", "detail": "high"}}
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "https://e.x/a.png", "detail": "high"},
+                    }
                 ],
             }
         ],
@@ -161,7 +164,7 @@ def test_the_estimate_covers_an_image_sent_by_url():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_retrieving_a_background_response_passes_a_budget_with_room(sdk, proxy):
+def test_retrieving_a_background_response_passes_a_budget_with_room(sdk, proxy):  # noqa: F811
     """GET /v1/responses/{id} has an empty body; app.py reserves ``len(body) or
     COSTR_PROXY_MAX_BODY_BYTES`` (50 MiB as input tokens, at the provider's highest price as the
     retrieve names no model: thousands of dollars), so under any smaller budget the poll the SDK
@@ -198,3 +201,44 @@ def test_a_webhook_on_an_ipv6_form_of_a_private_ipv4_address_is_refused(client, 
     body = {"url": f"https://{host}/hook", "events": ["budget.exceeded"]}
     _invalid(_post(client, "/api/v1/webhooks/", body, bearer(org, "manage")))
     assert not Webhook.objects.for_org(org).exists()
+
+
+# --- 6. An alert naming a customer whose id holds a line break is never e-mailed ----------------
+
+
+@pytest.mark.django_db
+def test_an_alert_for_a_customer_id_with_a_line_break_is_still_emailed(
+    org, admin, django_capture_on_commit_callbacks
+):
+    """Customer ids reach Costr through the ingest API as any JSON string (line breaks
+    included); the alert's e-mail subject names the customer, and Django refuses a header with
+    a newline (BadHeaderError), so the e-mail channel fails on every attempt for 24 hours."""
+    from django.core import mail
+
+    from apps.budgets import alerts
+    from apps.budgets.models import Channel, Delivery, DeliveryState
+    from apps.budgets.services import budget_create
+    from apps.usage.tests.factories import store_usage
+
+    budget_create(
+        organization=org,
+        actor=None,
+        scope="each_customer",
+        period="month",
+        limit_usd="0.1",
+        alert_thresholds=[100],
+    )
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    store_usage(  # gpt-4o-mini: 1,000,000 input tokens cost $0.15
+        org,
+        customer="acme\nwest",
+        input_tokens=1_000_000,
+        output_tokens=0,
+        raw_usage={"prompt_tokens": 1_000_000, "completion_tokens": 0},
+        timestamp=now.isoformat(),
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alerts.thresholds_scan(now) == 1
+    email = Delivery.objects.for_org(org).get(channel=Channel.EMAIL)
+    assert (email.state, email.last_error) == (DeliveryState.DELIVERED, "")
+    assert [m.to for m in mail.outbox] == [[admin.email]]
