@@ -4,6 +4,7 @@ added later without being edited."""
 import re
 
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.urls.converters import get_converters
 
 ORG_PREFIX = "app/<slug:org_slug>/"
 PLACEHOLDER = re.compile(r"<(?:(?P<converter>\w+):)?(?P<name>\w+)>")
@@ -31,7 +32,12 @@ def org_page_urls(slug: str, ids) -> list[str]:
             def fill(match, value=value):
                 if match["name"] == "org_slug":
                     return slug
-                return str(value) if match["converter"] == "int" else f"x{value}"
+                if match["converter"] == "int":
+                    return str(value)
+                # A converter of ids with a shape of their own says what one looks like.
+                converter = get_converters().get(match["converter"])
+                example = getattr(converter, "example", None)
+                return example(value) if example is not None else f"x{value}"
 
             urls.append("/" + PLACEHOLDER.sub(fill, route))
     assert urls, "no organization pages found: the URLconf walk is broken"

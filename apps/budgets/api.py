@@ -47,6 +47,7 @@ CREATE_FIELDS = {
     "fail_closed",
     "alert_thresholds",
 }
+REQUIRED_FIELDS = ("scope", "period", "limit_usd")
 # Named on create, fixed after: PATCH gets the services' "cannot change" message for them.
 FIXED_FIELDS = {"scope", "customer", "token", "property_name", "property_value"}
 READ_ERRORS = (400, 401, 403, 404, 405, 503)
@@ -205,6 +206,9 @@ class BudgetListView(BudgetAPIView):
         unknown = sorted(set(data) - CREATE_FIELDS)
         if unknown:
             raise ValidationError({field: ["Unknown field."] for field in unknown})
+        missing = [field for field in REQUIRED_FIELDS if field not in data]
+        if missing:
+            raise ValidationError({field: ["This field is required."] for field in missing})
         try:
             budget = services.budget_create(
                 organization=self.organization,

@@ -135,6 +135,12 @@ def _scope_words(budget: dict, customer) -> str:
     return f"property {budget.get('property_name')}={budget.get('property_value')}"
 
 
+def _one_line(text: str) -> str:
+    """``text`` fit for a mail header: a customer id (any string the ingest API took) may hold
+    line breaks, which a header refuses (Django raises BadHeaderError)."""
+    return " ".join(text.split())
+
+
 def describe(alert: Alert) -> tuple[str, str]:
     """(subject, one-paragraph text) of an alert, for e-mail and Slack."""
     data = alert.data
@@ -211,7 +217,7 @@ def _send_email(delivery: Delivery) -> outbound.Answer:
     subject, text = describe(delivery.alert)
     body = f"{text}\n\nAlerts and delivery log: {alerts_page_url(delivery.alert)}\n"
     messages = [
-        EmailMessage(f"[Costr] {subject}", body, settings.DEFAULT_FROM_EMAIL, [address])
+        EmailMessage(_one_line(f"[Costr] {subject}"), body, settings.DEFAULT_FROM_EMAIL, [address])
         for address in recipients
     ]
     try:

@@ -4,10 +4,14 @@
   at least one byte of text, and the body holds the text plus its JSON, so this never counts
   fewer tokens than the provider will (images and audio sent as base64 count far more). A body
   too large to read whole counts by its declared length, or by the largest body Costr takes.
+  A body that brings in input it does not hold (``CONTENT_ELSEWHERE``: an earlier response, a
+  stored prompt, a file or image by id or URL, the provider's own search or code tools) counts
+  its input as the model's whole context window.
 - Output: the request's own cap (``max_tokens``, ``max_completion_tokens``,
   ``max_output_tokens``, Gemini's ``generationConfig.maxOutputTokens``), else the model's context
-  window (the catalog has no separate output limit), else ``DEFAULT_OUTPUT_TOKENS``; none for
-  embeddings. Setting a cap on requests makes their reservations smaller.
+  window (the catalog has no separate output limit), else ``DEFAULT_OUTPUT_TOKENS``; times the
+  answers it asks for (``n``, ``best_of``, ``candidateCount``); none for embeddings. Setting a
+  cap on requests makes their reservations smaller.
 - Audio, where the body is no text: a transcription or translation counts its upload as audio
   of at most ``body bytes / MIN_AUDIO_BYTES_PER_SECOND`` seconds (no speech codec goes below
   6 kbit/s), priced per second (whisper-1) or as ``AUDIO_TOKENS_PER_SECOND`` audio tokens in and
@@ -31,6 +35,42 @@ from genai_prices.types import ModelPrice, TieredPrices
 from apps.usage.pricing import PER_MILLION, Overrides, catalog_context_window, price_tokens
 
 DEFAULT_OUTPUT_TOKENS = 200_000
+# The input of a model whose context window the catalog does not know.
+DEFAULT_WINDOW = 200_000
+# JSON keys and values (quoted as in a body, so the same word inside a string, whose quotes are
+# escaped, does not match) that bring in input the body does not hold: an earlier response or
+# conversation, cached content, a file or an image named by id or URL, the provider's own tools
+# (search, file search, code, fetch, computer use, MCP; Anthropic's tool types carry a date
+# after the name, hence the prefixes). Such a request counts its input as the model's whole
+# context window.
+_ELSEWHERE_KEYS = (
+    "previous_response_id",
+    "conversation",
+    "cachedContent",
+    "cached_content",
+    "file_id",
+    "file_url",
+    "fileUri",
+    "file_uri",
+    "fileData",
+    "file_data",
+    "image_url",
+    "url",
+    "file_search",
+    "code_interpreter",
+    "mcp",
+    "mcp_servers",
+    "googleSearch",
+    "google_search",
+    "urlContext",
+    "url_context",
+    "codeExecution",
+)
+_ELSEWHERE_PREFIXES = ("web_search", "web_fetch", "code_execution", "computer_use")
+CONTENT_ELSEWHERE = (
+    *(f'"{key}"'.encode() for key in _ELSEWHERE_KEYS),
+    *(f'"{prefix}'.encode() for prefix in _ELSEWHERE_PREFIXES),
+)
 # Request fields that cap the answer's tokens, by provider.
 _OUTPUT_CAPS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 NO_OUTPUT_ENDPOINTS = frozenset({"embeddings"})
@@ -57,7 +97,17 @@ def estimate_cost(
     if endpoint in TRANSCRIPTION_ENDPOINTS or endpoint == "speech":
         return _rounded(_audio_cost(provider, endpoint, model, fields, body_size, overrides, now))
     input_tokens = max(body_size, 1)
-    output_tokens = 0 if endpoint in NO_OUTPUT_ENDPOINTS else _output_cap(provider, model, fields)
+    if body and (
+        any(marker in body for marker in CONTENT_ELSEWHERE)
+        or isinstance(fields.get("prompt"), dict)  # a stored prompt (Responses), not its text
+    ):
+        window = (catalog_context_window(provider, model) if model else None) or DEFAULT_WINDOW
+        input_tokens = max(input_tokens, window)
+    output_tokens = (
+        0
+        if endpoint in NO_OUTPUT_ENDPOINTS
+        else _output_cap(provider, model, fields) * _choices(fields)
+    )
     tier = "priority" if fields.get("service_tier") == "priority" else ""
     cache_writes = (
         input_tokens if provider == "anthropic" and body and b"cache_control" in body else 0
@@ -138,6 +188,16 @@ def _output_cap(provider: str, model: str, fields: dict) -> int:
             return value
     window = catalog_context_window(provider, model) if model else None
     return window or DEFAULT_OUTPUT_TOKENS
+
+
+def _choices(fields: dict) -> int:
+    """How many answers the request asks for, each up to the output cap: ``n`` (chat),
+    ``best_of`` (completions, billed for every candidate), Gemini's ``candidateCount``."""
+    config = fields.get("generationConfig") or fields.get("generation_config")
+    counts = [fields.get("n"), fields.get("best_of")]
+    if isinstance(config, dict):
+        counts += [config.get("candidateCount"), config.get("candidate_count")]
+    return max([1, *(value for value in counts if type(value) is int and 0 < value <= 128)])
 
 
 def _count(value) -> bool:

@@ -35,7 +35,7 @@ from apps.budgets.store import (
     get_store,
     nano,
 )
-from apps.usage.metering.contract import ERROR_OUTCOMES, NON_BILLABLE_ENDPOINTS
+from apps.usage.metering.contract import NON_BILLABLE_ENDPOINTS
 from apps.usage.pricing import PER_MILLION, price_tokens
 from costr.db import run_outside_request
 
@@ -223,6 +223,11 @@ def settle(reservation: Reservation, record: dict) -> None:
     if reservation.settled:
         return
     reservation.settled = True
+    if record.get("billable") is False and (record.get("status") or 0) < 400:
+        # Work the provider goes on with after answering (a background response, whose usage
+        # comes with a later retrieve): the hold stays until it lapses (``store.HOLD_SECONDS``),
+        # and the reconciling task adds the usage to the counter once it is stored.
+        return
     spent = nano(actual_cost(reservation, record))
     get_store().settle_soon(reservation.keys, reservation.hold, spent)
 
@@ -244,9 +249,10 @@ def release(reservation: Reservation) -> None:
 
 def actual_cost(reservation: Reservation, record: dict, unknown: Decimal | None = None) -> Decimal:
     """What the request counts against its budgets: its price when its usage is known (at the
-    provider's highest prices for a model nothing prices); when it succeeded without readable
-    usage (the provider may well bill it), ``unknown``, by default its reservation; nothing
-    when it failed or bills nothing."""
+    provider's highest prices for a model nothing prices); when the provider answered it
+    (status below 400) but no usage was read, even if the answer was cut off (the provider may
+    well bill it), ``unknown``, by default its reservation; nothing when the provider refused it
+    or it bills nothing."""
     if unknown is None:
         unknown = reservation.estimate
     tokens = [record.get(name) for name in ("input_tokens", "output_tokens")]
@@ -272,7 +278,7 @@ def actual_cost(reservation: Reservation, record: dict, unknown: Decimal | None 
         ceiling_in, ceiling_out = provider_ceiling(reservation.provider)
         known = (tokens[0] or 0) * ceiling_in + (tokens[1] or 0) * ceiling_out
         return known / PER_MILLION if known else unknown
+    # No usage seen. An answer the provider began (a status below 400) may be billed in full
+    # even if it was cut off (by the upstream, Costr or the client); one it refused is not.
     status = record.get("status") or 0
-    if status >= 400 or record.get("outcome") in ERROR_OUTCOMES:
-        return Decimal(0)
-    return unknown
+    return unknown if 0 < status < 400 else Decimal(0)

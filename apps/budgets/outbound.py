@@ -60,10 +60,22 @@ def private_hosts_allowed() -> bool:
     return bool(settings.COSTR_WEBHOOK_ALLOW_PRIVATE_HOSTS)
 
 
+# IPv6 ranges that carry an IPv4 address a gateway or the host may reach (NAT64, 6to4, SIIT,
+# IPv4-compatible): Python counts some as global whatever IPv4 address they carry, so none is
+# taken as public (a webhook has no need of them).
+_EMBEDDING_IPV4 = tuple(
+    ipaddress.ip_network(network)
+    for network in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::ffff:0:0:0/96", "::/96")
+)
+
+
 def _public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif any(ip in network for network in _EMBEDDING_IPV4):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -125,7 +137,9 @@ def post_json(url: str, body: bytes, headers: dict[str, str], *, slack: bool = F
     address = f"[{checked.address}]" if ":" in checked.address else checked.address
     request_url = f"{checked.scheme}://{address}:{checked.port}{checked.target}"
     default_port = 443 if checked.scheme == "https" else 80
-    host_header = checked.host if checked.port == default_port else f"{checked.host}:{checked.port}"
+    # An IPv6 literal is bracketed in Host as in a URL (RFC 7230, section 5.4).
+    host = f"[{checked.host}]" if ":" in checked.host else checked.host
+    host_header = host if checked.port == default_port else f"{host}:{checked.port}"
     timeout = settings.COSTR_WEBHOOK_TIMEOUT_SECONDS
     extensions = {"sni_hostname": checked.host} if checked.scheme == "https" else {}
     try:

@@ -8,6 +8,7 @@ fail-closed setting and thresholds can change.
 """
 
 import re
+import unicodedata
 from decimal import Decimal, InvalidOperation
 
 from django.db import transaction
@@ -27,7 +28,7 @@ from apps.usage.metering.contract import (
 MAX_LIMIT_USD = Decimal("1000000000")
 MAX_THRESHOLDS = 10
 # As the proxy reads X-Costr-Property-<name> (names arrive lowercased in HTTP/2 and ASGI).
-PROPERTY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+PROPERTY_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 CHANGEABLE = ("period", "limit_usd", "enforce", "fail_closed", "alert_thresholds")
 
 
@@ -77,6 +78,15 @@ def clean_thresholds(value) -> list[int]:
     return sorted(cleaned)
 
 
+def _changed_thresholds(value) -> list[int]:
+    """A change names its thresholds: null is no list here (on create it means the default)."""
+    if value is None:
+        raise BudgetError(
+            {"alert_thresholds": "Give a list of percentages, such as [80, 100], or [] for none."}
+        )
+    return clean_thresholds(value)
+
+
 def _clean_choice(field: str, value, choices) -> str:
     if value not in choices.values:
         names = ", ".join(choices.values)
@@ -90,18 +100,37 @@ def _clean_bool(field: str, value) -> bool:
     return value
 
 
+def _clean_text(field: str, value, max_length: int, message: str) -> str:
+    """``value`` as stripped text, or a BudgetError: empty, too long, or holding a control
+    character or a lone surrogate (no header can carry one, and PostgreSQL refuses a NUL)."""
+    if value is not None and not isinstance(value, str):
+        raise BudgetError({field: "Must be text."})
+    text = (value or "").strip()
+    if not text or len(text) > max_length:
+        raise BudgetError({field: message})
+    if any(unicodedata.category(character) in ("Cc", "Cs") for character in text):
+        raise BudgetError({field: "Control characters and lone surrogates are not allowed."})
+    return text
+
+
 def _clean_target(organization: Organization, scope: str, fields: dict) -> dict:
     """The fields naming what a budget of ``scope`` covers, checked; the others emptied."""
     target = {"customer": "", "token": None, "property_name": "", "property_value": ""}
     if scope == Scope.CUSTOMER:
-        customer = str(fields.get("customer") or "").strip()
-        if not customer:
-            raise BudgetError({"customer": "Name the customer, as X-Costr-Customer sends it."})
-        if len(customer) > MAX_CUSTOMER_LENGTH:
-            raise BudgetError({"customer": f"At most {MAX_CUSTOMER_LENGTH} characters."})
-        target["customer"] = customer
+        target["customer"] = _clean_text(
+            "customer",
+            fields.get("customer"),
+            MAX_CUSTOMER_LENGTH,
+            "Name the customer, as X-Costr-Customer sends it "
+            f"(at most {MAX_CUSTOMER_LENGTH} characters).",
+        )
     elif scope == Scope.TOKEN:
-        prefix = str(fields.get("token") or "").strip()
+        prefix = _clean_text(
+            "token",
+            fields.get("token"),
+            64,
+            "Name one of this organization's active tokens by its prefix.",
+        )
         token = (
             ProxyToken.objects.for_org(organization)
             .filter(prefix=prefix, revoked_at__isnull=True)
@@ -116,18 +145,19 @@ def _clean_target(organization: Organization, scope: str, fields: dict) -> dict:
         target["token"] = token
     elif scope == Scope.PROPERTY:
         name = str(fields.get("property_name") or "").strip().lower()
-        value = str(fields.get("property_value") or "").strip()
-        if not name or len(name) > MAX_PROPERTY_NAME_LENGTH or not PROPERTY_NAME.match(name):
+        if not name or len(name) > MAX_PROPERTY_NAME_LENGTH or not PROPERTY_NAME.fullmatch(name):
             raise BudgetError(
                 {
                     "property_name": "The property's name as in X-Costr-Property-<name>: "
                     f"letters, digits, '_', '.' and '-', at most {MAX_PROPERTY_NAME_LENGTH}."
                 }
             )
-        if not value or len(value) > MAX_PROPERTY_VALUE_LENGTH:
-            raise BudgetError(
-                {"property_value": f"Give the value, in {MAX_PROPERTY_VALUE_LENGTH} characters."}
-            )
+        value = _clean_text(
+            "property_value",
+            fields.get("property_value"),
+            MAX_PROPERTY_VALUE_LENGTH,
+            f"Give the value, in {MAX_PROPERTY_VALUE_LENGTH} characters at most.",
+        )
         target["property_name"], target["property_value"] = name, value
     return target
 
@@ -171,6 +201,9 @@ def budget_create(
         "alert_thresholds": clean_thresholds(alert_thresholds),
     }
     with transaction.atomic():
+        # One creation at a time per organization, so two at once cannot both pass the check
+        # for a budget of the same scope and period (the row lock on the organization).
+        Organization.objects.select_for_update().filter(pk=organization.pk).first()
         if _same_scope(organization, scope, target, period):
             raise BudgetError(
                 {"scope": f"A {period} budget for this {scope.replace('_', ' ')} exists."}
@@ -204,7 +237,7 @@ def budget_update(
         "limit_usd": clean_limit,
         "enforce": lambda value: _clean_bool("enforce", value),
         "fail_closed": lambda value: _clean_bool("fail_closed", value),
-        "alert_thresholds": clean_thresholds,
+        "alert_thresholds": _changed_thresholds,
     }
     cleaned = {field: cleaners[field](value) for field, value in changes.items()}
     with transaction.atomic():

@@ -390,7 +390,12 @@ class MemoryStore:
         with self._lock:
             counter = self._live(key)
             if counter is None:
-                self._counters[key] = _Counter(spent, time.monotonic() + ttl)
+                # A new counter (a new period, a new customer): past periods' counters go, as
+                # Redis expires them, rather than waiting for a read that never comes.
+                now = time.monotonic()
+                for stale in [k for k, c in self._counters.items() if c.expires <= now]:
+                    del self._counters[stale]
+                self._counters[key] = _Counter(spent, now + ttl)
             elif counter.spent < spent:
                 counter.spent = spent
 

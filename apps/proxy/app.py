@@ -31,6 +31,7 @@ from apps.proxy.admission import (
     count_refusal,
     provider_key_or_refuse,
     reserve_budget,
+    starts_work,
 )
 from apps.proxy.batches import BatchCall, batch_call
 from apps.proxy.limits import (
@@ -334,11 +335,13 @@ async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
         # A body too large to read whole was not inspected and is never rewritten.
         injected = False
 
-    if request.resolved.budgets is not None:
-        size = len(body.head) if body.head is not None else _content_length(headers)
-        request.reservation = await reserve_budget(
-            request, body.head, size or settings.COSTR_PROXY_MAX_BODY_BYTES
+    if request.resolved.budgets is not None and starts_work(scope["method"], request.rest):
+        size = (
+            len(body.head)
+            if body.head is not None
+            else _content_length(headers) or settings.COSTR_PROXY_MAX_BODY_BYTES
         )
+        request.reservation = await reserve_budget(request, body.head, size)
 
     # The path and query go out exactly as received, never normalised or re-quoted.
     origin = _upstream_origin(request.provider)

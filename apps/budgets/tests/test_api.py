@@ -241,7 +241,7 @@ VALID = {"scope": "organization", "period": "month", "limit_usd": "10"}
         ({"alert_thresholds": [80.5]}, "alert_thresholds", "whole percentage"),
         ({"alert_thresholds": list(range(1, 12))}, "alert_thresholds", "up to 10"),
         ({"scope": "customer"}, "customer", "Name the customer"),
-        ({"scope": "customer", "customer": "x" * 256}, "customer", "At most"),
+        ({"scope": "customer", "customer": "x" * 256}, "customer", "at most 255 characters"),
         ({"scope": "token", "token": "costr_nothere"}, "token", "active tokens"),
         ({"scope": "property", "property_value": "chat"}, "property_name", "X-Costr-Property"),
         ({"scope": "property", "property_name": "bad name!"}, "property_name", "letters"),

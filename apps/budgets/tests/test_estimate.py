@@ -139,3 +139,35 @@ def test_audio_is_estimated_by_its_duration_or_characters_never_as_text_at_the_c
     assert _estimate(
         b"--form", endpoint="transcriptions", model="no-such-whisper", body_size=45_000
     ) == _micro_ceiling((3000 * ceiling_in + 600 * ceiling_out) / 1_000_000)
+
+
+def test_input_the_provider_fetches_or_adds_counts_as_the_whole_context_window():
+    window = (128_000 * MINI_IN + 10 * MINI_OUT) / 1_000_000  # gpt-4o-mini's window
+    searched = {
+        "model": "gpt-4o-mini",
+        "input": "news?",
+        "tools": [{"type": "web_search"}],
+        "max_output_tokens": 10,
+    }
+    stored_prompt = {"model": "gpt-4o-mini", "prompt": {"id": "pmpt_1"}, "max_output_tokens": 10}
+    for body in (searched, stored_prompt):
+        assert _estimate(body, endpoint="responses") >= _micro_ceiling(window)
+    # Anthropic's server tools carry a date after their name.
+    tool = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 10,
+        "messages": [],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+    }
+    plain = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}
+    assert _estimate(tool, provider="anthropic", endpoint="messages") > 100 * _estimate(
+        plain, provider="anthropic", endpoint="messages"
+    )
+    # The same words inside a message's text (their quotes escaped) are only text.
+    text = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": 'Explain {"url": "x", "file_id": "y"}'}],
+        "max_tokens": 10,
+    }
+    size = len(json.dumps(text).encode())
+    assert _estimate(text) == _micro_ceiling((size * MINI_IN + 10 * MINI_OUT) / 1_000_000)

@@ -102,6 +102,22 @@ def test_settling_counts_the_actual_cost_and_frees_the_rest():
 
 
 @override_settings(REDIS_URL="")
+def test_a_background_response_keeps_its_hold_until_its_usage_is_stored():
+    org = OrganizationFactory()
+    _budget(org, scope="customer", customer="acme", limit_usd="0.0002")
+    policy = load_policy(org)
+    created = _admit(policy)
+
+    async def settle_created():
+        # The creating call's record: accepted (200), its usage to come with a retrieve.
+        guard.settle(created, {"status": 200, "outcome": "ok", "billable": False})
+        await get_store().settled()
+
+    asyncio.run(settle_created())
+    assert _admitted(policy, 5) == 1  # the background response still holds its estimate
+
+
+@override_settings(REDIS_URL="")
 def test_each_customer_gives_every_customer_its_own_cap_unless_it_has_its_own_budget():
     org = OrganizationFactory()
     default = _budget(org, scope="each_customer", limit_usd="0.0001")
@@ -160,7 +176,10 @@ def test_what_a_finished_request_counts_against_its_budgets():
     assert guard.actual_cost(reservation, {"status": 200, "outcome": "client_disconnected"}) == (
         Decimal("0.5")
     )
-    # Failed, or billed nothing: nothing.
+    # Cut off after the provider began answering: it may bill the whole answer.
+    for outcome in ("upstream_disconnected", "costr_error"):
+        assert guard.actual_cost(reservation, {"status": 200, "outcome": outcome}) == Decimal("0.5")
+    # Refused by the provider, never answered, or billing nothing: nothing.
     assert guard.actual_cost(reservation, {"status": 429, "outcome": "upstream_error"}) == 0
-    assert guard.actual_cost(reservation, {"status": 200, "outcome": "costr_error"}) == 0
+    assert guard.actual_cost(reservation, {"status": 502, "outcome": "upstream_error"}) == 0
     assert guard.actual_cost(reservation, {**priced, "billable": False}) == 0

@@ -220,3 +220,11 @@ def test_a_call_redis_refuses_fails_that_call_only_not_the_store(redis_server):
     with pytest.raises(StoreUnavailable):
         _reserve(store, [broken], 1, [10])
     assert _reserve(store, [fine], 1, [10]) == (OK, -1)  # not left alone for a moment
+
+
+def test_the_memory_store_drops_past_periods_counters_when_it_makes_a_new_one():
+    store = MemoryStore()
+    old, new = _keys(2)
+    asyncio.run(store.seed(old, 5, 0))  # a counter whose period has ended (kept 0 s more)
+    asyncio.run(store.seed(new, 0, 60))
+    assert old not in store._counters and new in store._counters
