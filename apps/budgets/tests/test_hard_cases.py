@@ -1,7 +1,11 @@
-"""Review of the budgets feature (issue #18): each test here shows one defect found in review and
-fails until it is fixed. Real components throughout: the API through Django's test client with
-real tokens, the estimate with the real price catalog, the proxy through the real server in
-front of the fake provider (its fixtures are the proxy suite's own, imported below).
+"""Cases a review of the budgets feature (issue #18) found broken, each held by a test: the API
+and services on missing fields, NUL and surrogate strings and malformed ids; estimates for
+requests billed beyond their body (several answers, earlier responses, images by URL); a
+background response's retrieve under a budget; webhook URLs on IPv6 forms of private IPv4
+addresses; an alert e-mail for a customer id with a line break. Real components throughout: the
+API through Django's test client with real tokens, the estimate with the real price catalog, the
+proxy through the real server in front of the fake provider (its fixtures are the proxy suite's
+own, imported below).
 
 Prices used (genai-prices' gpt-4o-mini, as apps/proxy/tests/test_background_responses.py checks
 them): $0.15 per million input tokens, $0.60 per million output tokens.
