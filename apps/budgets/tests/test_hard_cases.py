@@ -1,11 +1,10 @@
 """Cases a review of the budgets feature (issue #18) found broken, each held by a test: the API
 and services on missing fields, NUL and surrogate strings and malformed ids; estimates for
-requests billed beyond their body (several answers, earlier responses, images by URL); a
-background response's retrieve under a budget; webhook URLs on IPv6 forms of private IPv4
-addresses; an alert e-mail for a customer id with a line break. Real components throughout: the
-API through Django's test client with real tokens, the estimate with the real price catalog, the
-proxy through the real server in front of the fake provider (its fixtures are the proxy suite's
-own, imported below).
+requests billed beyond their body (several answers, earlier responses, images by URL); webhook
+URLs on IPv6 forms of private IPv4 addresses; an alert e-mail for a customer id with a line
+break. Real components throughout: the API through Django's test client with real tokens, the
+estimate with the real price catalog. (A background response's retrieve under a budget is held
+in apps/proxy/tests/test_budgets.py.)
 
 Prices used (genai-prices' gpt-4o-mini, as apps/proxy/tests/test_background_responses.py checks
 them): $0.15 per million input tokens, $0.60 per million output tokens.
@@ -20,15 +19,6 @@ import pytest
 from apps.budgets.estimate import estimate_cost
 from apps.budgets.models import Budget, Webhook
 from apps.budgets.tests.budget_data import bearer
-
-# The proxy suite's fixtures: a running Costr in front of the fake provider.
-from apps.proxy.tests.conftest import (  # noqa: F401
-    committed_db,
-    costr_server,
-    http,
-    proxy,
-    sdk,
-)
 from apps.usage.pricing import Overrides
 
 INPUT_PER_TOKEN = Decimal("0.15") / 10**6
@@ -162,30 +152,6 @@ def test_the_estimate_covers_an_image_sent_by_url():
     }
     billable_input = 25_501 * INPUT_PER_TOKEN
     assert _estimate(body, "chat") >= billable_input
-
-
-# --- 4. A request without a body is reserved as the largest body Costr takes -------------------
-
-
-@pytest.mark.django_db(transaction=True)
-def test_retrieving_a_background_response_passes_a_budget_with_room(sdk, proxy):  # noqa: F811
-    """GET /v1/responses/{id} has an empty body; app.py reserves ``len(body) or
-    COSTR_PROXY_MAX_BODY_BYTES`` (50 MiB as input tokens, at the provider's highest price as the
-    retrieve names no model: thousands of dollars), so under any smaller budget the poll the SDK
-    documents for background responses is refused 429 budget_exceeded."""
-    from apps.budgets.services import budget_create
-
-    client = sdk.openai(proxy.url("openai"), proxy.token)
-    created = client.responses.create(model="gpt-4o-mini", input="Write a report.", background=True)
-    budget_create(
-        organization=proxy.organization,
-        actor=None,
-        scope="organization",
-        period="month",
-        limit_usd="100",
-    )
-    answer = client.responses.with_raw_response.retrieve(created.id)
-    assert answer.http_response.status_code == 200
 
 
 # --- 5. Webhook URLs: IPv6 forms that carry a private IPv4 address pass as public --------------

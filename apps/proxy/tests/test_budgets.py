@@ -156,3 +156,16 @@ def test_requests_that_bill_nothing_pass_a_spent_budget(http, proxy):
         f"{proxy.url('openai')}/models", headers={"authorization": f"Bearer {proxy.token}"}
     )
     assert models.status_code == 200
+
+
+def test_retrieving_and_cancelling_a_background_response_pass_a_budget_with_room(sdk, proxy):
+    """Reads and cancels reserve nothing: a retrieve has an empty body and names no model, and
+    was once reserved as the largest body Costr takes, at the provider's highest prices
+    (thousands of dollars), so the poll the SDK documents was refused under a $100 budget."""
+    client = sdk.openai(proxy.url("openai"), proxy.token)
+    created = client.responses.create(model="gpt-4o-mini", input="Write a report.", background=True)
+    _budget(proxy.organization, scope="organization", period="month", limit_usd="100")
+    retrieved = client.responses.with_raw_response.retrieve(created.id)
+    assert retrieved.http_response.status_code == 200
+    cancelled = client.responses.with_raw_response.cancel(created.id)
+    assert cancelled.http_response.status_code != 429
