@@ -5,8 +5,7 @@ allowed and its messages are put on the fields they name (``add_service_errors``
 from django import forms
 
 from apps.budgets.models import DEFAULT_THRESHOLDS, Period, Scope
-from apps.budgets.services import BudgetError
-from apps.keys.models import ProxyToken
+from apps.budgets.services import BudgetError, active_tokens
 
 THRESHOLDS_HELP = "Percentages of the limit that send an alert, separated by commas."
 
@@ -115,7 +114,7 @@ class BudgetCreateForm(BudgetChangeForm):
 
     def __init__(self, *args, organization, **kwargs):
         super().__init__(*args, **kwargs)
-        tokens = ProxyToken.objects.for_org(organization).filter(revoked_at__isnull=True)
+        tokens = active_tokens(organization)
         self.fields["token"].choices = [("", "Choose a token")] + [
             (token.prefix, f"{token.name} ({token.prefix}…)") for token in tokens
         ]

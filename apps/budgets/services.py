@@ -12,6 +12,7 @@ import unicodedata
 from decimal import Decimal, InvalidOperation
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.models import Organization, User
@@ -113,6 +114,13 @@ def _clean_text(field: str, value, max_length: int, message: str) -> str:
     return text
 
 
+def active_tokens(organization):
+    """The organization's tokens a budget may name: neither revoked nor expired."""
+    return ProxyToken.objects.for_org(organization).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), revoked_at__isnull=True
+    )
+
+
 def _clean_target(organization: Organization, scope: str, fields: dict) -> dict:
     """The fields naming what a budget of ``scope`` covers, checked; the others emptied."""
     target = {"customer": "", "token": None, "property_name": "", "property_value": ""}
@@ -131,13 +139,7 @@ def _clean_target(organization: Organization, scope: str, fields: dict) -> dict:
             64,
             "Name one of this organization's active tokens by its prefix.",
         )
-        token = (
-            ProxyToken.objects.for_org(organization)
-            .filter(prefix=prefix, revoked_at__isnull=True)
-            .first()
-            if prefix
-            else None
-        )
+        token = active_tokens(organization).filter(prefix=prefix).first()
         if token is None:
             raise BudgetError(
                 {"token": "Name one of this organization's active tokens by its prefix."}

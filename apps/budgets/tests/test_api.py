@@ -271,19 +271,33 @@ def test_a_second_budget_for_the_same_scope_and_period_is_refused(client, org):
     assert Budget.objects.for_org(org).count() == 1
 
 
-def test_a_revoked_tokens_prefix_cannot_be_budgeted(client, org):
-    created = keys.proxy_token_create(organization=org, name="old", scopes=["proxy"], actor=None)
-    keys.proxy_token_revoke(token=created.token, actor=None)
+def test_a_revoked_or_expired_tokens_prefix_cannot_be_budgeted(client, org):
+    from datetime import timedelta
 
-    response = _send(
-        client,
-        "post",
-        LIST,
-        {**VALID, "scope": "token", "token": created.token.prefix},
-        bearer(org, "manage"),
+    from django.utils import timezone
+
+    revoked = keys.proxy_token_create(organization=org, name="old", scopes=["proxy"], actor=None)
+    keys.proxy_token_revoke(token=revoked.token, actor=None)
+    expired = keys.proxy_token_create(
+        organization=org,
+        name="expired",
+        scopes=["proxy"],
+        actor=None,
+        expires_at=timezone.now() + timedelta(seconds=1),
+    )
+    type(expired.token).objects.for_org(org).filter(pk=expired.token.pk).update(
+        expires_at=timezone.now() - timedelta(days=1)
     )
 
-    _error(response, 400, "invalid")
+    for created in (revoked, expired):
+        response = _send(
+            client,
+            "post",
+            LIST,
+            {**VALID, "scope": "token", "token": created.token.prefix},
+            bearer(org, "manage"),
+        )
+        _error(response, 400, "invalid")
     assert not Budget.objects.for_org(org).exists()
 
 
