@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
@@ -68,6 +68,7 @@ class Reservation:
     estimate: Decimal
     provider: str
     now: datetime
+    matches: list[Match] = field(default_factory=list)
     settled: bool = field(default=False)
 
 
@@ -120,21 +121,25 @@ async def admit_session(
     return await reserve(policy, matches, MICRO, provider, now)
 
 
+def _periods(policy: Policy, matches: list[Match], now: datetime) -> dict[str, Period]:
+    return {kind: period_of(kind, policy.zone, now) for kind in {m.rule.period for m in matches}}
+
+
+def _keys(policy: Policy, matches: list[Match], periods: dict[str, Period]) -> list[str]:
+    return [
+        counter_key(
+            policy.organization_id, m.rule.id, m.rule.period, periods[m.rule.period].key, m.subject
+        )
+        for m in matches
+    ]
+
+
 async def reserve(
     policy: Policy, matches: list[Match], estimate: Decimal, provider: str, now: datetime
 ) -> Reservation | None:
     """Reserve ``estimate`` on every counter of ``matches`` at once (see ``admit``)."""
-    periods = {kind: period_of(kind, policy.zone, now) for kind in {m.rule.period for m in matches}}
-    keys = [
-        counter_key(
-            policy.organization_id,
-            m.rule.id,
-            m.rule.period,
-            periods[m.rule.period].key,
-            m.subject,
-        )
-        for m in matches
-    ]
+    periods = _periods(policy, matches, now)
+    keys = _keys(policy, matches, periods)
     limits = [nano(m.rule.limit) if m.rule.enforce else NO_LIMIT for m in matches]
     amount, hold = nano(estimate), os.urandom(8).hex()
     store = get_store()
@@ -142,7 +147,7 @@ async def reserve(
         for _ in range(3):
             code, index = await store.reserve(keys, amount, limits, hold, now.timestamp())
             if code == OK:
-                return Reservation(policy, keys, hold, estimate, provider, now)
+                return Reservation(policy, keys, hold, estimate, provider, now, matches)
             match = matches[index]
             period = periods[match.rule.period]
             if code == REFUSED:
@@ -235,8 +240,13 @@ def settle(reservation: Reservation, record: dict) -> None:
 def charge(reservation: Reservation, record: dict) -> None:
     """Count one finished response of a session against its budgets, keeping its hold."""
     spent = nano(actual_cost(reservation, record, unknown=Decimal(0)))
-    if spent:
-        get_store().settle_soon(reservation.keys, reservation.hold, spent, release=False)
+    if not spent:
+        return
+    # A session that runs past midnight (or a month's end) spends in the period it is in now:
+    # that period's counters (one not made yet gets this spend from the database when seeded).
+    policy, matches = reservation.policy, reservation.matches
+    keys = _keys(policy, matches, _periods(policy, matches, datetime.now(UTC)))
+    get_store().settle_soon(keys, reservation.hold, spent, release=False)
 
 
 def release(reservation: Reservation) -> None:

@@ -183,3 +183,32 @@ def test_what_a_finished_request_counts_against_its_budgets():
     assert guard.actual_cost(reservation, {"status": 429, "outcome": "upstream_error"}) == 0
     assert guard.actual_cost(reservation, {"status": 502, "outcome": "upstream_error"}) == 0
     assert guard.actual_cost(reservation, {**priced, "billable": False}) == 0
+
+
+@override_settings(REDIS_URL="")
+def test_a_session_that_runs_past_midnight_charges_the_day_it_is_in():
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from apps.budgets.policy import period_of
+    from apps.budgets.store import counter_key, nano
+
+    org = OrganizationFactory(time_zone="UTC")
+    budget = _budget(org, scope="customer", customer="acme", period="day", limit_usd="1")
+    policy = load_policy(org)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    session = asyncio.run(
+        guard.admit_session(
+            policy, token_id=0, customer="acme", properties={}, provider="openai", now=yesterday
+        )
+    )
+    today = period_of("day", ZoneInfo("UTC"), datetime.now(UTC))
+    today_key = counter_key(org.pk, budget.public_id, "day", today.key, "")
+    get_store().seed_sync(today_key, 0, 60)
+
+    async def response_done():
+        guard.charge(session, {"input_tokens": 1000, "output_tokens": 100, "model": "gpt-4o-mini"})
+        await get_store().settled()
+
+    asyncio.run(response_done())
+    assert get_store().read([today_key]) == [(nano(Decimal("0.00021")), 0)]
