@@ -144,7 +144,7 @@ async def reserve(
     amount, hold = nano(estimate), os.urandom(8).hex()
     store = get_store()
     try:
-        for _ in range(3):
+        for _ in range(len(keys) + 2):  # each counter may need seeding once
             code, index = await store.reserve(keys, amount, limits, hold, now.timestamp())
             if code == OK:
                 return Reservation(policy, keys, hold, estimate, provider, now, matches)

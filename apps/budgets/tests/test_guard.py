@@ -212,3 +212,15 @@ def test_a_session_that_runs_past_midnight_charges_the_day_it_is_in():
 
     asyncio.run(response_done())
     assert get_store().read([today_key]) == [(nano(Decimal("0.00021")), 0)]
+
+
+@override_settings(REDIS_URL="")
+def test_a_request_under_many_new_counters_seeds_them_all_and_is_checked():
+    org = OrganizationFactory()
+    _budget(org, scope="organization", limit_usd="10")
+    _budget(org, scope="organization", period="day", limit_usd="10")
+    _budget(org, scope="each_customer", limit_usd="10")
+    tight = _budget(org, scope="customer", customer="acme", limit_usd="0.00001")  # below one
+    with pytest.raises(guard.BudgetRefused) as refused:
+        _admit(load_policy(org))  # four counters, none made yet
+    assert refused.value.budget_id == tight.public_id
