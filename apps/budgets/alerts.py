@@ -257,26 +257,43 @@ def organization_thresholds_check(organization: Organization, now: datetime) -> 
     return fired
 
 
-def thresholds_scan(now: datetime | None = None) -> int:
-    """Every organization with budgets, checked; the number of alerts fired."""
-    now = now or timezone.now()
-    organization_ids = (
-        Budget.objects.unscoped(reason="the threshold scan looks at every org's budgets")
+def organizations_with_budgets():
+    """The live organizations that have a budget (the scans' and the reconciling's)."""
+    return _live_organizations(
+        Budget.objects.unscoped(reason="looking at every org's budgets")
         .order_by()
         .values_list("organization_id", flat=True)
         .distinct()
     )
-    fired = 0
-    for organization in Organization.objects.filter(
+
+
+def _live_organizations(organization_ids):
+    return Organization.objects.filter(
         pk__in=list(organization_ids), deletion_requested_at__isnull=True
-    ).order_by("pk"):
+    ).order_by("pk")
+
+
+def _check_each(organizations, check, now: datetime, what: str) -> int:
+    """``check(organization, now)`` for each, summing the alerts fired. One organization's
+    trouble (a zone gone from the system's database, a bad row) must not keep the others'
+    alerts from firing: it is logged and the scan goes on."""
+    fired = 0
+    for organization in organizations:
         try:
-            fired += organization_thresholds_check(organization, now)
+            fired += check(organization, now)
         except Exception:
-            # One organization's trouble (a zone gone from the system's database, a bad row)
-            # must not keep the others' alerts from firing.
-            logger.exception("threshold check failed for organization %s", organization.pk)
+            logger.exception("%s check failed for organization %s", what, organization.pk)
     return fired
+
+
+def thresholds_scan(now: datetime | None = None) -> int:
+    """Every organization with budgets, checked; the number of alerts fired."""
+    return _check_each(
+        organizations_with_budgets(),
+        organization_thresholds_check,
+        now or timezone.now(),
+        "threshold",
+    )
 
 
 # --- Anomalies ---------------------------------------------------------------------------------
@@ -340,12 +357,6 @@ def anomalies_scan(now: datetime | None = None) -> int:
         .values_list("organization_id", flat=True)
         .distinct()
     )
-    fired = 0
-    for organization in Organization.objects.filter(
-        pk__in=list(organization_ids), deletion_requested_at__isnull=True
-    ).order_by("pk"):
-        try:
-            fired += organization_anomalies_check(organization, now)
-        except Exception:
-            logger.exception("anomaly check failed for organization %s", organization.pk)
-    return fired
+    return _check_each(
+        _live_organizations(organization_ids), organization_anomalies_check, now, "anomaly"
+    )

@@ -131,17 +131,8 @@ def counters_reconcile_now(now=None) -> int:
     Returns the number of counters written."""
     now = now or timezone.now()
     store = get_store()
-    organizations = Organization.objects.filter(
-        pk__in=list(
-            Budget.objects.unscoped(reason="reconciling covers every org's counters")
-            .order_by()
-            .values_list("organization_id", flat=True)
-            .distinct()
-        ),
-        deletion_requested_at__isnull=True,
-    ).order_by("pk")
     written = 0
-    for organization in organizations:
+    for organization in alerts.organizations_with_budgets():
         zone = zoneinfo.ZoneInfo(organization.time_zone)
         budgets = list(Budget.objects.for_org(organization))
         own = {(b.customer, b.period) for b in budgets if b.scope == "customer"}
