@@ -91,9 +91,12 @@ def estimate_cost(
     body_size: int,
     overrides: Overrides,
     now: datetime,
+    document: dict | None = None,
 ) -> Decimal:
-    """An amount in USD that the request's cost will not exceed, rounded up to the micro-dollar."""
-    fields = _fields(body)
+    """An amount in USD that the request's cost will not exceed, rounded up to the micro-dollar.
+    ``document`` is the body as the provider adapter already parsed it, if it did (else the
+    body is parsed here)."""
+    fields = document if document is not None else _fields(body)
     if endpoint in TRANSCRIPTION_ENDPOINTS or endpoint == "speech":
         return _rounded(_audio_cost(provider, endpoint, model, fields, body_size, overrides, now))
     input_tokens = max(body_size, 1)

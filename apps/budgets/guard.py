@@ -84,6 +84,7 @@ async def admit(
     body: bytes | None,
     body_size: int,
     now: datetime,
+    document: dict | None = None,
 ) -> Reservation | None:
     if endpoint in NON_BILLABLE_ENDPOINTS:
         return None
@@ -98,6 +99,7 @@ async def admit(
         body_size=body_size,
         overrides=policy.overrides,
         now=now,
+        document=document,
     )
     return await reserve(policy, matches, estimate, provider, now)
 

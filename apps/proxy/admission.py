@@ -129,6 +129,7 @@ async def reserve_budget(
             body=body_head,
             body_size=body_size,
             now=request.timestamp,
+            document=request.info.document,
         )
     except guard.BudgetRefused as refused:
         raise Refusal(

@@ -171,3 +171,23 @@ def test_input_the_provider_fetches_or_adds_counts_as_the_whole_context_window()
     }
     size = len(json.dumps(text).encode())
     assert _estimate(text) == _micro_ceiling((size * MINI_IN + 10 * MINI_OUT) / 1_000_000)
+
+
+def test_the_body_the_adapter_parsed_is_read_not_parsed_again():
+    body = {"model": "gpt-4o-mini", "messages": [], "max_tokens": 100}
+    raw = json.dumps(body).encode()
+
+    def estimate(document):
+        return estimate_cost(
+            provider="openai",
+            endpoint="chat",
+            model="gpt-4o-mini",
+            body=raw,
+            body_size=len(raw),
+            overrides=Overrides(),
+            now=NOW,
+            document=document,
+        )
+
+    assert estimate(body) == estimate(None)  # the same reading of the same body
+    assert estimate({**body, "max_tokens": 1000}) > estimate(None)  # the document is what counts

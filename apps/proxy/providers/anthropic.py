@@ -25,7 +25,7 @@ from apps.proxy.providers.base import (
     bearer_token,
     header_value,
     loads_or_none,
-    model_and_stream_from_body,
+    request_info_from_body,
     with_headers_set,
 )
 from apps.proxy.sse import Event
@@ -133,8 +133,7 @@ class AnthropicAdapter(Adapter):
     def inspect_request(self, method: str, path: str, body_head: bytes | None) -> RequestInfo:
         if method.upper() != "POST":
             return RequestInfo("other")
-        model, stream = model_and_stream_from_body(body_head)
-        return RequestInfo(_ENDPOINTS.get(path.strip("/"), "other"), model, stream)
+        return request_info_from_body(_ENDPOINTS.get(path.strip("/"), "other"), body_head)
 
     def error_body(self, status: int, code: str, message: str) -> bytes:
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")

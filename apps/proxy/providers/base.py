@@ -12,7 +12,7 @@ costs the event its token counts, never the client its response.
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, unquote
 
@@ -52,6 +52,9 @@ class RequestInfo:
     endpoint: str
     requested_model: str | None = None
     stream: bool = False
+    # The JSON body as the adapter parsed it, when it did (for a budget's estimate, which reads
+    # its output cap: the body is not parsed twice). Never stored.
+    document: dict | None = field(default=None, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,12 +69,14 @@ def loads_or_none(data: bytes | bytearray | str) -> Any:
         return None
 
 
-def model_and_stream_from_body(body_head: bytes | None) -> tuple[str | None, bool]:
-    """``model`` and ``stream`` from a JSON request body; (None, False) when it is unreadable."""
+def request_info_from_body(endpoint: str, body_head: bytes | None) -> RequestInfo:
+    """``endpoint``'s request with ``model`` and ``stream`` from its JSON body (and the body as
+    parsed); none of them when the body is unreadable."""
     document = loads_or_none(body_head) if body_head else None
     if not isinstance(document, dict):
-        return None, False
-    return text_or_none(document.get("model")), document.get("stream") is True
+        return RequestInfo(endpoint)
+    model, stream = text_or_none(document.get("model")), document.get("stream") is True
+    return RequestInfo(endpoint, model, stream, document)
 
 
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

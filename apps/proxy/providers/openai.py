@@ -43,7 +43,7 @@ from apps.proxy.providers.base import (
     header_value,
     is_event_stream,
     loads_or_none,
-    model_and_stream_from_body,
+    request_info_from_body,
     with_headers_set,
 )
 from apps.proxy.providers.openai_audio import (
@@ -465,8 +465,7 @@ class OpenAIAdapter(Adapter):
             return inspect_audio_request(endpoint, body_head)
         if endpoint == "responses":
             return _inspect_responses_create(body_head)
-        model, stream = model_and_stream_from_body(body_head)
-        return RequestInfo(endpoint, model, stream)
+        return request_info_from_body(endpoint, body_head)
 
     def inspect_streamed_request(self, method: str, path: str, prefix: bytes) -> RequestInfo:
         """An audio upload's form fields come before its file (the SDKs send them first), so a
@@ -554,8 +553,8 @@ def _inspect_responses_create(body_head: bytes | None) -> RequestInfo:
         return RequestInfo("responses")
     model, stream = text_or_none(document.get("model")), document.get("stream") is True
     if document.get("background") is True:
-        return ResponsesRequestInfo("responses", model, stream, background=True)
-    return RequestInfo("responses", model, stream)
+        return ResponsesRequestInfo("responses", model, stream, document, background=True)
+    return RequestInfo("responses", model, stream, document)
 
 
 adapter = OpenAIAdapter()

@@ -101,7 +101,7 @@ def _inspect_speech(body: bytes) -> RequestInfo:
     if isinstance(text, str) and model and model.startswith(CHARACTER_PRICED_SPEECH_PREFIX):
         characters = len(text)
     stream = document.get("stream_format") == "sse"
-    return SpeechRequestInfo("speech", model, stream, input_characters=characters)
+    return SpeechRequestInfo("speech", model, stream, document, input_characters=characters)
 
 
 def multipart_fields(body: bytes, wanted: tuple[str, ...]) -> dict[str, str]:

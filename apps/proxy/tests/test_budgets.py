@@ -169,3 +169,22 @@ def test_retrieving_and_cancelling_a_background_response_pass_a_budget_with_room
     assert retrieved.http_response.status_code == 200
     cancelled = client.responses.with_raw_response.cancel(created.id)
     assert cancelled.http_response.status_code != 429
+
+
+def test_adapters_hand_the_budget_estimate_the_body_they_parsed():
+    from apps.proxy.providers import get_adapter
+
+    chat = {"model": "gpt-4o-mini", "messages": [], "max_tokens": 7}
+    message = {"model": "claude-sonnet-4-5", "messages": [], "max_tokens": 7}
+    create = {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 7, "background": True}
+    for provider, path, body in (
+        ("openai", "v1/chat/completions", chat),
+        ("openai", "v1/responses", create),
+        ("anthropic", "v1/messages", message),
+    ):
+        info = get_adapter(provider).inspect_request("POST", path, json.dumps(body).encode())
+        assert info.document == body, provider
+    assert (
+        get_adapter("openai").inspect_request("POST", "v1/chat/completions", b"{bad").document
+        is None
+    )
