@@ -55,6 +55,18 @@ def _hook(org, url, events=("budget.threshold_crossed", "budget.exceeded", "spen
     return created
 
 
+def _day_budget_at_100(org):
+    """The organization's daily $0.10 budget with one threshold, 100 %: one event exceeds it."""
+    return budget_create(
+        organization=org,
+        actor=None,
+        scope="organization",
+        period="day",
+        limit_usd="0.1",
+        alert_thresholds=[100],
+    )
+
+
 def _scan(django_capture_on_commit_callbacks, now=NOW):
     with django_capture_on_commit_callbacks(execute=True):
         return alerts.thresholds_scan(now)
@@ -267,14 +279,7 @@ def test_the_factor_and_the_floor_are_the_settings(
 def test_email_reaches_admins_and_owners_only_and_can_be_turned_off(
     org, owner, admin, member, outsider, django_capture_on_commit_callbacks
 ):
-    budget_create(
-        organization=org,
-        actor=None,
-        scope="organization",
-        period="day",
-        limit_usd="0.1",
-        alert_thresholds=[100],
-    )
+    _day_budget_at_100(org)
     spend(org)
     assert _scan(django_capture_on_commit_callbacks) == 1
     assert sorted(m.to[0] for m in mail.outbox) == sorted([owner.email, admin.email])
@@ -327,14 +332,7 @@ def test_webhooks_get_only_the_types_they_subscribed_to(
 ):
     settings.COSTR_ANOMALY_FLOOR_USD = 1
     _hook(org, receiver.url, events=["spend.anomaly"])
-    budget_create(
-        organization=org,
-        actor=None,
-        scope="organization",
-        period="day",
-        limit_usd="0.1",
-        alert_thresholds=[100],
-    )
+    _day_budget_at_100(org)
     spend(org, n=10)
     assert _scan(django_capture_on_commit_callbacks) == 1
     assert receiver.requests == []
@@ -347,14 +345,7 @@ def test_another_organizations_channels_get_nothing(
     org, other_org, outsider, receiver, django_capture_on_commit_callbacks
 ):
     _hook(other_org, receiver.url)
-    budget_create(
-        organization=org,
-        actor=None,
-        scope="organization",
-        period="day",
-        limit_usd="0.1",
-        alert_thresholds=[100],
-    )
+    _day_budget_at_100(org)
     spend(org)
     assert _scan(django_capture_on_commit_callbacks) == 1
     assert receiver.requests == []
