@@ -143,13 +143,6 @@ async def reserve_budget(
         ) from None
 
 
-def starts_work(method: str, rest: str) -> bool:
-    """Whether a request can start billable work at the provider, so that budgets apply to it:
-    not a read nor a cancel, which look at or stop work already admitted (a background
-    response keeps its creating call's hold until its usage is stored: ``guard.settle``)."""
-    return method not in ("GET", "HEAD", "DELETE") and not rest.split("?", 1)[0].endswith("/cancel")
-
-
 def count_refusal(request: Caller, refusal: Refusal) -> None:
     """Count a refusal for the dashboard when the request proved it is the organization's.
 

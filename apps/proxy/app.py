@@ -31,7 +31,6 @@ from apps.proxy.admission import (
     count_refusal,
     provider_key_or_refuse,
     reserve_budget,
-    starts_work,
 )
 from apps.proxy.batches import BatchCall, batch_call
 from apps.proxy.limits import (
@@ -335,7 +334,7 @@ async def _proxy(request: ProxiedRequest, receive: Receive, send: Send) -> None:
         # A body too large to read whole was not inspected and is never rewritten.
         injected = False
 
-    if request.resolved.budgets is not None and starts_work(scope["method"], request.rest):
+    if request.resolved.budgets is not None and request.info.starts_work:
         size = (
             len(body.head)
             if body.head is not None

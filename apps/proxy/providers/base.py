@@ -56,6 +56,12 @@ class RequestInfo:
     # its output cap: the body is not parsed twice). Never stored.
     document: dict | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def starts_work(self) -> bool:
+        """Whether the request can start billable work at the provider, so that budgets hold
+        it back (a read or a cancel of work already admitted does not)."""
+        return True
+
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers over JSON values, headers and query strings

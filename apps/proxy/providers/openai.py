@@ -130,6 +130,12 @@ class ResponsesRequestInfo(RequestInfo):
     background: bool = False
     later: bool = False
 
+    @property
+    def starts_work(self) -> bool:
+        """A retrieve or cancel of a background response starts nothing: its creating call was
+        admitted (and keeps its hold until the usage is stored: ``budgets.guard.settle``)."""
+        return not self.later
+
 
 # What a background response's record is (``BackgroundUsage.kind``).
 CREATED = "created"  # the creating call, no usage yet
